@@ -1,0 +1,36 @@
+# The two commands (README): `make demo` and `make test`. Both create .venv if missing and
+# install the package into it; nothing outside the repository is needed but the package index.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+COUNTIES ?= ../shared/data/china_counties.csv
+DEFAULT_DATA := data/default
+FITS := fits/default
+COUNTIES_ARG := $(if $(wildcard $(COUNTIES)),--counties $(COUNTIES),)
+PYTEST_ARGS ?= -n 2
+
+.PHONY: install demo test lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/fundgap simulate --out $(DEFAULT_DATA) --reuse $(COUNTIES_ARG)
+	$(BIN)/fundgap validate $(DEFAULT_DATA)
+	$(BIN)/fundgap prepare $(DEFAULT_DATA) --out $(FITS)/prepared.parquet
+	$(BIN)/fundgap describe $(FITS)/prepared.parquet
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) fits $(DEFAULT_DATA) .pytest_cache .ruff_cache

@@ -1,0 +1,157 @@
+"""The `fundgap` command: argument parsing only; each command calls into the modules.
+
+Every user-facing failure (bad data, bad arguments, unwritable output) ends in one message on
+stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+
+from fundgap import __version__
+from fundgap.errors import FundgapError
+
+EXIT_PROBLEMS = 1
+EXIT_INTERRUPTED = 130
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from fundgap.contract import read_table
+    from fundgap.simulate import (
+        default_parameters,
+        reusable,
+        simulate,
+        simulation_settings,
+        write_simulation,
+    )
+
+    counties = read_table(args.counties, "counties") if args.counties else None
+    source = Path(args.counties).name if args.counties else "generated"
+    parameters = default_parameters()
+    if args.params:
+        try:
+            parameters = tomllib.loads(Path(args.params).read_text("utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as error:
+            raise FundgapError(f"{args.params}: cannot read parameters: {error}") from None
+    settings = simulation_settings(args.n_campaigns, args.seed, counties, source, parameters)
+    if args.reuse and reusable(args.out, settings):
+        print(f"{args.out}: simulated data with these settings already exist; reused")
+        return 0
+    simulation = simulate(args.n_campaigns, args.seed, counties, parameters, source)
+    write_simulation(simulation, args.out)
+    print(f"{args.out}: {len(simulation.campaigns)} simulated campaigns, "
+          f"{len(simulation.donations)} donations, {len(simulation.ratings)} ratings "
+          f"(seed {args.seed}); truth in {Path(args.out) / 'truth.json'}")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from fundgap.contract import validate
+
+    problems = validate(args.data)
+    if problems:
+        from fundgap.errors import DataContractError
+
+        print(DataContractError(problems, args.data).render(limit=args.limit), file=sys.stderr)
+        return EXIT_PROBLEMS
+    print(f"{args.data}: no problems found")
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from fundgap.contract import load_dataset
+    from fundgap.prepare import PrepareOptions, prepare
+    from fundgap.store import write_json, write_table
+
+    out = Path(args.out)
+    if out.suffix.lower() not in (".csv", ".parquet"):
+        raise FundgapError(f"{out}: --out must end in .csv or .parquet")
+    diagnostics_path = Path(args.diagnostics) if args.diagnostics else \
+        out.with_name(f"{out.stem}.diagnostics.json")
+    options = PrepareOptions(factor_method=args.factor_method, short_streams=args.short_streams)
+    prepared = prepare(load_dataset(args.data), options)
+    write_table(prepared.table, out)
+    write_json(prepared.diagnostics, diagnostics_path)
+    print(f"{out}: {len(prepared.table)} campaigns prepared; diagnostics in {diagnostics_path}")
+    return 0
+
+
+def _describe(args: argparse.Namespace) -> int:
+    from fundgap.describe import summary_text
+    from fundgap.prepare import read_prepared
+
+    source = Path(args.source)
+    if source.is_dir():
+        from fundgap.contract import load_dataset
+        from fundgap.prepare import prepare
+
+        prepared = prepare(load_dataset(source))
+    elif source.is_file():
+        prepared = read_prepared(source)
+    else:
+        raise FundgapError(f"{source}: no such data folder or prepared table")
+    print(summary_text(prepared.table, prepared.diagnostics))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="fundgap", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"fundgap {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    sim = commands.add_parser("simulate", help="write a simulated data set with its truth")
+    sim.add_argument("--out", required=True, help="folder to write (replaced atomically)")
+    sim.add_argument("--seed", type=int, default=20250)
+    sim.add_argument("--n-campaigns", type=int, default=2057)
+    sim.add_argument("--counties", help="county table in the contract's format "
+                                        "(e.g. ../shared/data/china_counties.csv)")
+    sim.add_argument("--params", help="TOML with the keys of fundgap/defaults/simulation.toml")
+    sim.add_argument("--reuse", action="store_true",
+                     help="do nothing if OUT already holds data made with the same settings")
+    sim.set_defaults(run=_simulate)
+
+    val = commands.add_parser("validate", help="check a data folder against the contract")
+    val.add_argument("data", help="data folder")
+    val.add_argument("--limit", type=int, default=200, help="problems to print at most")
+    val.set_defaults(run=_validate)
+
+    prep = commands.add_parser("prepare", help="write the analysis-ready table")
+    prep.add_argument("data", help="data folder")
+    prep.add_argument("--out", required=True, help="prepared table, .csv or .parquet")
+    prep.add_argument("--diagnostics", help="JSON of the factor and other diagnostics "
+                                            "(default: OUT's name + .diagnostics.json)")
+    prep.add_argument("--short-streams", choices=("fallback", "missing"), default="fallback",
+                      help="derived capacity of campaigns with 300 donations or fewer")
+    prep.add_argument("--factor-method", choices=("pcf", "pa"), default="pcf")
+    prep.set_defaults(run=_prepare)
+
+    desc = commands.add_parser("describe", help="summarise a data folder or prepared table")
+    desc.add_argument("source", help="data folder or prepared table")
+    desc.set_defaults(run=_describe)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `fundgap` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except FundgapError as error:
+        print(f"fundgap {args.command}: {error}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    except OSError as error:
+        print(f"fundgap {args.command}: {error.strerror or error}: "
+              f"{error.filename or ''}".rstrip(": "), file=sys.stderr)
+        return EXIT_PROBLEMS
+    except KeyboardInterrupt:
+        print(f"fundgap {args.command}: interrupted; nothing was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

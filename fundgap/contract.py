@@ -1,0 +1,450 @@
+"""The input data contract: column rules as data, loading, and validation.
+
+A data folder holds campaigns and counties (required), donations and ratings (optional), each
+as CSV or Parquet with the same columns (../shared/spec/data_contract.md). Every problem is
+collected, each naming file, row and column; `load_dataset` raises them all at once.
+
+Values are first parsed from text here (so "abc" in a number column is reported as such), then
+checked against the rules with a pandera schema built from the same rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+
+from fundgap.errors import DataContractError, Problem
+
+Kind = Literal["text", "code", "number", "integer", "category"]
+MISSING_TOKENS = frozenset({"", "NA", "N/A", "NaN", "nan", "null", "NULL", "None"})
+CENSUS_YEARS = (2010, 2020)
+# The development indicators in the order the study lists them; GDP is optional.
+DEVELOPMENT_INDICATORS = (
+    "mean_years_schooling",
+    "non_agricultural_share",
+    "urbanisation_rate",
+    "gdp_per_capita",
+)
+COUNTY_CONTROLS = ("population_millions", "aged60_share", "minority_share", "sex_ratio_at_birth")
+SES_ITEM_PREFIX = "ses_item_"
+
+
+@dataclass(frozen=True)
+class ColumnRule:
+    """What one column must hold. Bounds are inclusive unless `strict`."""
+
+    name: str
+    kind: Kind
+    required: bool = True
+    nullable: bool = False
+    low: float | None = None
+    high: float | None = None
+    strict_low: bool = False
+    categories: tuple[str, ...] = ()
+    unique: bool = False
+    unit: str = ""
+
+    def describe_bounds(self) -> str:
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.strict_low else '>='} {self.low:g}")
+        if self.high is not None:
+            parts.append(f"<= {self.high:g}")
+        return " and ".join(parts)
+
+
+def _census(name: str, low: float, high: float | None, strict: bool, unit: str,
+            required: bool = True) -> list[ColumnRule]:
+    return [
+        ColumnRule(f"{name}_{year}", "number", required=required, nullable=True, low=low,
+                   high=high, strict_low=strict, unit=unit)
+        for year in CENSUS_YEARS
+    ]
+
+
+CAMPAIGN_RULES: tuple[ColumnRule, ...] = (
+    ColumnRule("campaign_id", "text", unique=True),
+    ColumnRule("county_code", "code"),
+    ColumnRule("channel", "category", categories=("acquaintance", "mixed")),
+    ColumnRule("amount_raised", "number", low=0, strict_low=True, unit="yuan"),
+    ColumnRule("target_amount", "number", low=0, strict_low=True, unit="yuan"),
+    ColumnRule("donation_count", "integer", low=0),
+    ColumnRule("verifier_count", "integer", low=0),
+    ColumnRule("repost_count", "integer", low=0),
+    ColumnRule("gender", "category", categories=("male", "female")),
+    ColumnRule("age", "integer", low=0, high=120, unit="years"),
+    ColumnRule("disease_type", "text"),
+    ColumnRule("ses_index", "number", required=False),
+    ColumnRule("core_capacity", "number", required=False, low=0, strict_low=True,
+               unit="100 yuan"),
+    ColumnRule("derived_capacity", "number", required=False, low=0, strict_low=True,
+               unit="100 yuan"),
+    ColumnRule("emotional_rating", "number", required=False),
+)
+
+DONATION_RULES: tuple[ColumnRule, ...] = (
+    ColumnRule("campaign_id", "text"),
+    ColumnRule("seq", "integer", low=1),
+    ColumnRule("amount", "number", low=0, strict_low=True, unit="yuan"),
+)
+
+RATING_RULES: tuple[ColumnRule, ...] = (
+    ColumnRule("campaign_id", "text"),
+    ColumnRule("rater_id", "text"),
+    ColumnRule("dimension", "category", categories=("image", "text")),
+    ColumnRule("score", "number", low=0, high=10),
+)
+
+COUNTY_RULES: tuple[ColumnRule, ...] = (
+    ColumnRule("county_code", "code", unique=True),
+    ColumnRule("county_name", "text"),
+    ColumnRule("prefecture_code", "code"),
+    ColumnRule("prefecture_name", "text"),
+    ColumnRule("province_code", "code"),
+    ColumnRule("province_name", "text"),
+    *_census("mean_years_schooling", 0, 25, False, "years"),
+    *_census("non_agricultural_share", 0, 1, False, "share 0-1"),
+    *_census("urbanisation_rate", 0, 1, False, "share 0-1"),
+    *_census("gdp_per_capita", 0, None, True, "yuan", required=False),
+    *_census("population_millions", 0, None, True, "millions"),
+    *_census("aged60_share", 0, 1, False, "share 0-1"),
+    *_census("minority_share", 0, 1, False, "share 0-1"),
+    *_census("sex_ratio_at_birth", 0, None, True, "boys per girl"),
+)
+
+TABLES: dict[str, tuple[tuple[ColumnRule, ...], bool]] = {
+    # name: (rules, required file)
+    "campaigns": (CAMPAIGN_RULES, True),
+    "counties": (COUNTY_RULES, True),
+    "donations": (DONATION_RULES, False),
+    "ratings": (RATING_RULES, False),
+}
+
+
+@dataclass
+class Dataset:
+    """A validated data folder: typed frames, one per file, plus where they came from."""
+
+    source: Path
+    campaigns: pd.DataFrame
+    counties: pd.DataFrame
+    donations: pd.DataFrame | None = None
+    ratings: pd.DataFrame | None = None
+    files: dict[str, str] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _find_file(folder: Path, table: str, problems: list[Problem]) -> Path | None:
+    found = [folder / f"{table}.{ext}" for ext in ("csv", "parquet")]
+    found = [p for p in found if p.exists()]
+    if len(found) > 1:
+        problems.append(Problem(found[0].name, None, None,
+                                f"both {table}.csv and {table}.parquet exist; keep one"))
+        return None
+    return found[0] if found else None
+
+
+def _read_raw(path: Path, problems: list[Problem]) -> pd.DataFrame | None:
+    """Read a file as text columns; report unreadable or empty files."""
+    if path.stat().st_size == 0:
+        problems.append(Problem(path.name, None, None, "the file is empty"))
+        return None
+    try:
+        if path.suffix == ".parquet":
+            frame = pd.read_parquet(path)
+            frame = frame.astype(object).where(frame.notna(), "")
+            frame = frame.map(_as_text)
+        else:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        problems.append(Problem(path.name, None, None, f"cannot be read: {reason}"))
+        return None
+    if frame.empty:
+        problems.append(Problem(path.name, None, None, "the file has a header but no rows"))
+        return None
+    frame.columns = [str(c).strip() for c in frame.columns]
+    return frame.reset_index(drop=True)
+
+
+def _as_text(value: object) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def _parse_column(raw: pd.Series, rule: ColumnRule, file: str,
+                  problems: list[Problem]) -> pd.Series:
+    """Turn a text column into typed values; unparseable cells become missing and a problem."""
+    text = raw.astype(str).str.strip()
+    missing = text.isin(MISSING_TOKENS)
+    if rule.kind in ("text", "category", "code"):
+        parsed = text.where(~missing, None)
+        if rule.kind == "code":
+            bad = ~missing & ~text.str.fullmatch(r"\d{6}")
+            _report(problems, file, rule.name, bad, text,
+                    lambda v: f"'{v}' is not a 6-digit code")
+            parsed = parsed.where(~bad, None)
+        return parsed.astype(object)
+    numbers = pd.to_numeric(text.where(~missing, None), errors="coerce").astype(float)
+    bad = ~missing & (numbers.isna() | ~np.isfinite(numbers.fillna(0)))
+    _report(problems, file, rule.name, bad, text, lambda v: f"'{v}' is not a number")
+    numbers = numbers.where(~bad)
+    if rule.kind == "integer":
+        fractional = numbers.notna() & (numbers % 1 != 0)
+        _report(problems, file, rule.name, fractional, text,
+                lambda v: f"'{v}' is not a whole number")
+        numbers = numbers.where(~fractional)
+    return numbers
+
+
+def _report(problems: list[Problem], file: str, column: str, mask: pd.Series,
+            values: pd.Series, message) -> None:
+    for index in np.flatnonzero(mask.to_numpy()):
+        problems.append(Problem(file, int(index) + 1, column, message(values.iloc[index])))
+
+
+def _schema(rules: Iterable[ColumnRule]) -> pa.DataFrameSchema:
+    """A pandera schema for the value rules (types were parsed already)."""
+    columns = {}
+    for rule in rules:
+        checks = []
+        if rule.low is not None:
+            bound = rule.describe_bounds()
+            check = pa.Check.gt if rule.strict_low else pa.Check.ge
+            checks.append(check(rule.low, error=f"must be {bound}"))
+        if rule.high is not None:
+            checks.append(pa.Check.le(rule.high, error=f"must be {rule.describe_bounds()}"))
+        if rule.categories:
+            allowed = " or ".join(rule.categories)
+            checks.append(pa.Check.isin(list(rule.categories), error=f"must be {allowed}"))
+        columns[rule.name] = pa.Column(
+            None, checks=checks, nullable=True, required=False,
+            unique=rule.unique, report_duplicates="exclude_first",
+        )
+    return pa.DataFrameSchema(columns)
+
+
+def _check_values(frame: pd.DataFrame, rules: tuple[ColumnRule, ...], file: str,
+                  problems: list[Problem]) -> None:
+    try:
+        _schema(rules).validate(frame, lazy=True)
+    except pa.errors.SchemaErrors as errors:
+        for case in errors.failure_cases.itertuples():
+            row = None if pd.isna(case.index) else int(case.index) + 1
+            message = str(case.check)
+            if message == "field_uniqueness":
+                message = f"'{case.failure_case}' appears more than once"
+            else:
+                message = f"{message} (got {case.failure_case})"
+            problems.append(Problem(file, row, str(case.column), message))
+
+
+def _parse_table(raw: pd.DataFrame, rules: tuple[ColumnRule, ...], file: str,
+                 problems: list[Problem], needed: Iterable[str] = ()) -> pd.DataFrame:
+    """Parse the columns the rules know (others pass through as text) and check them."""
+    needed = set(needed)
+    frame = raw.copy()
+    for rule in rules:
+        if rule.name not in raw.columns:
+            if rule.required or rule.name in needed:
+                problems.append(Problem(file, None, rule.name, "missing column"))
+            continue
+        frame[rule.name] = _parse_column(raw[rule.name], rule, file, problems)
+        empty = raw[rule.name].astype(str).str.strip().isin(MISSING_TOKENS)
+        if not rule.nullable and (rule.required or rule.name in needed):
+            _report(problems, file, rule.name, empty, raw[rule.name],
+                    lambda _v: "missing value")
+    _check_values(frame, rules, file, problems)
+    return frame
+
+
+# ---------------------------------------------------------------- cross-file rules
+
+
+def _check_counties(counties: pd.DataFrame, used: set[str], file: str,
+                    problems: list[Problem]) -> None:
+    provinces = counties.dropna(subset=["prefecture_code", "province_code"])
+    multi = provinces.groupby("prefecture_code")["province_code"].nunique()
+    for code in multi[multi > 1].index:
+        rows = np.flatnonzero((counties["prefecture_code"] == code).to_numpy())
+        problems.append(Problem(file, int(rows[0]) + 1, "province_code",
+                                f"prefecture {code} is placed in more than one province"))
+    in_use = counties["county_code"].isin(used).to_numpy()
+    indicators = [*DEVELOPMENT_INDICATORS, *COUNTY_CONTROLS]
+    for name in indicators:
+        columns = [f"{name}_{year}" for year in CENSUS_YEARS]
+        if not all(c in counties.columns for c in columns):
+            continue
+        both_missing = counties[columns].isna().all(axis=1).to_numpy() & in_use
+        for index in np.flatnonzero(both_missing):
+            problems.append(Problem(
+                file, int(index) + 1, f"{columns[0]}/_{CENSUS_YEARS[1]}",
+                f"county {counties['county_code'].iloc[index]} has campaigns but no value "
+                "in either census year"))
+
+
+def _check_campaign_links(campaigns: pd.DataFrame, counties: pd.DataFrame, file: str,
+                          problems: list[Problem]) -> None:
+    known = set(counties["county_code"].dropna())
+    unknown = campaigns["county_code"].notna() & ~campaigns["county_code"].isin(known)
+    _report(problems, file, "county_code", unknown, campaigns["county_code"],
+            lambda v: f"county code {v} is not in counties")
+
+
+def _check_child_ids(child: pd.DataFrame, campaign_ids: set[str], file: str,
+                     problems: list[Problem]) -> None:
+    unknown = child["campaign_id"].notna() & ~child["campaign_id"].isin(campaign_ids)
+    _report(problems, file, "campaign_id", unknown, child["campaign_id"],
+            lambda v: f"campaign {v} is not in campaigns")
+
+
+def _check_sequences(donations: pd.DataFrame, file: str, problems: list[Problem]) -> None:
+    """Within a campaign, seq must run 1, 2, 3, ... with no gap or repeat (any row order)."""
+    valid = donations.dropna(subset=["campaign_id", "seq"])
+    ordered = valid.sort_values(["campaign_id", "seq"], kind="stable")
+    expected = ordered.groupby("campaign_id", sort=False).cumcount() + 1
+    off = ordered["seq"].to_numpy() != expected.to_numpy()
+    first_off = ordered[off].groupby("campaign_id", sort=False).head(1)
+    expected_off = expected[off].groupby(ordered["campaign_id"][off], sort=False).head(1)
+    for (index, row), want in zip(first_off.iterrows(), expected_off, strict=True):
+        got = int(row["seq"])
+        what = "repeats" if got < want else f"skips to {got}"
+        problems.append(Problem(file, int(index) + 1, "seq",
+                                f"campaign {row['campaign_id']}: seq {what} where {want} "
+                                "was expected (no gaps or repeats)"))
+
+
+def _check_optional_sources(campaigns: pd.DataFrame, has: dict[str, bool], file: str,
+                            problems: list[Problem]) -> None:
+    """Columns that may be left out only where another file or column supplies them."""
+    ses_items = [c for c in campaigns.columns if c.startswith(SES_ITEM_PREFIX)]
+    sources = {
+        "core_capacity": (has["donations"], "donations.csv"),
+        "derived_capacity": (has["donations"], "donations.csv"),
+        "emotional_rating": (has["ratings"], "ratings.csv"),
+        "ses_index": (bool(ses_items), f"{SES_ITEM_PREFIX}* columns"),
+    }
+    for column, (supplied, source) in sources.items():
+        if supplied:
+            continue
+        if column not in campaigns.columns:
+            problems.append(Problem(file, None, column, f"missing column (and no {source} "
+                                                        "to compute it from)"))
+            continue
+        empty = campaigns[column].isna()
+        _report(problems, file, column, empty, campaigns[column],
+                lambda _v, s=source: f"missing value (and no {s} to compute it from)")
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def _collect(folder: Path) -> tuple[Dataset | None, list[Problem]]:
+    problems: list[Problem] = []
+    if not folder.is_dir():
+        return None, [Problem(str(folder), None, None, "is not a folder")]
+    raw: dict[str, pd.DataFrame | None] = {}
+    files: dict[str, str] = {}
+    # A file that exists counts as a source even when it is unreadable (its own problem
+    # is reported), so the columns it would supply are not reported missing as well.
+    present = {t for t in TABLES if any((folder / f"{t}.{e}").exists()
+                                        for e in ("csv", "parquet"))}
+    for table, (_rules, required) in TABLES.items():
+        path = _find_file(folder, table, problems)
+        if path is None:
+            if required and not any(p.file.startswith(table) for p in problems):
+                problems.append(Problem(f"{table}.csv", None, None, "required file is missing"))
+            raw[table] = None
+            continue
+        files[table] = path.name
+        raw[table] = _read_raw(path, problems)
+
+    parsed: dict[str, pd.DataFrame] = {}
+    has = {t: t in present for t in ("donations", "ratings")}
+    for table, (rules, _required) in TABLES.items():
+        if raw[table] is not None:
+            parsed[table] = _parse_table(raw[table], rules, files[table], problems)
+
+    campaigns, counties = parsed.get("campaigns"), parsed.get("counties")
+    if campaigns is not None:
+        _check_optional_sources(campaigns, has, files["campaigns"], problems)
+    if campaigns is not None and counties is not None and "county_code" in campaigns:
+        if "county_code" in counties:
+            _check_campaign_links(campaigns, counties, files["campaigns"], problems)
+            used = set(campaigns["county_code"].dropna())
+            _check_counties(counties, used, files["counties"], problems)
+    ids = set(campaigns["campaign_id"].dropna()) if campaigns is not None and \
+        "campaign_id" in campaigns else None
+    for table in ("donations", "ratings"):
+        child = parsed.get(table)
+        if child is None or "campaign_id" not in child:
+            continue
+        if ids is not None:
+            _check_child_ids(child, ids, files[table], problems)
+        if table == "donations" and "seq" in child:
+            _check_sequences(child, files[table], problems)
+    if "donations" in parsed and campaigns is not None and ids is not None:
+        donated = set(parsed["donations"]["campaign_id"].dropna())
+        lacking = campaigns["campaign_id"].notna() & ~campaigns["campaign_id"].isin(donated)
+        _report(problems, files["campaigns"], "campaign_id", lacking, campaigns["campaign_id"],
+                lambda v: f"campaign {v} has no rows in donations, so its capacities "
+                          "cannot be computed")
+    if "ratings" in parsed and campaigns is not None and ids is not None:
+        rated = set(parsed["ratings"]["campaign_id"].dropna())
+        lacking = campaigns["campaign_id"].notna() & ~campaigns["campaign_id"].isin(rated)
+        _report(problems, files["campaigns"], "campaign_id", lacking, campaigns["campaign_id"],
+                lambda v: f"campaign {v} has no rows in ratings, so its emotional rating "
+                          "cannot be computed")
+
+    problems = sorted(set(problems), key=_problem_order)
+    if problems or campaigns is None or counties is None:
+        return None, problems
+    dataset = Dataset(folder, campaigns, counties, parsed.get("donations"),
+                      parsed.get("ratings"), files)
+    return dataset, problems
+
+
+def _problem_order(problem: Problem) -> tuple:
+    return (problem.file, problem.row or 0, problem.column or "", problem.message)
+
+
+def validate(folder: str | Path) -> list[Problem]:
+    """Every contract problem in a data folder; an empty list means the data are clean."""
+    return _collect(Path(folder))[1]
+
+
+def load_dataset(folder: str | Path) -> Dataset:
+    """Load and validate a data folder; raises DataContractError listing every problem."""
+    folder = Path(folder)
+    dataset, problems = _collect(folder)
+    if problems or dataset is None:
+        raise DataContractError(problems, str(folder))
+    return dataset
+
+
+def read_table(path: str | Path, table: str) -> pd.DataFrame:
+    """Read and check one file against the rules of `table` (e.g. a county table given to the
+    simulator); raises DataContractError with every problem in it."""
+    path = Path(path)
+    problems: list[Problem] = []
+    if not path.is_file():
+        raise DataContractError([Problem(str(path), None, None, "file not found")], str(path))
+    raw = _read_raw(path, problems)
+    frame = None
+    if raw is not None:
+        frame = _parse_table(raw, TABLES[table][0], path.name, problems)
+    if problems or frame is None:
+        raise DataContractError(problems, str(path))
+    return frame

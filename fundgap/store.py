@@ -1,0 +1,136 @@
+"""Writing results safely: atomic files and folders, fingerprints, package versions.
+
+Everything is first written beside its target under a temporary name and then renamed into
+place, so an error or an interrupt leaves either the old result or the new one, never half.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+RECORDED_PACKAGES = ("fundgap", "numpy", "pandas", "scipy", "statsmodels", "pymc", "pytensor",
+                     "nutpie", "bambi", "arviz", "xarray", "pandera")
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `target`; on success it replaces `target` in one rename."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(handle)
+    temporary = Path(name)
+    try:
+        yield temporary
+        os.chmod(temporary, 0o666 & ~_umask())
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `target`; on success it becomes `target`.
+
+    An existing `target` is replaced only once the new folder is complete.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp",
+                                      dir=target.parent))
+    try:
+        yield temporary
+        os.chmod(temporary, 0o777 & ~_umask())
+        if target.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old",
+                                            dir=target.parent))
+            os.replace(target, retired / "old")
+            os.replace(temporary, target)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(temporary, target)
+    finally:
+        if temporary.exists():
+            shutil.rmtree(temporary, ignore_errors=True)
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
+    """Write a frame as CSV or Parquet (by suffix), atomically."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".parquet"):
+        raise ValueError(f"{path}: the output must end in .csv or .parquet")
+    with atomic_path(path) as temporary:
+        if suffix == ".csv":
+            frame.to_csv(temporary, index=False, lineterminator="\n")
+        else:
+            frame.to_parquet(temporary, index=False)
+    return path
+
+
+def write_json(data: object, path: str | Path) -> Path:
+    """Write JSON (sorted keys, UTF-8, numpy values converted), atomically."""
+    path = Path(path)
+    with atomic_path(path) as temporary:
+        temporary.write_text(to_json(data) + "\n", encoding="utf-8")
+    return path
+
+
+def to_json(data: object) -> str:
+    return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False, default=_plain)
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def frame_fingerprint(frame: pd.DataFrame) -> str:
+    """SHA-256 of a frame's column names, dtypes and values (row order matters)."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([[str(c), str(t)] for c, t in frame.dtypes.items()]).encode())
+    hashed = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+    digest.update(hashed.tobytes())
+    return digest.hexdigest()
+
+
+def file_fingerprint(path: str | Path) -> str:
+    """SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages that decide a result."""
+    versions = {}
+    for name in RECORDED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions

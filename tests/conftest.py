@@ -1,0 +1,141 @@
+"""Shared fixtures: a tiny hand-made data folder and small simulated ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fundgap.contract import read_table
+from fundgap.simulate import simulate, write_simulation
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+REAL_COUNTIES = SHARED / "data" / "china_counties.csv"
+PUBLISHED = SHARED / "spec" / "published_tables.yaml"
+
+COUNTY_VALUES = {
+    # code: (schooling, non-agricultural, urbanisation, population, aged60, minority, srb)
+    "110101": (12.0, 0.95, 0.98, 0.70, 0.20, 0.05, 1.05),
+    "110102": (10.5, 0.80, 0.70, 0.40, 0.18, 0.02, 1.08),
+    "110103": (9.0, 0.60, 0.45, 0.30, 0.16, 0.10, 1.10),
+    "120101": (8.5, 0.55, 0.50, 0.50, 0.15, 0.30, 1.12),
+    "120102": (7.5, 0.35, 0.30, 0.20, 0.14, 0.60, 1.15),
+    "120103": (11.0, 0.70, 0.80, 0.90, 0.19, 0.01, 1.06),
+}
+
+
+def tiny_counties() -> pd.DataFrame:
+    rows = []
+    for code, values in COUNTY_VALUES.items():
+        row = {"county_code": code, "county_name": f"县{code}",
+               "prefecture_code": code[:4] + "00", "prefecture_name": f"市{code[:4]}",
+               "province_code": code[:2] + "0000", "province_name": f"省{code[:2]}"}
+        names = ("mean_years_schooling", "non_agricultural_share", "urbanisation_rate",
+                 "population_millions", "aged60_share", "minority_share",
+                 "sex_ratio_at_birth")
+        for name, value in zip(names, values, strict=True):
+            # 2010 a little lower, 2020 a little higher: the average is `value`
+            shift = 0.02 * value if name != "sex_ratio_at_birth" else 0.0
+            row[f"{name}_2010"] = round(value - shift / 2, 6)
+            row[f"{name}_2020"] = round(value + shift / 2, 6)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def tiny_campaigns() -> pd.DataFrame:
+    codes = ["110101", "110101", "110102", "110103", "120101", "120102", "120103", "120103"]
+    n = len(codes)
+    return pd.DataFrame({
+        "campaign_id": [f"C{i}" for i in range(1, n + 1)],
+        "county_code": codes,
+        "channel": ["mixed", "acquaintance", "mixed", "mixed", "acquaintance", "mixed",
+                    "mixed", "acquaintance"],
+        "amount_raised": [50_000, 12_000, 300, 8_000, 20_000, 15_000, 40_000, 9_000],
+        "target_amount": [200_000, 100_000, 50_000, 80_000, 300_000, 150_000, 250_000,
+                          90_000],
+        "donation_count": [350, 150, 5, 3, 3, 3, 3, 3],
+        "verifier_count": [40, 10, 0, 25, 60, 12, 33, 8],
+        "repost_count": [900, 120, 0, 400, 700, 220, 530, 90],
+        "gender": ["male", "female", "male", "female", "male", "male", "female", "male"],
+        "age": [5, 17, 18, 39, 40, 59, 60, 77],
+        "disease_type": ["cancer", "leukaemia", "injury", "cancer", "kidney", "other",
+                         "cancer", "cardiovascular"],
+        "ses_index": [1.5, -2.0, 0.3, -0.7, 4.2, -3.1, 2.2, 0.0],
+    })
+
+
+def tiny_donations() -> pd.DataFrame:
+    parts = [
+        # C1: 350 donations of seq yuan: core = mean(1..100) / 100, derived = mean(301..350)
+        pd.DataFrame({"campaign_id": "C1", "seq": np.arange(1, 351),
+                      "amount": np.arange(1, 351, dtype=float)}),
+        # C2: 150 donations, 10 yuan in the core window and 20 after it
+        pd.DataFrame({"campaign_id": "C2", "seq": np.arange(1, 151),
+                      "amount": np.where(np.arange(1, 151) <= 100, 10.0, 20.0)}),
+        # C3: 5 donations of 1..5 yuan
+        pd.DataFrame({"campaign_id": "C3", "seq": np.arange(1, 6),
+                      "amount": np.arange(1, 6, dtype=float)}),
+    ]
+    for i in range(4, 9):
+        parts.append(pd.DataFrame({"campaign_id": f"C{i}", "seq": [1, 2, 3],
+                                   "amount": [50.0, 30.0, 10.0 * i]}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def tiny_ratings() -> pd.DataFrame:
+    image_r1 = [8, 6, 4, 7, 5, 6, 9, 3]
+    text_r1 = [7, 7, 5, 6, 4, 8, 9, 2]
+    image_r2 = [6, 5, 2, 6, 3, 5, 8, 1]
+    text_r2 = [5, 6, 3, 5, 2, 7, 8, 0]
+    rows = []
+    for rater, image, text in (("R1", image_r1, text_r1), ("R2", image_r2, text_r2)):
+        for i in range(8):
+            rows.append({"campaign_id": f"C{i + 1}", "rater_id": rater, "dimension": "image",
+                         "score": image[i]})
+            rows.append({"campaign_id": f"C{i + 1}", "rater_id": rater, "dimension": "text",
+                         "score": text[i]})
+    return pd.DataFrame(rows)
+
+
+def write_tiny(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    tiny_campaigns().to_csv(folder / "campaigns.csv", index=False)
+    tiny_counties().to_csv(folder / "counties.csv", index=False)
+    tiny_donations().to_csv(folder / "donations.csv", index=False)
+    tiny_ratings().to_csv(folder / "ratings.csv", index=False)
+    return folder
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    """A small valid data folder whose derived values can be computed by hand."""
+    return write_tiny(tmp_path / "tiny")
+
+
+def edit_cell(folder: Path, file: str, row: int, column: str, value: str) -> None:
+    """Set one cell (row is 1-based, as in problem messages) of a CSV in a data folder."""
+    path = folder / file
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    frame.loc[row - 1, column] = value
+    frame.to_csv(path, index=False)
+
+
+@pytest.fixture(scope="session")
+def small_simulation(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small simulated data set (generated counties) written to disk."""
+    folder = tmp_path_factory.mktemp("sim") / "small"
+    write_simulation(simulate(n_campaigns=400, seed=7), folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def default_simulation(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default data set as `make demo` makes it (real counties where available)."""
+    folder = tmp_path_factory.mktemp("sim") / "default"
+    counties = read_table(REAL_COUNTIES, "counties") if REAL_COUNTIES.exists() else None
+    source = REAL_COUNTIES.name if counties is not None else "generated"
+    write_simulation(simulate(counties=counties, counties_source=source), folder)
+    return folder
