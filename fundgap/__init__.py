@@ -7,7 +7,7 @@ known truth.
 
 from fundgap.contract import Dataset, Problem, load_dataset, validate
 from fundgap.errors import DataContractError, FundgapError
-from fundgap.prepare import PrepareOptions, PreparedData, prepare
+from fundgap.prepare import PreparedData, PrepareOptions, prepare
 
 __version__ = "0.1.0"
 

@@ -380,11 +380,11 @@ def _collect(folder: Path) -> tuple[Dataset | None, list[Problem]]:
     campaigns, counties = parsed.get("campaigns"), parsed.get("counties")
     if campaigns is not None:
         _check_optional_sources(campaigns, has, files["campaigns"], problems)
-    if campaigns is not None and counties is not None and "county_code" in campaigns:
-        if "county_code" in counties:
-            _check_campaign_links(campaigns, counties, files["campaigns"], problems)
-            used = set(campaigns["county_code"].dropna())
-            _check_counties(counties, used, files["counties"], problems)
+    if (campaigns is not None and counties is not None and "county_code" in campaigns
+            and "county_code" in counties):
+        _check_campaign_links(campaigns, counties, files["campaigns"], problems)
+        used = set(campaigns["county_code"].dropna())
+        _check_counties(counties, used, files["counties"], problems)
     ids = set(campaigns["campaign_id"].dropna()) if campaigns is not None and \
         "campaign_id" in campaigns else None
     for table in ("donations", "ratings"):

@@ -22,7 +22,7 @@ def occupancy(table: pd.DataFrame) -> dict[str, float]:
     per_county = table.groupby("county_code").size()
     n = len(table)
     return {
-        "n_counties": int(len(per_county)),
+        "n_counties": len(per_county),
         "counties_seen_once": int((per_county == 1).sum()),
         "counties_seen_twice": int((per_county == 2).sum()),
         "counties_seen_3plus": int((per_county >= 3).sum()),

@@ -174,8 +174,7 @@ def emotional_ratings(ratings: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, fl
                                       aggfunc="mean")
     out = pd.DataFrame(index=per_dimension.index)
     for dimension in ("image", "text"):
-        column = per_dimension[dimension] if dimension in per_dimension else np.nan
-        out[f"{dimension}_rating"] = column
+        out[f"{dimension}_rating"] = per_dimension.get(dimension, np.nan)
     out["emotional_rating"] = out[["image_rating", "text_rating"]].mean(axis=1, skipna=True)
     icc = {
         dimension: intraclass_correlation(part["campaign_id"], part["z"])

@@ -9,10 +9,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import edit_cell, tiny_campaigns
 from fundgap.cli import main
 from fundgap.contract import load_dataset, validate
 from fundgap.errors import DataContractError, Problem
+
+from conftest import edit_cell, tiny_campaigns
 
 
 def only(problems: list[Problem]) -> Problem:
