@@ -54,7 +54,8 @@ def summary_text(table: pd.DataFrame, diagnostics: dict) -> str:
         f"channels: {channels.get('mixed', 0)} mixed, {channels.get('acquaintance', 0)} "
         "acquaintance only",
         f"county occupancy: {occ['counties_seen_once']} counties seen once "
-        f"({occ['share_campaigns_in_counties_seen_once']:.1%} of campaigns), "
+        f"({occ['share_counties_seen_once']:.1%} of counties, "
+        f"{occ['share_campaigns_in_counties_seen_once']:.1%} of campaigns), "
         f"{occ['counties_seen_twice']} twice "
         f"({occ['share_campaigns_in_counties_seen_twice']:.1%}), "
         f"{occ['counties_seen_3plus']} three times or more; "

@@ -53,6 +53,15 @@ def default_parameters() -> dict:
     return tomllib.loads(text)
 
 
+def published_tables() -> dict:
+    """The study's published figures (a copy of ../shared/spec/published_tables.yaml)."""
+    import yaml
+
+    text = resources.files("fundgap").joinpath("defaults/published_tables.yaml").read_text(
+        "utf-8")
+    return yaml.safe_load(text)
+
+
 @dataclass
 class Simulation:
     """A simulated data set in the contract, plus the truth that generated it."""
