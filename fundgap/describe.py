@@ -68,7 +68,7 @@ def summary_text(table: pd.DataFrame, diagnostics: dict) -> str:
             f"{factor['variance_explained']:.1%} of variance, loadings "
             f"{min(loadings):.2f}-{max(loadings):.2f}, KMO {factor['kmo']:.2f}, Bartlett "
             f"chi2({factor['bartlett_df']}) = {factor['bartlett_chi2']:.0f}, "
-            f"p = {factor['bartlett_p']:.2g}")
+            + ("p < 0.001" if factor["bartlett_p"] < 0.001 else f"p = {factor['bartlett_p']:.3f}"))
     if diagnostics.get("rating_icc"):
         icc = ", ".join(f"{k} {v:.3f}" for k, v in diagnostics["rating_icc"].items())
         lines.append(f"rating ICC(1): {icc}")
