@@ -33,6 +33,7 @@ DEVELOPMENT_INDICATORS = (
 )
 COUNTY_CONTROLS = ("population_millions", "aged60_share", "minority_share", "sex_ratio_at_birth")
 SES_ITEM_PREFIX = "ses_item_"
+SUPPLIED_BY = {"donations": "capacities", "ratings": "emotional rating"}
 
 
 @dataclass(frozen=True)
@@ -393,20 +394,15 @@ def _collect(folder: Path) -> tuple[Dataset | None, list[Problem]]:
             continue
         if ids is not None:
             _check_child_ids(child, ids, files[table], problems)
+            # every campaign needs rows here, or what this file supplies cannot be computed
+            covered = set(child["campaign_id"].dropna())
+            lacking = campaigns["campaign_id"].notna() & ~campaigns["campaign_id"].isin(covered)
+            _report(problems, files["campaigns"], "campaign_id", lacking,
+                    campaigns["campaign_id"],
+                    lambda v, t=table: f"campaign {v} has no rows in {t}, so its "
+                                       f"{SUPPLIED_BY[t]} cannot be computed")
         if table == "donations" and "seq" in child:
             _check_sequences(child, files[table], problems)
-    if "donations" in parsed and campaigns is not None and ids is not None:
-        donated = set(parsed["donations"]["campaign_id"].dropna())
-        lacking = campaigns["campaign_id"].notna() & ~campaigns["campaign_id"].isin(donated)
-        _report(problems, files["campaigns"], "campaign_id", lacking, campaigns["campaign_id"],
-                lambda v: f"campaign {v} has no rows in donations, so its capacities "
-                          "cannot be computed")
-    if "ratings" in parsed and campaigns is not None and ids is not None:
-        rated = set(parsed["ratings"]["campaign_id"].dropna())
-        lacking = campaigns["campaign_id"].notna() & ~campaigns["campaign_id"].isin(rated)
-        _report(problems, files["campaigns"], "campaign_id", lacking, campaigns["campaign_id"],
-                lambda v: f"campaign {v} has no rows in ratings, so its emotional rating "
-                          "cannot be computed")
 
     problems = sorted(set(problems), key=_problem_order)
     if problems or campaigns is None or counties is None:
