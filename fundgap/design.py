@@ -1,0 +1,101 @@
+"""Spec + prepared table -> the numbers a model needs: responses, design matrices, groups.
+
+Formulas are expanded by formulae (as bambi does), so categorical controls get the same
+columns in the Bayesian and the frequentist fit. Rows outside the spec's filter or missing
+any variable the spec uses are dropped, and the counts are recorded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from formulae import design_matrices
+
+from fundgap.errors import SpecError
+from fundgap.spec import GROUPS, ModelSpec
+
+
+@dataclass
+class EquationDesign:
+    """One equation's response, fixed-effects design (no intercept column) and groups."""
+
+    name: str
+    family: str
+    y: np.ndarray
+    X: np.ndarray
+    terms: list[str]
+    groups: tuple[str, ...]
+    priors: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def x_mean(self) -> np.ndarray:
+        return self.X.mean(axis=0)
+
+    @property
+    def x_sd(self) -> np.ndarray:
+        sd = self.X.std(axis=0)
+        return np.where(sd > 0, sd, 1.0)
+
+
+@dataclass
+class Design:
+    """Everything a builder needs, with the coordinates of every dimension."""
+
+    spec: ModelSpec
+    table: pd.DataFrame
+    equations: dict[str, EquationDesign]
+    levels: dict[str, np.ndarray]        # group column -> codes (the coordinate)
+    index: dict[str, np.ndarray]         # group column -> level index of each row
+    dropped: dict[str, int]
+
+    @property
+    def campaigns(self) -> np.ndarray:
+        return self.table["campaign_id"].to_numpy()
+
+    def parent(self, child: str, parent: str) -> np.ndarray:
+        """For each level of `child`, the index of its level of `parent` (nesting)."""
+        pairs = self.table[[child, parent]].drop_duplicates(child).set_index(child)[parent]
+        codes = pairs.reindex(self.levels[child]).to_numpy()
+        return np.searchsorted(self.levels[parent], codes)
+
+
+def build_design(spec: ModelSpec, table: pd.DataFrame) -> Design:
+    """Apply the spec's filter, drop incomplete rows, expand every formula."""
+    missing_columns = [c for c in spec.variables if c not in table.columns]
+    if missing_columns:
+        raise SpecError(f"{spec.source}: the data have no column(s) "
+                        f"{', '.join(missing_columns)}")
+    dropped = {"filter": 0, "missing": 0}
+    rows = table
+    if spec.filter:
+        try:
+            rows = table.query(spec.filter)
+        except Exception as error:  # pandas raises many types for a bad expression
+            raise SpecError(f"{spec.source}: filter: cannot be applied ({error})") from None
+        dropped["filter"] = len(table) - len(rows)
+    complete = rows[list(spec.variables)].notna().all(axis=1)
+    dropped["missing"] = int((~complete).sum())
+    rows = rows[complete].reset_index(drop=True)
+    if rows.empty:
+        raise SpecError(f"{spec.source}: no rows left after the filter and missing values")
+
+    group_columns = sorted({g for e in spec.equations.values() for g in e.groups},
+                           key=list(GROUPS.values()).index)
+    levels, index = {}, {}
+    for column in group_columns:
+        codes, uniques = pd.factorize(rows[column].astype(str), sort=True)
+        levels[column] = np.asarray(uniques, dtype=str)
+        index[column] = codes
+
+    equations = {}
+    for name, equation in spec.equations.items():
+        matrices = design_matrices(equation.fixed_formula, rows, na_action="error")
+        common = matrices.common.as_dataframe()
+        common = common.drop(columns=[c for c in common.columns if c == "Intercept"])
+        y = np.asarray(matrices.response.design_matrix, dtype=float).ravel()
+        equations[name] = EquationDesign(name, equation.family, y,
+                                         common.to_numpy(dtype=float), list(common.columns),
+                                         equation.groups, dict(equation.priors))
+    return Design(spec, rows, equations, levels, index, dropped)

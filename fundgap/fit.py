@@ -1,0 +1,205 @@
+"""One fit, end to end: spec + data -> posterior, effects, diagnostics -> a fits/ folder.
+
+The form is chosen here: "marginal" (intercepts integrated out, fundgap.marginal) where
+every equation is Gaussian, "explicit" (non-centred, fundgap.build) otherwise or on request.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import arviz as az
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from fundgap.build import GROUP_DIMS, build_model
+from fundgap.defaults import GATE, PREDICTIVE_DRAWS, SAMPLER
+from fundgap.design import Design, build_design
+from fundgap.effects import effect_draws, summarise_effects
+from fundgap.errors import FundgapError
+from fundgap.marginal import MARGINAL_FAMILIES, build_marginal_model, draw_intercepts
+from fundgap.predictive import predictive_groups
+from fundgap.sample import sample
+from fundgap.spec import ModelSpec
+from fundgap.store import atomic_directory, frame_fingerprint, package_versions, write_json
+
+FORMS = ("auto", "marginal", "explicit")
+# Variables the gate checks besides the effects (the latent intercepts are not reported).
+REPORTED_PREFIXES = ("coefficients_", "intercept_", "sigma_", "county_sd_", "prefecture_sd_",
+                     "province_sd_", "nu_", "dispersion_")
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """How to sample; defaults from fundgap/defaults.py."""
+
+    draws: int = int(SAMPLER["draws"])
+    tune: int = int(SAMPLER["tune"])
+    chains: int = int(SAMPLER["chains"])
+    seed: int = int(SAMPLER["seed"])
+    backend: str = str(SAMPLER["backend"])
+    form: str = "auto"
+    predictive_draws: int = PREDICTIVE_DRAWS
+    progress: bool = True
+
+
+@dataclass
+class FitResult:
+    """Everything one fit produced, before it is written."""
+
+    spec: ModelSpec
+    design: Design
+    idata: az.InferenceData
+    effects: pd.DataFrame
+    summary: pd.DataFrame
+    diagnostics: dict
+    record: dict = field(default_factory=dict)
+
+
+def choose_form(design: Design, requested: str) -> str:
+    """The model form to build: marginal where every equation is Gaussian."""
+    if requested not in FORMS:
+        raise FundgapError(f"unknown form {requested!r}: use {', '.join(FORMS)}")
+    gaussian = all(e.family in MARGINAL_FAMILIES for e in design.equations.values())
+    if requested == "marginal" and not gaussian:
+        raise FundgapError("the marginalised form needs every equation to be gaussian")
+    if requested == "auto":
+        return "marginal" if gaussian else "explicit"
+    return requested
+
+
+def _add_intercepts(posterior: xr.Dataset, design: Design, seed: int) -> xr.Dataset:
+    """Marginal form: draw every equation's intercepts from their conditional posterior."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[1])
+    stacked = posterior.stack(sample=("chain", "draw"))
+    added = {}
+    for name, equation in design.equations.items():
+        if not equation.groups:
+            continue
+        theta = np.column_stack([stacked[f"alpha_{name}"].values,
+                                 stacked[f"beta_std_{name}"].values.T])
+        outer = GROUP_DIMS[equation.groups[0]]
+        inner = GROUP_DIMS[equation.groups[-1]]
+        draws = draw_intercepts(
+            design, name, theta, stacked[f"sigma_{name}"].values,
+            stacked[f"{inner}_sd_{name}"].values,
+            stacked[f"{outer}_sd_{name}"].values if len(equation.groups) == 2 else None, rng)
+        for dim, values in draws.items():
+            shaped = values.reshape(posterior.sizes["chain"], posterior.sizes["draw"], -1)
+            added[f"{dim}_intercept_{name}"] = xr.DataArray(
+                shaped, dims=("chain", "draw", dim),
+                coords={"chain": posterior["chain"], "draw": posterior["draw"],
+                        dim: design.levels[next(c for c, d in GROUP_DIMS.items() if d == dim)]})
+    return posterior.assign(added)
+
+
+def _reported(posterior: xr.Dataset) -> list[str]:
+    return [v for v in posterior.data_vars if str(v).startswith(REPORTED_PREFIXES)]
+
+
+def _diagnostics(idata: az.InferenceData, effects: pd.DataFrame, summary: pd.DataFrame,
+                 timing: dict) -> dict:
+    stats = idata.sample_stats
+    depth_hits = next((int(stats[k].sum()) for k in ("maxdepth_reached",
+                                                     "reached_max_treedepth") if k in stats), 0)
+    reported = summary[summary["reported"]]
+    r_hat = pd.concat([reported["r_hat"], effects["r_hat"]])
+    ess = pd.concat([reported["ess_bulk"], effects["ess_bulk"]])
+    divergences = int(stats["diverging"].sum())
+    reasons = []
+    if divergences > GATE["max_divergences"]:
+        reasons.append(f"{divergences} divergent transitions")
+    if r_hat.max() > GATE["max_r_hat"]:
+        reasons.append(f"max R-hat {r_hat.max():.3f} > {GATE['max_r_hat']}")
+    if ess.min() < GATE["min_ess_bulk"]:
+        reasons.append(f"min bulk ESS {ess.min():.0f} < {GATE['min_ess_bulk']:.0f}")
+    draws = idata.posterior.sizes["chain"] * idata.posterior.sizes["draw"]
+    return {
+        "passed": not reasons,
+        "reasons": reasons,
+        "divergences": divergences,
+        "max_r_hat": float(r_hat.max()),
+        "min_ess_bulk": float(ess.min()),
+        "worst_ess_quantity": str(pd.concat([reported["ess_bulk"],
+                                             effects.set_index(effects["effect"] + ":"
+                                                               + effects["mediator"])
+                                             ["ess_bulk"]]).idxmin()),
+        "tree_depth_hits": depth_hits,
+        "draws": draws,
+        "min_ess_bulk_per_second": float(ess.min() / max(timing["sample_seconds"], 1e-9)),
+        "gate": GATE,
+        **timing,
+    }
+
+
+def fit_model(spec: ModelSpec, table: pd.DataFrame,
+              settings: FitSettings | None = None) -> FitResult:
+    """Fit a spec to a prepared table: sample, add intercepts and per-campaign draws,
+    compute effects and diagnostics."""
+    settings = settings or FitSettings()
+    started = time.perf_counter()
+    design = build_design(spec, table)
+    form = choose_form(design, settings.form)
+    model = build_marginal_model(design) if form == "marginal" else build_model(design)
+    result = sample(model, settings.backend, settings.draws, settings.tune, settings.chains,
+                    settings.seed, settings.progress)
+    idata = result.idata
+    posterior = idata.posterior.drop_vars([v for v in idata.posterior.data_vars
+                                           if "_z_" in str(v)])
+    if form == "marginal":
+        posterior = _add_intercepts(posterior, design, settings.seed)
+    rng = np.random.default_rng(np.random.SeedSequence(settings.seed).spawn(2)[0])
+    predictive, loglik = predictive_groups(posterior, design, settings.predictive_draws, rng)
+    observed = xr.Dataset({name: xr.DataArray(e.y, dims="campaign",
+                                              coords={"campaign": design.campaigns})
+                           for name, e in design.equations.items()})
+    constant = xr.Dataset({column: xr.DataArray(design.table[column].astype(str).to_numpy(),
+                                                dims="campaign")
+                           for column in design.levels})
+    idata = az.InferenceData(posterior=posterior, sample_stats=idata.sample_stats,
+                             posterior_predictive=predictive, log_likelihood=loglik,
+                             observed_data=observed, constant_data=constant)
+
+    effects = summarise_effects(effect_draws(posterior, design))
+    summary = az.summary(idata, var_names=[v for v in posterior.data_vars
+                                           if not str(v).startswith(("alpha_", "beta_std_"))],
+                         kind="all", round_to="none", hdi_prob=0.95)
+    reported = set(_reported(posterior))
+    summary["reported"] = [name.split("[")[0] in reported for name in summary.index]
+    timing = {"compile_seconds": result.compile_seconds,
+              "sample_seconds": result.sample_seconds,
+              "wall_seconds": time.perf_counter() - started}
+    diagnostics = _diagnostics(idata, effects, summary, timing)
+    diagnostics["form"] = form
+    diagnostics["backend"] = settings.backend
+    record = {
+        "spec_name": spec.name,
+        "spec_source": spec.source,
+        "form": form,
+        "settings": asdict(settings),
+        "data_fingerprint": frame_fingerprint(table),
+        "rows_used": len(design.table),
+        "rows_dropped": design.dropped,
+        "predictive_draws_kept": int(predictive.sizes["chain"] * predictive.sizes["draw"]),
+        "versions": package_versions(),
+    }
+    idata.posterior.attrs.update({"spec": spec.name, "data_fingerprint":
+                                  record["data_fingerprint"], "seed": settings.seed})
+    return FitResult(spec, design, idata, effects, summary, diagnostics, record)
+
+
+def write_fit(result: FitResult, folder: str | Path) -> Path:
+    """Write posterior.nc, summary.csv, effects.csv, diagnostics.json, spec.toml, fit.json
+    into `folder`, atomically."""
+    folder = Path(folder)
+    with atomic_directory(folder) as temporary:
+        result.idata.to_netcdf(str(temporary / "posterior.nc"))
+        result.summary.rename_axis("parameter").to_csv(temporary / "summary.csv")
+        result.effects.to_csv(temporary / "effects.csv", index=False)
+        write_json(result.diagnostics, temporary / "diagnostics.json")
+        write_json(result.record, temporary / "fit.json")
+        (temporary / "spec.toml").write_text(result.spec.text, encoding="utf-8")
+    return folder

@@ -1,0 +1,72 @@
+"""Per-campaign quantities from the posterior: linear predictors, posterior predictive draws
+and pointwise log likelihood (conditional on the intercepts), for a thinned set of draws.
+
+Computed in numpy from the saved coefficients and intercepts, so the explicit and the
+marginalised form give them the same way and in the same layout.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+from scipy import stats
+from scipy.special import expit
+
+from fundgap.build import GROUP_DIMS
+from fundgap.design import Design
+
+
+def thinned(posterior: xr.Dataset, keep: int) -> xr.Dataset:
+    """Every k-th draw of each chain so that about `keep` draws remain in all."""
+    total = posterior.sizes["chain"] * posterior.sizes["draw"]
+    step = max(1, int(np.ceil(total / max(keep, 1))))
+    return posterior.isel(draw=slice(None, None, step))
+
+
+def linear_predictor(posterior: xr.Dataset, design: Design, name: str) -> xr.DataArray:
+    """eta = intercept + X coefficients + group intercepts, dims (chain, draw, campaign)."""
+    equation = design.equations[name]
+    X = xr.DataArray(equation.X, dims=("campaign", f"term_{name}"))
+    eta = posterior[f"intercept_{name}"] + xr.dot(X, posterior[f"coefficients_{name}"],
+                                                   dim=f"term_{name}")
+    for column in equation.groups:
+        dim = GROUP_DIMS[column]
+        effect = posterior[f"{dim}_intercept_{name}"]
+        eta = eta + effect.isel({dim: xr.DataArray(design.index[column], dims="campaign")})
+    return eta.transpose("chain", "draw", "campaign")
+
+
+def _distribution(posterior: xr.Dataset, family: str, name: str, eta: np.ndarray):
+    if family == "gaussian":
+        return stats.norm(eta, posterior[f"sigma_{name}"].values[..., None])
+    if family == "student_t":
+        return stats.t(posterior[f"nu_{name}"].values[..., None], eta,
+                       posterior[f"sigma_{name}"].values[..., None])
+    if family == "lognormal":
+        return stats.lognorm(posterior[f"sigma_{name}"].values[..., None], scale=np.exp(eta))
+    if family == "negative_binomial":
+        dispersion = posterior[f"dispersion_{name}"].values[..., None]
+        mu = np.exp(eta)
+        return stats.nbinom(dispersion, dispersion / (dispersion + mu))
+    if family == "bernoulli":
+        return stats.bernoulli(expit(eta))
+    raise ValueError(f"unknown family {family!r}")
+
+
+def predictive_groups(posterior: xr.Dataset, design: Design, keep: int,
+                      rng: np.random.Generator) -> tuple[xr.Dataset, xr.Dataset]:
+    """(posterior_predictive, log_likelihood) for about `keep` draws."""
+    subset = thinned(posterior, keep)
+    predictive, loglik = {}, {}
+    for name, equation in design.equations.items():
+        eta = linear_predictor(subset, design, name)
+        dist = _distribution(subset, equation.family, name, eta.values)
+        coords = {"chain": subset["chain"].values, "draw": subset["draw"].values,
+                  "campaign": design.campaigns}
+        dims = ("chain", "draw", "campaign")
+        predictive[name] = xr.DataArray(dist.rvs(random_state=rng), dims=dims, coords=coords)
+        logpdf = dist.logpmf if equation.family in ("negative_binomial", "bernoulli") \
+            else dist.logpdf
+        loglik[name] = xr.DataArray(logpdf(equation.y[None, None, :]), dims=dims,
+                                    coords=coords)
+    return xr.Dataset(predictive), xr.Dataset(loglik)

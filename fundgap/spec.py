@@ -1,0 +1,191 @@
+"""Model specifications: a TOML file in models/ becomes a frozen, checked ModelSpec.
+
+A spec names the exposure, the mediators and the outcome, and gives one mixed-model formula
+per equation (`y ~ x + C(g) + (1|prefecture) + (1|county)`), parsed with formulae (the formula
+library bambi uses). `{name}` in a formula is replaced by the snippet `name` of the [terms]
+table, so a control set is written once. Every problem is collected and raised together,
+each naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from formulae import model_description
+
+from fundgap.errors import SpecError
+from fundgap.prepare import EXTRA_COLUMNS, PREPARED_COLUMNS
+
+FAMILIES = ("gaussian", "student_t", "lognormal", "negative_binomial", "bernoulli")
+# Group names a formula may use, and the prepared columns they stand for.
+GROUPS = {"county": "county_code", "prefecture": "prefecture_code",
+          "province": "province_code"}
+PRIOR_KEYS = ("intercept_scale", "coefficient_scale", "sigma_scale", "group_sd_scale")
+KNOWN_KEYS = {"name", "description", "exposure", "outcome", "mediators", "terms",
+              "equations", "filter", "moderator"}
+
+
+@dataclass(frozen=True)
+class Equation:
+    """One equation: its response, fixed-effects formula, groups, family and prior scales."""
+
+    response: str
+    formula: str
+    fixed_formula: str
+    variables: tuple[str, ...]
+    groups: tuple[str, ...]
+    family: str = "gaussian"
+    priors: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A checked model specification. Equations are ordered: mediators, then the outcome."""
+
+    name: str
+    description: str
+    exposure: str
+    outcome: str
+    mediators: tuple[str, ...]
+    equations: dict[str, Equation]
+    filter: str | None = None
+    moderator: str | None = None
+    source: str = ""
+    text: str = ""
+
+    @property
+    def variables(self) -> tuple[str, ...]:
+        """Every prepared column the spec uses (responses, predictors, groups, moderator)."""
+        names: list[str] = []
+        for equation in self.equations.values():
+            names.extend([equation.response, *equation.variables, *equation.groups])
+        if self.moderator:
+            names.append(self.moderator)
+        return tuple(dict.fromkeys(names))
+
+
+def _substitute(formula: str, terms: dict[str, str], where: str,
+                errors: list[str]) -> str:
+    def replace(match: re.Match) -> str:
+        key = match.group(1)
+        if key not in terms:
+            errors.append(f"{where}: unknown snippet {{{key}}} (define it under [terms])")
+            return key
+        return terms[key]
+
+    return re.sub(r"\{(\w+)\}", replace, formula)
+
+
+def _parse_equation(name: str, body: object, terms: dict[str, str], known: set[str],
+                    errors: list[str]) -> Equation | None:
+    where = f"equations.{name}"
+    if not isinstance(body, dict) or "formula" not in body:
+        errors.append(f"{where}.formula: missing")
+        return None
+    formula = _substitute(str(body["formula"]), terms, f"{where}.formula", errors)
+    try:
+        description = model_description(formula)
+    except Exception as error:  # formulae raises several parser error types
+        errors.append(f"{where}.formula: does not parse ({error}): {formula}")
+        return None
+    response_vars = description.response.var_names if description.response else set()
+    if response_vars != {name}:
+        errors.append(f"{where}.formula: the response must be {name}, not "
+                      f"{', '.join(sorted(response_vars)) or 'missing'}")
+    groups, fixed_terms = [], []
+    for term in description.terms:
+        if type(term).__name__ == "GroupSpecificTerm":
+            if type(term.expr).__name__ != "Intercept":
+                errors.append(f"{where}.formula: only random intercepts (1|group) are "
+                              "supported")
+            group = next(iter(term.factor.var_names))
+            if group not in GROUPS:
+                errors.append(f"{where}.formula: unknown group {group!r} (use "
+                              f"{', '.join(GROUPS)})")
+                continue
+            groups.append(GROUPS[group])
+        elif type(term).__name__ != "Intercept":
+            fixed_terms.append(term)
+    variables = sorted(set().union(*(t.var_names for t in fixed_terms)) if fixed_terms
+                       else set())
+    for variable in [*variables, name]:
+        if variable not in known:
+            errors.append(f"{where}.formula: unknown column {variable!r}")
+    family = body.get("family", "gaussian")
+    if family not in FAMILIES:
+        errors.append(f"{where}.family: unknown family {family!r} (use "
+                      f"{', '.join(FAMILIES)})")
+    priors = body.get("priors", {})
+    for key, value in priors.items():
+        if key not in PRIOR_KEYS:
+            errors.append(f"{where}.priors.{key}: unknown (use {', '.join(PRIOR_KEYS)})")
+        elif not isinstance(value, int | float) or value <= 0:
+            errors.append(f"{where}.priors.{key}: must be a positive number")
+    fixed = formula.split("~", 1)[1]
+    fixed = re.sub(r"\+?\s*\(\s*1\s*\|\s*\w+\s*\)", "", fixed).strip().strip("+").strip()
+    return Equation(response=name, formula=formula,
+                    fixed_formula=f"{name} ~ {fixed or '1'}", variables=tuple(variables),
+                    groups=tuple(dict.fromkeys(sorted(groups, key=list(GROUPS.values()).index,
+                                                      reverse=True))),
+                    family=family, priors=dict(priors))
+
+
+def parse_spec(text: str, source: str = "<spec>",
+               columns: set[str] | None = None) -> ModelSpec:
+    """Parse TOML text into a ModelSpec; raises SpecError naming `source` and each key."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise SpecError(f"{source}: not valid TOML: {error}") from None
+    known = set(columns) if columns is not None else {*PREPARED_COLUMNS, *EXTRA_COLUMNS}
+    errors: list[str] = [f"{key}: unknown key" for key in raw if key not in KNOWN_KEYS]
+    for key in ("name", "exposure", "outcome", "equations"):
+        if key not in raw:
+            errors.append(f"{key}: missing")
+    if errors and any(e.endswith("missing") for e in errors):
+        raise SpecError(f"{source}:\n  " + "\n  ".join(errors))
+    terms = {k: str(v) for k, v in raw.get("terms", {}).items()}
+    mediators = tuple(raw.get("mediators", ()))
+    outcome, exposure = raw["outcome"], raw["exposure"]
+    equations: dict[str, Equation] = {}
+    for name, body in raw["equations"].items():
+        equation = _parse_equation(name, body, terms, known, errors)
+        if equation is not None:
+            equations[name] = equation
+    for mediator in mediators:
+        if mediator not in raw["equations"]:
+            errors.append(f"mediators: {mediator!r} has no equation (add [equations.{mediator}])")
+        elif outcome in equations and mediator not in equations[outcome].variables:
+            errors.append(f"equations.{outcome}.formula: mediator {mediator!r} is not a "
+                          "predictor of the outcome")
+    if outcome not in raw["equations"]:
+        errors.append(f"outcome: {outcome!r} has no equation")
+    for name, equation in equations.items():
+        if exposure not in equation.variables:
+            errors.append(f"equations.{name}.formula: the exposure {exposure!r} is missing")
+    extra = set(raw["equations"]) - {*mediators, outcome}
+    for name in sorted(extra):
+        errors.append(f"equations.{name}: neither a mediator nor the outcome")
+    moderator = raw.get("moderator")
+    if moderator is not None and moderator not in known:
+        errors.append(f"moderator: unknown column {moderator!r}")
+    if errors:
+        raise SpecError(f"{source}:\n  " + "\n  ".join(errors))
+    ordered = {name: equations[name] for name in (*mediators, outcome)}
+    return ModelSpec(name=str(raw["name"]), description=str(raw.get("description", "")),
+                     exposure=exposure, outcome=outcome, mediators=mediators,
+                     equations=ordered, filter=raw.get("filter"), moderator=moderator,
+                     source=source, text=text)
+
+
+def load_spec(path: str | Path, columns: set[str] | None = None) -> ModelSpec:
+    """Read and check a spec file (see parse_spec)."""
+    path = Path(path)
+    try:
+        text = path.read_text("utf-8")
+    except OSError as error:
+        raise SpecError(f"{path}: cannot be read ({error.strerror})") from None
+    return parse_spec(text, str(path), columns)
