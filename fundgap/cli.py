@@ -98,6 +98,46 @@ def _describe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_table(data: str):
+    """A data folder (validated and prepared on the way in) or a prepared table."""
+    from fundgap.contract import load_dataset
+    from fundgap.prepare import prepare, read_prepared
+
+    source = Path(data)
+    if source.is_dir():
+        return prepare(load_dataset(source)).table
+    if source.is_file():
+        return read_prepared(source).table
+    raise FundgapError(f"{source}: no such data folder or prepared table")
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from fundgap.fit import FitSettings, fit_model, write_fit
+    from fundgap.spec import load_spec
+
+    spec = load_spec(args.spec)
+    table = _load_table(args.data)
+    settings = FitSettings(draws=args.draws, tune=args.tune, chains=args.chains,
+                           seed=args.seed, backend=args.backend, form=args.form,
+                           progress=not args.quiet, full_summary=args.full_summary)
+    result = fit_model(spec, table, settings)
+    write_fit(result, args.out)
+    diagnostics = result.diagnostics
+    columns = ["effect", "mediator", "mean", "ci_lower", "ci_upper", "r_hat", "ess_bulk"]
+    print(result.effects[columns].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"{args.out}: {spec.name}, {diagnostics['form']} form, {diagnostics['backend']}: "
+          f"{diagnostics['divergences']} divergences, max R-hat {diagnostics['max_r_hat']:.3f}, "
+          f"min bulk ESS {diagnostics['min_ess_bulk']:.0f}, "
+          f"{diagnostics['wall_seconds']:.0f} s wall "
+          f"({diagnostics['compile_seconds']:.0f} s compiling, "
+          f"{diagnostics['sample_seconds']:.0f} s sampling)")
+    if not diagnostics["passed"]:
+        print(f"fundgap fit: FAILED diagnostics: {'; '.join(diagnostics['reasons'])} "
+              f"(the fit is written, marked failed)", file=sys.stderr)
+        return EXIT_PROBLEMS
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="fundgap", description=__doc__.splitlines()[0])
@@ -129,6 +169,22 @@ def build_parser() -> argparse.ArgumentParser:
                       help="derived capacity of campaigns with 300 donations or fewer")
     prep.add_argument("--factor-method", choices=("pcf", "pa"), default="pcf")
     prep.set_defaults(run=_prepare)
+
+    fit = commands.add_parser("fit", help="fit a model spec to a data folder or prepared table")
+    fit.add_argument("spec", help="model specification, e.g. models/regional_mediation.toml")
+    fit.add_argument("--data", required=True, help="data folder or prepared table")
+    fit.add_argument("--out", required=True, help="fit folder to write (replaced atomically)")
+    fit.add_argument("--draws", type=int, default=1000)
+    fit.add_argument("--tune", type=int, default=1000)
+    fit.add_argument("--chains", type=int, default=4)
+    fit.add_argument("--seed", type=int, default=20250)
+    fit.add_argument("--backend", choices=("nutpie", "pymc", "numpyro"), default="nutpie")
+    fit.add_argument("--form", choices=("auto", "marginal", "explicit"), default="auto",
+                     help="auto: intercepts integrated out where every equation is gaussian")
+    fit.add_argument("--full-summary", action="store_true",
+                     help="ArviZ diagnostics for every county and prefecture intercept too")
+    fit.add_argument("--quiet", action="store_true", help="no progress bar")
+    fit.set_defaults(run=_fit)
 
     desc = commands.add_parser("describe", help="summarise a data folder or prepared table")
     desc.add_argument("source", help="data folder or prepared table")
