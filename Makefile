@@ -8,7 +8,7 @@ COUNTIES ?= ../shared/data/china_counties.csv
 DEFAULT_DATA := data/default
 FITS := fits/default
 COUNTIES_ARG := $(if $(wildcard $(COUNTIES)),--counties $(COUNTIES),)
-PYTEST_ARGS ?= -n 2
+PYTEST_ARGS ?= -n 2 --dist loadfile
 
 .PHONY: install demo test lint clean
 
@@ -25,6 +25,8 @@ demo: install
 	$(BIN)/fundgap validate $(DEFAULT_DATA)
 	$(BIN)/fundgap prepare $(DEFAULT_DATA) --out $(FITS)/prepared.parquet
 	$(BIN)/fundgap describe $(FITS)/prepared.parquet
+	$(BIN)/fundgap fit models/regional_mediation.toml --data $(FITS)/prepared.parquet \
+		--out $(FITS)/regional_mediation
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -1,0 +1,192 @@
+"""Fitting for real on small simulated data: recovery of the truth, agreement with bambi,
+with statsmodels OLS and between the two model forms, seeds, outputs and the gate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import arviz as az
+import numpy as np
+import pandas as pd
+import pytest
+import statsmodels.formula.api as smf
+
+from conftest import REPO
+from fundgap.cli import main
+from fundgap.contract import load_dataset
+from fundgap.fit import FitSettings, fit_model, write_fit
+from fundgap.prepare import prepare
+from fundgap.spec import load_spec, parse_spec
+
+REGIONAL = REPO / "models" / "regional_mediation.toml"
+# Two chains (two cores) with enough draws for the gate: group sds mix at about 0.3 ESS per draw.
+QUICK = FitSettings(draws=1500, tune=1000, chains=2, seed=11, progress=False)
+
+
+@pytest.fixture(scope="session")
+def small_table(small_simulation: Path) -> pd.DataFrame:
+    return prepare(load_dataset(small_simulation)).table
+
+
+@pytest.fixture(scope="session")
+def default_table(default_simulation: Path) -> pd.DataFrame:
+    return prepare(load_dataset(default_simulation)).table
+
+
+@pytest.fixture(scope="session")
+def regional_fit(default_table: pd.DataFrame):
+    """The study model on the default-sized data (with 400 campaigns in 2,800 counties nearly
+    every county is seen once, and county and residual variance cannot be told apart)."""
+    return fit_model(load_spec(REGIONAL), default_table, QUICK)
+
+
+def test_fit_passes_its_gate_and_recovers_the_truth(regional_fit, default_simulation: Path):
+    diagnostics = regional_fit.diagnostics
+    assert diagnostics["form"] == "marginal"
+    assert diagnostics["passed"], diagnostics["reasons"]
+    truth = json.loads((default_simulation / "truth.json").read_text())
+    pooled = truth["effects_per_sd_development"]["pooled"]
+    effects = regional_fit.effects.set_index(["effect", "mediator"])
+    expected = {("total", ""): pooled["total"], ("direct", ""): pooled["direct"]}
+    for mediator, value in pooled["indirect"].items():
+        expected[("indirect", mediator)] = value
+        expected[("b", mediator)] = pooled["b"][mediator]
+    for key, value in expected.items():
+        row = effects.loc[key]
+        assert row["ci_lower"] <= value <= row["ci_upper"], (key, value, row.to_dict())
+    # the b paths are estimated sharply: the truth lies near the posterior mean
+    for mediator, value in pooled["b"].items():
+        row = effects.loc[("b", mediator)]
+        assert abs(row["mean"] - value) < 3 * row["sd"]
+
+
+def test_random_intercept_sds_cover_the_truth(regional_fit, default_simulation: Path):
+    truth = json.loads((default_simulation / "truth.json").read_text())["equations"]
+    summary = regional_fit.summary
+    for name, equation in truth.items():
+        for level in ("county", "prefecture"):
+            row = summary.loc[f"{level}_sd_{name}"]
+            assert row["hdi_2.5%"] <= equation[f"{level}_sd"] <= row["hdi_97.5%"] + 0.02 * \
+                equation[f"{level}_sd"] / max(equation[f"{level}_sd"], 1e-9), (name, level)
+        sigma = summary.loc[f"sigma_{name}"]
+        assert abs(sigma["mean"] - equation["residual_sd"]) < 0.15 * equation["residual_sd"]
+
+
+def test_posterior_has_named_dims_and_intercepts(regional_fit):
+    posterior = regional_fit.idata.posterior
+    counties = regional_fit.design.levels["county_code"]
+    county = posterior["county_intercept_log_amount_raised"]
+    assert county.dims == ("chain", "draw", "county")
+    assert list(county["county"].values) == list(counties)
+    assert "development" in posterior["coefficients_core_capacity"]["term_core_capacity"]
+    assert set(regional_fit.idata.log_likelihood.data_vars) == set(regional_fit.spec.equations)
+    assert regional_fit.idata.log_likelihood.sizes["campaign"] == len(regional_fit.design.table)
+    # ArviZ's LOO works on the stored pointwise log likelihood
+    loo = az.loo(regional_fit.idata, var_name="log_amount_raised")
+    assert np.isfinite(loo.elpd_loo)
+
+
+def test_effects_identities(regional_fit):
+    effects = regional_fit.effects.set_index(["effect", "mediator"])["mean"]
+    indirect = effects.loc["indirect"]
+    assert effects.loc[("total", "")] == pytest.approx(effects.loc[("direct", "")]
+                                                       + indirect.sum(), rel=1e-9)
+    assert list(regional_fit.effects.columns) == ["effect", "mediator", "mean", "sd", "ci_lower",
+                                                  "ci_upper", "r_hat", "ess_bulk", "p_positive"]
+
+
+def test_write_fit_folder(regional_fit, tmp_path: Path):
+    folder = write_fit(regional_fit, tmp_path / "fit")
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "diagnostics.json", "effects.csv", "fit.json", "posterior.nc", "spec.toml",
+        "summary.csv"]
+    record = json.loads((folder / "fit.json").read_text())
+    assert len(record["data_fingerprint"]) == 64 and record["versions"]["pymc"]
+    assert record["settings"]["seed"] == 11
+    idata = az.from_netcdf(folder / "posterior.nc")
+    assert {"posterior", "posterior_predictive", "log_likelihood", "observed_data",
+            "sample_stats"} <= set(idata.groups())
+    assert (folder / "spec.toml").read_text() == REGIONAL.read_text()
+    diagnostics = json.loads((folder / "diagnostics.json").read_text())
+    assert {"passed", "divergences", "max_r_hat", "min_ess_bulk", "tree_depth_hits",
+            "wall_seconds"} <= set(diagnostics)
+
+
+def test_same_seed_same_draws(default_table: pd.DataFrame, regional_fit):
+    again = fit_model(load_spec(REGIONAL), default_table, QUICK)
+    for name in ("coefficients_log_amount_raised", "county_intercept_core_capacity"):
+        np.testing.assert_array_equal(again.idata.posterior[name].values,
+                                      regional_fit.idata.posterior[name].values)
+
+
+def test_without_random_intercepts_matches_ols(small_table: pd.DataFrame):
+    text = REGIONAL.read_text().replace('levels = "(1|prefecture) + (1|county)"', 'levels = ""')
+    text = text.replace(" + {levels}", "")
+    spec = parse_spec(text, "no_levels.toml")
+    result = fit_model(spec, small_table, QUICK)
+    posterior = result.idata.posterior
+    for name, equation in spec.equations.items():
+        ols = smf.ols(equation.fixed_formula, small_table).fit()
+        coefficients = posterior[f"coefficients_{name}"]
+        for term in ("development", *spec.mediators):
+            if term not in coefficients[f"term_{name}"]:
+                continue
+            draws = coefficients.sel({f"term_{name}": term}).values
+            assert abs(draws.mean() - ols.params[term]) < 0.2 * ols.bse[term], (name, term)
+            assert draws.std() == pytest.approx(ols.bse[term], rel=0.15)
+
+
+@pytest.mark.slow
+def test_explicit_and_marginal_forms_agree(default_table: pd.DataFrame, regional_fit):
+    settings = FitSettings(draws=1000, tune=1000, chains=2, seed=5, progress=False,
+                           form="explicit")
+    explicit = fit_model(load_spec(REGIONAL), default_table, settings)
+    assert explicit.diagnostics["divergences"] == 0
+    for name in regional_fit.spec.equations:
+        for variable in (f"coefficients_{name}", f"sigma_{name}"):
+            a = explicit.idata.posterior[variable]
+            b = regional_fit.idata.posterior[variable]
+            difference = np.abs(a.mean(("chain", "draw")) - b.mean(("chain", "draw")))
+            assert np.all(difference < 0.3 * b.std(("chain", "draw"))), variable
+
+
+@pytest.mark.slow
+def test_outcome_equation_agrees_with_bambi(default_table: pd.DataFrame, regional_fit):
+    import bambi as bmb
+
+    spec = regional_fit.spec
+    equation = spec.equations[spec.outcome]
+    formula = equation.formula.replace("(1|prefecture)", "(1|prefecture_code)").replace(
+        "(1|county)", "(1|county_code)")
+    data = default_table.assign(age_group=default_table["age_group"].astype(str))
+    model = bmb.Model(" ".join(formula.split()), data)
+    idata = model.fit(draws=600, tune=600, chains=2, random_seed=3,
+                      inference_method="nutpie", progressbar=False)
+    ours = regional_fit.idata.posterior[f"coefficients_{spec.outcome}"]
+    for term in ("development", *spec.mediators):
+        theirs = idata.posterior[term]
+        mine = ours.sel({f"term_{spec.outcome}": term})
+        assert abs(float(theirs.mean()) - float(mine.mean())) < 0.3 * float(mine.std()), term
+
+
+def test_failing_gate_is_written_and_exits_nonzero(small_simulation: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture):
+    out = tmp_path / "failed"
+    code = main(["fit", str(REGIONAL), "--data", str(small_simulation), "--out", str(out),
+                 "--draws", "30", "--tune", "30", "--chains", "2", "--quiet"])
+    assert code == 1
+    assert "FAILED diagnostics" in capsys.readouterr().err
+    diagnostics = json.loads((out / "diagnostics.json").read_text())
+    assert diagnostics["passed"] is False and diagnostics["reasons"]
+
+
+def test_fit_cli_rejects_bad_spec(small_simulation: Path, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture):
+    spec = tmp_path / "bad.toml"
+    spec.write_text(REGIONAL.read_text().replace('family = "gaussian"', "")
+                    .replace("[equations.log_reposts]", '[equations.log_reposts]\nfamily = "x"'))
+    assert main(["fit", str(spec), "--data", str(small_simulation), "--out",
+                 str(tmp_path / "o")]) == 1
+    assert "equations.log_reposts.family: unknown family 'x'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

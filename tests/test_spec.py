@@ -1,0 +1,92 @@
+"""Model specifications: the shipped ones parse; each kind of broken spec gets a clear error
+naming the file and the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from fundgap.errors import SpecError
+from fundgap.spec import load_spec, parse_spec
+
+GOOD = """
+name = "t"
+exposure = "development"
+mediators = ["core_capacity"]
+outcome = "log_amount_raised"
+[terms]
+levels = "(1|prefecture) + (1|county)"
+[equations.core_capacity]
+formula = "core_capacity ~ development + C(age_group) + {levels}"
+[equations.log_amount_raised]
+formula = "log_amount_raised ~ development + core_capacity + male + {levels}"
+family = "student_t"
+priors = { coefficient_scale = 1.0 }
+"""
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "models").glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_specs_parse(path: Path) -> None:
+    spec = load_spec(path)
+    assert spec.outcome in spec.equations
+    assert list(spec.equations)[-1] == spec.outcome
+
+
+def test_regional_spec_is_the_study_model() -> None:
+    spec = load_spec(REPO / "models" / "regional_mediation.toml")
+    assert spec.mediators == ("core_capacity", "derived_capacity", "verifier_count",
+                              "log_reposts")
+    for equation in spec.equations.values():
+        assert equation.groups == ("prefecture_code", "county_code")
+        assert equation.family == "gaussian"
+        assert {"development", "age_group", "disease_type", "sex_ratio_at_birth"} <= set(
+            equation.variables)
+    assert set(spec.mediators) <= set(spec.equations["log_amount_raised"].variables)
+
+
+def test_good_spec() -> None:
+    spec = parse_spec(GOOD, "good.toml")
+    outcome = spec.equations["log_amount_raised"]
+    assert outcome.family == "student_t" and outcome.priors == {"coefficient_scale": 1.0}
+    assert outcome.fixed_formula == "log_amount_raised ~ development + core_capacity + male"
+    assert spec.equations["core_capacity"].variables == ("age_group", "development")
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (("male + {levels}", "mystery + {levels}"), "equations.log_amount_raised.formula: unknown "
+                                                "column 'mystery'"),
+    (('family = "student_t"', 'family = "poisson_ish"'),
+     "equations.log_amount_raised.family: unknown family 'poisson_ish'"),
+    (('mediators = ["core_capacity"]', 'mediators = ["core_capacity", "verifier_count"]'),
+     "mediators: 'verifier_count' has no equation"),
+    (("C(age_group) + {levels}", "C(age_group + {levels}"), "core_capacity.formula: does not "
+                                                            "parse"),
+    (("{levels}\"\n[equations.log", "{nothing}\"\n[equations.log"), "unknown snippet {nothing}"),
+    (("(1|prefecture) + (1|county)", "(1|village)"), "unknown group 'village'"),
+    (("coefficient_scale = 1.0", "coefficient_scale = -1"), "priors.coefficient_scale: must be "
+                                                            "a positive number"),
+    (("development + core_capacity", "core_capacity"), "the exposure 'development' is missing"),
+    (("+ core_capacity + male", "+ male"), "mediator 'core_capacity' is not a predictor"),
+    (('name = "t"', 'name = "t"\nflavour = "x"'), "flavour: unknown key"),
+])
+def test_broken_spec_names_file_and_key(change: tuple[str, str], message: str) -> None:
+    old, new = change
+    assert old in GOOD
+    with pytest.raises(SpecError) as raised:
+        parse_spec(GOOD.replace(old, new, 1), "broken.toml")
+    text = str(raised.value)
+    assert text.startswith("broken.toml")
+    assert message in text
+
+
+def test_missing_keys_and_bad_toml(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="outcome: missing"):
+        parse_spec('name = "x"\nexposure = "development"\n[equations]', "m.toml")
+    path = tmp_path / "bad.toml"
+    path.write_text("name = ")
+    with pytest.raises(SpecError, match="bad.toml: not valid TOML"):
+        load_spec(path)
+    with pytest.raises(SpecError, match="cannot be read"):
+        load_spec(tmp_path / "absent.toml")
