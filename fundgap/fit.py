@@ -13,6 +13,7 @@ from pathlib import Path
 import arviz as az
 import numpy as np
 import pandas as pd
+import pymc as pm
 import xarray as xr
 
 from fundgap.build import GROUP_DIMS, build_model
@@ -205,6 +206,15 @@ def fit_model(spec: ModelSpec, table: pd.DataFrame,
     idata.posterior.attrs.update({"spec": spec.name, "data_fingerprint":
                                   record["data_fingerprint"], "seed": settings.seed})
     return FitResult(spec, design, idata, effects, summary, diagnostics, record)
+
+
+def prior_predictive(spec: ModelSpec, table: pd.DataFrame, draws: int = 500,
+                     seed: int = 20250) -> az.InferenceData:
+    """Prior and prior predictive draws of every equation (explicit form, which has the
+    responses as random variables), to check that the default priors allow the data."""
+    design = build_design(spec, table)
+    with build_model(design):
+        return pm.sample_prior_predictive(draws=draws, random_seed=seed)
 
 
 def compact(idata: az.InferenceData) -> az.InferenceData:

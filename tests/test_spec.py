@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
 from fundgap.errors import SpecError
 from fundgap.spec import load_spec, parse_spec
+
+from conftest import REPO
 
 GOOD = """
 name = "t"
@@ -86,7 +87,7 @@ def test_missing_keys_and_bad_toml(tmp_path: Path) -> None:
         parse_spec('name = "x"\nexposure = "development"\n[equations]', "m.toml")
     path = tmp_path / "bad.toml"
     path.write_text("name = ")
-    with pytest.raises(SpecError, match="bad.toml: not valid TOML"):
+    with pytest.raises(SpecError, match=r"bad\.toml: not valid TOML"):
         load_spec(path)
     with pytest.raises(SpecError, match="cannot be read"):
         load_spec(tmp_path / "absent.toml")
