@@ -21,7 +21,12 @@ from fundgap.defaults import GATE, PREDICTIVE_DRAWS, SAMPLER
 from fundgap.design import Design, build_design
 from fundgap.effects import effect_draws, summarise_effects
 from fundgap.errors import FundgapError
-from fundgap.marginal import MARGINAL_FAMILIES, build_marginal_model, draw_intercepts
+from fundgap.marginal import (
+    MARGINAL_FAMILIES,
+    build_marginal_model,
+    draw_intercepts,
+    structure_key,
+)
 from fundgap.predictive import predictive_groups
 from fundgap.sample import sample
 from fundgap.spec import ModelSpec
@@ -164,8 +169,9 @@ def fit_model(spec: ModelSpec, table: pd.DataFrame,
     design = build_design(spec, table)
     form = choose_form(design, settings.form)
     model = build_marginal_model(design) if form == "marginal" else build_model(design)
+    key = ("marginal", *structure_key(design)) if form == "marginal" else None
     result = sample(model, settings.backend, settings.draws, settings.tune, settings.chains,
-                    settings.seed, settings.progress)
+                    settings.seed, settings.progress, cache_key=key)
     idata = result.idata
     # The sampler's internals (non-centred z's, log-transformed sds) are not kept.
     posterior = idata.posterior.drop_vars([v for v in idata.posterior.data_vars

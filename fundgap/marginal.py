@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
+from scipy import sparse
 
 from fundgap.build import GROUP_DIMS, coordinates, response_scale, term_dim
 from fundgap.defaults import PRIOR_SCALES
@@ -36,17 +37,24 @@ MARGINAL_FAMILIES = ("gaussian",)
 
 @dataclass
 class SufficientStatistics:
-    """What the marginal likelihood of one equation needs, on the standardised design Z."""
+    """What the marginal likelihood of one equation needs, on the standardised design Z.
+
+    The inner level is the innermost group (county), the outer one the group it nests in
+    (prefecture); an equation with one group has no outer level, one with none no inner.
+    """
 
     n: int
     ZtZ: np.ndarray            # (k, k) including the intercept column
     Zty: np.ndarray            # (k,)
     yty: float
-    inner_n: np.ndarray        # campaigns per inner level (county)
+    inner_n: np.ndarray        # campaigns per inner level
     inner_Z: np.ndarray        # (levels, k) sums of Z per inner level
     inner_y: np.ndarray        # (levels,) sums of y per inner level
-    inner_parent: np.ndarray | None   # outer level of each inner level, or None
+    inner_parent: np.ndarray   # outer level of each inner level (empty without one)
     n_outer: int
+
+    def as_dict(self) -> dict[str, np.ndarray]:
+        return {k: np.asarray(v) for k, v in self.__dict__.items()}
 
 
 def standardised_design(equation: EquationDesign) -> np.ndarray:
@@ -60,55 +68,76 @@ def sufficient_statistics(design: Design, name: str) -> SufficientStatistics:
     equation = design.equations[name]
     Z, y = standardised_design(equation), equation.y
     groups = equation.groups
-    if not groups:
-        raise ValueError(f"{name}: no random intercepts to integrate out")
-    inner = groups[-1]
-    index = design.index[inner]
-    levels = len(design.levels[inner])
+    if groups:
+        index = design.index[groups[-1]]
+        levels = len(design.levels[groups[-1]])
+    else:
+        index, levels = np.zeros(0, dtype=int), 0
     inner_Z = np.zeros((levels, Z.shape[1]))
-    np.add.at(inner_Z, index, Z)
-    parent = design.parent(inner, groups[0]) if len(groups) == 2 else None
+    if groups:
+        np.add.at(inner_Z, index, Z)
+    nested = len(groups) == 2
     return SufficientStatistics(
         n=len(y), ZtZ=Z.T @ Z, Zty=Z.T @ y, yty=float(y @ y),
         inner_n=np.bincount(index, minlength=levels).astype(float),
-        inner_Z=inner_Z, inner_y=np.bincount(index, weights=y, minlength=levels),
-        inner_parent=parent,
-        n_outer=len(design.levels[groups[0]]) if parent is not None else 0)
+        inner_Z=inner_Z,
+        inner_y=np.bincount(index, weights=y, minlength=levels) if groups else np.zeros(0),
+        inner_parent=design.parent(groups[-1], groups[0]) if nested else np.zeros(0, int),
+        n_outer=len(design.levels[groups[0]]) if nested else 0)
 
 
-def marginal_loglik(stats: SufficientStatistics, theta, sigma, tau_inner, tau_outer=None):
-    """Exact marginal log likelihood (works on numpy arrays and on pytensor tensors)."""
-    lib = pt if isinstance(theta, pt.TensorVariable) else np
-    sigma2, inner2 = sigma**2, tau_inner**2
+def marginal_loglik(stats: SufficientStatistics, theta, sigma, tau_inner=None,
+                    tau_outer=None):
+    """Exact marginal log likelihood (works on numpy arrays and on pytensor tensors).
+
+    Without `tau_inner` it is the ordinary Gaussian likelihood from the sufficient
+    statistics; without `tau_outer` there is one level of intercepts.
+    """
+    lib = np if isinstance(theta, np.ndarray) else pt
+    sigma2 = sigma**2
     quadratic = stats.yty - 2 * lib.dot(theta, stats.Zty) + lib.dot(theta, lib.dot(stats.ZtZ,
                                                                                     theta))
-    sums = stats.inner_y - lib.dot(stats.inner_Z, theta)
-    weight = 1.0 / (sigma2 + stats.inner_n * inner2)
-    logdet = stats.n * lib.log(sigma2) + lib.sum(lib.log1p(stats.inner_n * inner2 / sigma2))
-    quad = (quadratic - inner2 * lib.sum(weight * sums**2)) / sigma2
-    if stats.inner_parent is not None and tau_outer is not None:
-        outer2 = tau_outer**2
-        if lib is pt:
-            # scatter-add over the counties of each prefecture, O(counties)
-            outer_n = pt.inc_subtensor(pt.zeros(stats.n_outer)[stats.inner_parent],
-                                       stats.inner_n * weight)
-            outer_s = pt.inc_subtensor(pt.zeros(stats.n_outer)[stats.inner_parent],
-                                       sums * weight)
-        else:
-            outer_n = np.bincount(stats.inner_parent, weights=stats.inner_n * weight,
-                                  minlength=stats.n_outer)
-            outer_s = np.bincount(stats.inner_parent, weights=sums * weight,
-                                  minlength=stats.n_outer)
-        logdet = logdet + lib.sum(lib.log1p(outer2 * outer_n))
-        quad = quad - lib.sum(outer2 * outer_s**2 / (1 + outer2 * outer_n))
+    logdet = stats.n * lib.log(sigma2)
+    quad = quadratic / sigma2
+    if tau_inner is not None:
+        inner2 = tau_inner**2
+        sums = stats.inner_y - lib.dot(stats.inner_Z, theta)
+        weight = 1.0 / (sigma2 + stats.inner_n * inner2)
+        logdet = logdet + lib.sum(lib.log1p(stats.inner_n * inner2 / sigma2))
+        quad = quad - inner2 * lib.sum(weight * sums**2) / sigma2
+        if tau_outer is not None:
+            outer2 = tau_outer**2
+            if lib is pt:
+                # scatter-add over the counties of each prefecture, O(counties)
+                zeros = pt.zeros(stats.n_outer)
+                outer_n = pt.inc_subtensor(zeros[stats.inner_parent], stats.inner_n * weight)
+                outer_s = pt.inc_subtensor(zeros[stats.inner_parent], sums * weight)
+            else:
+                outer_n = np.bincount(stats.inner_parent, weights=stats.inner_n * weight,
+                                      minlength=stats.n_outer)
+                outer_s = np.bincount(stats.inner_parent, weights=sums * weight,
+                                      minlength=stats.n_outer)
+            logdet = logdet + lib.sum(lib.log1p(outer2 * outer_n))
+            quad = quad - lib.sum(outer2 * outer_s**2 / (1 + outer2 * outer_n))
     return -0.5 * (stats.n * np.log(2 * np.pi) + logdet + quad)
+
+
+def structure_key(design: Design) -> tuple:
+    """What a compiled marginal model depends on: equations, families, terms, groups.
+
+    Data (sufficient statistics, prior scales, predictor means and sds) enter as pm.Data,
+    so one compiled model serves every data set with the same structure.
+    """
+    return tuple((name, e.family, tuple(e.terms), e.groups)
+                 for name, e in design.equations.items())
 
 
 def build_marginal_model(design: Design) -> pm.Model:
     """The joint model with every Gaussian equation's intercepts integrated out.
 
     Parameters, names and priors are those of `build.build_model`, less the county and
-    prefecture z's; equations without random intercepts keep their ordinary likelihood.
+    prefecture z's. Every number that comes from the data is a pm.Data, so the compiled
+    model can be reused with another data set of the same structure (`structure_key`).
     """
     not_gaussian = [n for n, e in design.equations.items() if e.family not in
                     MARGINAL_FAMILIES]
@@ -116,33 +145,34 @@ def build_marginal_model(design: Design) -> pm.Model:
         raise ValueError(f"the marginalised form needs Gaussian equations; "
                          f"{', '.join(not_gaussian)} are not (use the explicit form)")
     coords = {k: v for k, v in coordinates(design).items()
-              if k not in GROUP_DIMS.values()}
+              if k not in (*GROUP_DIMS.values(), "campaign")}
     with pm.Model(coords=coords) as model:
         for name, equation in design.equations.items():
             priors = {**PRIOR_SCALES, **equation.priors}
             location, scale = response_scale(equation)
-            alpha = pm.Normal(f"alpha_{name}", location, priors["intercept_scale"] * scale)
-            beta_std = pm.Normal(f"beta_std_{name}", 0.0, priors["coefficient_scale"] * scale,
-                                 dims=term_dim(name))
-            coefficients = pm.Deterministic(f"coefficients_{name}", beta_std / equation.x_sd,
+            scales = pm.Data(f"prior_{name}", np.array([
+                location, priors["intercept_scale"] * scale,
+                priors["coefficient_scale"] * scale, priors["sigma_scale"] * scale,
+                priors["group_sd_scale"] * scale]))
+            x_mean = pm.Data(f"x_mean_{name}", equation.x_mean, dims=term_dim(name))
+            x_sd = pm.Data(f"x_sd_{name}", equation.x_sd, dims=term_dim(name))
+            alpha = pm.Normal(f"alpha_{name}", scales[0], scales[1])
+            beta_std = pm.Normal(f"beta_std_{name}", 0.0, scales[2], dims=term_dim(name))
+            coefficients = pm.Deterministic(f"coefficients_{name}", beta_std / x_sd,
                                             dims=term_dim(name))
-            pm.Deterministic(f"intercept_{name}",
-                             alpha - pt.dot(coefficients, equation.x_mean))
-            sds = {GROUP_DIMS[c]: pm.HalfNormal(f"{GROUP_DIMS[c]}_sd_{name}",
-                                                priors["group_sd_scale"] * scale)
+            pm.Deterministic(f"intercept_{name}", alpha - pt.dot(coefficients, x_mean))
+            sds = {GROUP_DIMS[c]: pm.HalfNormal(f"{GROUP_DIMS[c]}_sd_{name}", scales[4])
                    for c in equation.groups}
-            sigma = pm.HalfNormal(f"sigma_{name}", priors["sigma_scale"] * scale)
+            sigma = pm.HalfNormal(f"sigma_{name}", scales[3])
             theta = pt.concatenate([pt.atleast_1d(alpha), beta_std])
-            if not equation.groups:
-                Z = standardised_design(equation)
-                pm.Normal(name, mu=pt.dot(Z, theta), sigma=sigma, observed=equation.y,
-                          dims="campaign")
-                continue
-            stats = sufficient_statistics(design, name)
-            inner, outer = (GROUP_DIMS[c] for c in (equation.groups[-1], equation.groups[0]))
-            tau_outer = sds[outer] if len(equation.groups) == 2 else None
+            stats = SufficientStatistics(**{
+                key: pm.Data(f"stats_{key}_{name}", value)
+                for key, value in sufficient_statistics(design, name).as_dict().items()})
+            groups = [GROUP_DIMS[c] for c in equation.groups]
+            tau_inner = sds[groups[-1]] if groups else None
+            tau_outer = sds[groups[0]] if len(groups) == 2 else None
             pm.Potential(f"marginal_loglik_{name}",
-                         marginal_loglik(stats, theta, sigma, sds[inner], tau_outer))
+                         marginal_loglik(stats, theta, sigma, tau_inner, tau_outer))
     return model
 
 
@@ -165,13 +195,14 @@ def draw_intercepts(design: Design, name: str, theta: np.ndarray, sigma: np.ndar
     groups = design.equations[name].groups
     out = {}
     shift = 0.0
-    if stats.inner_parent is not None:
+    if len(groups) == 2:
         weight = 1.0 / (sigma2 + n * inner2)
-        draws = len(theta)
-        outer_n = np.zeros((draws, stats.n_outer))
-        outer_s = np.zeros((draws, stats.n_outer))
-        np.add.at(outer_n.T, stats.inner_parent, (n * weight).T)
-        np.add.at(outer_s.T, stats.inner_parent, (sums * weight).T)
+        membership = sparse.csr_matrix(
+            (np.ones(len(stats.inner_parent)), (np.arange(len(stats.inner_parent)),
+                                                stats.inner_parent)),
+            shape=(len(stats.inner_parent), stats.n_outer))
+        outer_n = np.asarray((n * weight) @ membership)
+        outer_s = np.asarray((sums * weight) @ membership)
         precision = 1.0 / tau_outer[:, None] ** 2 + outer_n
         outer = outer_s / precision + rng.standard_normal(outer_n.shape) / np.sqrt(precision)
         out[GROUP_DIMS[groups[0]]] = outer

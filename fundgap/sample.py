@@ -6,6 +6,7 @@ compiling and sampling. The same seed gives the same draws with the same backend
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -27,16 +28,35 @@ class SampleResult:
     sample_seconds: float
 
 
+# nutpie models compiled in this process, by structure: a batch of refits or a repeated
+# fit compiles once and swaps the data in.
+_COMPILED: dict[tuple, object] = {}
+
+
+def _data_values(model: pm.Model) -> dict[str, object]:
+    return {var.name: var.get_value() for var in model.data_vars}
+
+
 def sample(model: pm.Model, backend: str = "nutpie", draws: int = 1000, tune: int = 1000,
-           chains: int = 4, seed: int = 20250, progress: bool = True) -> SampleResult:
-    """Sample `model` with the chosen backend."""
+           chains: int = 4, seed: int = 20250, progress: bool = True,
+           cache_key: tuple | None = None) -> SampleResult:
+    """Sample `model` with the chosen backend.
+
+    With a `cache_key` (a model whose data all enter as pm.Data), nutpie reuses a model
+    compiled earlier in this process for the same key, with this model's data.
+    """
     if backend not in BACKENDS:
         raise FundgapError(f"unknown backend {backend!r}: use {', '.join(BACKENDS)}")
     if backend == "nutpie":
         import nutpie
 
         start = time.perf_counter()
-        compiled = nutpie.compile_pymc_model(model)
+        if cache_key is not None and cache_key in _COMPILED:
+            compiled = _COMPILED[cache_key].with_data(**_data_values(model))
+        else:
+            compiled = nutpie.compile_pymc_model(model)
+            if cache_key is not None:
+                _COMPILED[cache_key] = compiled
         compiled_at = time.perf_counter()
         idata = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=seed,
                               progress_bar=progress, save_warmup=False)
@@ -51,7 +71,7 @@ def sample(model: pm.Model, backend: str = "nutpie", draws: int = 1000, tune: in
     start = time.perf_counter()
     with model:
         idata = pm.sample(draws=draws, tune=tune, chains=chains, random_seed=seed,
-                          nuts_sampler=backend, progressbar=progress,
-                          compute_convergence_checks=False)
+                          cores=min(chains, os.cpu_count() or 1), nuts_sampler=backend,
+                          progressbar=progress, compute_convergence_checks=False)
     # PyMC compiles inside pm.sample; its time is counted as sampling time.
     return SampleResult(idata, backend, 0.0, time.perf_counter() - start)

@@ -221,3 +221,32 @@ def test_pymc_backend_runs_and_is_seeded(small_table: pd.DataFrame):
     draws = first.idata.posterior["coefficients_log_amount_raised"].sel(
         term_log_amount_raised="development")
     assert abs(float(draws.mean()) - ols.params["development"]) < 0.3 * ols.bse["development"]
+
+
+@pytest.mark.slow
+def test_interval_coverage_over_repeated_simulations(tmp_path: Path, regional_fit):
+    """Six data sets from different seeds, fitted with one compiled model (its data swapped
+    in): the 95% intervals of total, direct and indirect effects cover the truth at close to
+    the nominal rate."""
+    from fundgap.contract import read_table
+    from fundgap.simulate import simulate, write_simulation
+
+    from conftest import REAL_COUNTIES
+
+    counties = read_table(REAL_COUNTIES, "counties") if REAL_COUNTIES.exists() else None
+    covered, checked, compile_seconds = 0, 0, []
+    for seed in range(101, 107):
+        folder = write_simulation(simulate(seed=seed, counties=counties), tmp_path / str(seed))
+        truth = json.loads((folder / "truth.json").read_text())
+        pooled = truth["effects_per_sd_development"]["pooled"]
+        result = fit_model(load_spec(REGIONAL), prepare(load_dataset(folder)).table, QUICK)
+        compile_seconds.append(result.diagnostics["compile_seconds"])
+        effects = result.effects.set_index(["effect", "mediator"])
+        targets = {("total", ""): pooled["total"], ("direct", ""): pooled["direct"],
+                   **{("indirect", m): v for m, v in pooled["indirect"].items()}}
+        for key, value in targets.items():
+            row = effects.loc[key]
+            covered += row["ci_lower"] <= value <= row["ci_upper"]
+            checked += 1
+    assert max(compile_seconds) < 1.0  # compiled once, for the regional_fit fixture
+    assert covered / checked >= 0.8, f"{covered} of {checked} intervals cover the truth"

@@ -31,7 +31,7 @@ def tiny_design(levels: str, n: int = 70, seed: int = 0):
     })
     text = ('name = "t"\nexposure = "development"\noutcome = "log_amount_raised"\n'
             "[equations.log_amount_raised]\n"
-            f'formula = "log_amount_raised ~ development + male + {levels}"')
+            f'formula = "log_amount_raised ~ development + male {"+ " if levels else ""}{levels}"')
     design = build_design(parse_spec(text, columns=set(table.columns)), table)
     return design, design.equations["log_amount_raised"]
 
@@ -49,7 +49,7 @@ def dense_covariance(design, sigma, tau_county, tau_prefecture):
 
 
 @pytest.mark.parametrize("levels", ["(1|prefecture) + (1|county)", "(1|county)",
-                                    "(1|prefecture)"])
+                                    "(1|prefecture)", ""])
 def test_marginal_loglik_equals_dense_normal(levels: str) -> None:
     design, equation = tiny_design(levels)
     stats = sufficient_statistics(design, "log_amount_raised")
@@ -58,7 +58,7 @@ def test_marginal_loglik_equals_dense_normal(levels: str) -> None:
                                        ([-1.0, 0.5, 0.0], 1.3, 0.05, 2.0)]:
         theta = np.asarray(theta)
         nested = len(equation.groups) == 2
-        tau_inner = tau_p if levels == "(1|prefecture)" else tau_c
+        tau_inner = (tau_p if levels == "(1|prefecture)" else tau_c) if levels else None
         covariance = dense_covariance(design, sigma, tau_c if "county" in levels else 0.0,
                                       tau_p if "prefecture" in levels else 0.0)
         dense = multivariate_normal(Z @ theta, covariance).logpdf(equation.y)
