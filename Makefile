@@ -8,7 +8,7 @@ COUNTIES ?= ../shared/data/china_counties.csv
 DEFAULT_DATA := data/default
 FITS := fits/default
 COUNTIES_ARG := $(if $(wildcard $(COUNTIES)),--counties $(COUNTIES),)
-PYTEST_ARGS ?= -n 2 --dist loadfile
+PYTEST_ARGS ?= -n 2 --dist loadfile --durations=15
 
 .PHONY: install demo test lint clean
 

@@ -8,13 +8,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fundgap.contract import read_table
+from fundgap.contract import load_dataset, read_table
+from fundgap.fit import FitSettings, fit_model
+from fundgap.prepare import prepare
 from fundgap.simulate import simulate, write_simulation
+from fundgap.spec import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 REAL_COUNTIES = SHARED / "data" / "china_counties.csv"
 PUBLISHED = SHARED / "spec" / "published_tables.yaml"
+REGIONAL = REPO / "models" / "regional_mediation.toml"
+# Two chains (two cores) with enough draws for the gate: group sds mix at about 0.3 ESS per draw.
+QUICK = FitSettings(draws=1500, tune=1000, chains=2, seed=11, progress=False)
 
 COUNTY_VALUES = {
     # code: (schooling, non-agricultural, urbanisation, population, aged60, minority, srb)
@@ -139,3 +145,22 @@ def default_simulation(tmp_path_factory: pytest.TempPathFactory) -> Path:
     source = REAL_COUNTIES.name if counties is not None else "generated"
     write_simulation(simulate(counties=counties, counties_source=source), folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def small_table(small_simulation: Path) -> pd.DataFrame:
+    return prepare(load_dataset(small_simulation)).table
+
+
+@pytest.fixture(scope="session")
+def default_table(default_simulation: Path) -> pd.DataFrame:
+    return prepare(load_dataset(default_simulation)).table
+
+
+@pytest.fixture(scope="session")
+def regional_fit(default_table: pd.DataFrame):
+    """The study model on the default-sized data (with 400 campaigns in 2,800 counties nearly
+    every county is seen once, and county and residual variance cannot be told apart)."""
+    return fit_model(load_spec(REGIONAL), default_table, QUICK)
+
+

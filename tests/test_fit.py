@@ -13,33 +13,10 @@ import pytest
 import statsmodels.formula.api as smf
 
 from fundgap.cli import main
-from fundgap.contract import load_dataset
-from fundgap.fit import FitSettings, fit_model, prior_predictive, write_fit
-from fundgap.prepare import prepare
+from fundgap.fit import fit_model, prior_predictive, write_fit
 from fundgap.spec import load_spec, parse_spec
 
-from conftest import REPO
-
-REGIONAL = REPO / "models" / "regional_mediation.toml"
-# Two chains (two cores) with enough draws for the gate: group sds mix at about 0.3 ESS per draw.
-QUICK = FitSettings(draws=1500, tune=1000, chains=2, seed=11, progress=False)
-
-
-@pytest.fixture(scope="session")
-def small_table(small_simulation: Path) -> pd.DataFrame:
-    return prepare(load_dataset(small_simulation)).table
-
-
-@pytest.fixture(scope="session")
-def default_table(default_simulation: Path) -> pd.DataFrame:
-    return prepare(load_dataset(default_simulation)).table
-
-
-@pytest.fixture(scope="session")
-def regional_fit(default_table: pd.DataFrame):
-    """The study model on the default-sized data (with 400 campaigns in 2,800 counties nearly
-    every county is seen once, and county and residual variance cannot be told apart)."""
-    return fit_model(load_spec(REGIONAL), default_table, QUICK)
+from conftest import QUICK, REGIONAL
 
 
 def test_fit_passes_its_gate_and_recovers_the_truth(regional_fit, default_simulation: Path):
@@ -138,39 +115,6 @@ def test_without_random_intercepts_matches_ols(small_table: pd.DataFrame):
             assert draws.std() == pytest.approx(ols.bse[term], rel=0.15)
 
 
-@pytest.mark.slow
-def test_explicit_and_marginal_forms_agree(default_table: pd.DataFrame, regional_fit):
-    settings = FitSettings(draws=1000, tune=1000, chains=2, seed=5, progress=False,
-                           form="explicit")
-    explicit = fit_model(load_spec(REGIONAL), default_table, settings)
-    assert explicit.diagnostics["divergences"] == 0
-    for name in regional_fit.spec.equations:
-        for variable in (f"coefficients_{name}", f"sigma_{name}"):
-            a = explicit.idata.posterior[variable]
-            b = regional_fit.idata.posterior[variable]
-            difference = np.abs(a.mean(("chain", "draw")) - b.mean(("chain", "draw")))
-            assert np.all(difference < 0.3 * b.std(("chain", "draw"))), variable
-
-
-@pytest.mark.slow
-def test_outcome_equation_agrees_with_bambi(default_table: pd.DataFrame, regional_fit):
-    import bambi as bmb
-
-    spec = regional_fit.spec
-    equation = spec.equations[spec.outcome]
-    formula = equation.formula.replace("(1|prefecture)", "(1|prefecture_code)").replace(
-        "(1|county)", "(1|county_code)")
-    data = default_table.assign(age_group=default_table["age_group"].astype(str))
-    model = bmb.Model(" ".join(formula.split()), data)
-    idata = model.fit(draws=600, tune=600, chains=2, random_seed=3,
-                      inference_method="nutpie", progressbar=False)
-    ours = regional_fit.idata.posterior[f"coefficients_{spec.outcome}"]
-    for term in ("development", *spec.mediators):
-        theirs = idata.posterior[term]
-        mine = ours.sel({f"term_{spec.outcome}": term})
-        assert abs(float(theirs.mean()) - float(mine.mean())) < 0.3 * float(mine.std()), term
-
-
 def test_failing_gate_is_written_and_exits_nonzero(small_simulation: Path, tmp_path: Path,
                                                   capsys: pytest.CaptureFixture):
     out = tmp_path / "failed"
@@ -202,51 +146,3 @@ def test_prior_predictive_covers_the_data(small_table: pd.DataFrame):
         # weakly informative: the prior predictive spreads wider than the data, around them
         assert np.quantile(draws, 0.05) < observed.quantile(0.05)
         assert np.quantile(draws, 0.95) > observed.quantile(0.95)
-
-
-@pytest.mark.slow
-def test_pymc_backend_runs_and_is_seeded(small_table: pd.DataFrame):
-    text = ('name = "t"\nexposure = "development"\noutcome = "log_amount_raised"\n'
-            "[equations.log_amount_raised]\n"
-            'formula = "log_amount_raised ~ development + male"')
-    spec = parse_spec(text, "tiny.toml")
-    settings = FitSettings(draws=300, tune=300, chains=2, seed=4, backend="pymc",
-                           progress=False)
-    first = fit_model(spec, small_table, settings)
-    second = fit_model(spec, small_table, settings)
-    np.testing.assert_array_equal(
-        first.idata.posterior["coefficients_log_amount_raised"].values,
-        second.idata.posterior["coefficients_log_amount_raised"].values)
-    ols = smf.ols("log_amount_raised ~ development + male", small_table).fit()
-    draws = first.idata.posterior["coefficients_log_amount_raised"].sel(
-        term_log_amount_raised="development")
-    assert abs(float(draws.mean()) - ols.params["development"]) < 0.3 * ols.bse["development"]
-
-
-@pytest.mark.slow
-def test_interval_coverage_over_repeated_simulations(tmp_path: Path, regional_fit):
-    """Six data sets from different seeds, fitted with one compiled model (its data swapped
-    in): the 95% intervals of total, direct and indirect effects cover the truth at close to
-    the nominal rate."""
-    from fundgap.contract import read_table
-    from fundgap.simulate import simulate, write_simulation
-
-    from conftest import REAL_COUNTIES
-
-    counties = read_table(REAL_COUNTIES, "counties") if REAL_COUNTIES.exists() else None
-    covered, checked, compile_seconds = 0, 0, []
-    for seed in range(101, 107):
-        folder = write_simulation(simulate(seed=seed, counties=counties), tmp_path / str(seed))
-        truth = json.loads((folder / "truth.json").read_text())
-        pooled = truth["effects_per_sd_development"]["pooled"]
-        result = fit_model(load_spec(REGIONAL), prepare(load_dataset(folder)).table, QUICK)
-        compile_seconds.append(result.diagnostics["compile_seconds"])
-        effects = result.effects.set_index(["effect", "mediator"])
-        targets = {("total", ""): pooled["total"], ("direct", ""): pooled["direct"],
-                   **{("indirect", m): v for m, v in pooled["indirect"].items()}}
-        for key, value in targets.items():
-            row = effects.loc[key]
-            covered += row["ci_lower"] <= value <= row["ci_upper"]
-            checked += 1
-    assert max(compile_seconds) < 1.0  # compiled once, for the regional_fit fixture
-    assert covered / checked >= 0.8, f"{covered} of {checked} intervals cover the truth"
