@@ -17,13 +17,13 @@ from fundgap.fit import FitSettings, fit_model
 from fundgap.prepare import prepare
 from fundgap.spec import load_spec, parse_spec
 
-from conftest import QUICK, REGIONAL
+from conftest import REGIONAL
 
 
 @pytest.mark.slow
 def test_explicit_and_marginal_forms_agree(default_table: pd.DataFrame, regional_fit):
-    settings = FitSettings(draws=1000, tune=1000, chains=2, seed=5, progress=False,
-                           form="explicit")
+    settings = FitSettings(draws=800, tune=800, chains=2, seed=5, progress=False,
+                           form="explicit", predictive_draws=20)
     explicit = fit_model(load_spec(REGIONAL), default_table, settings)
     assert explicit.diagnostics["divergences"] == 0
     for name in regional_fit.spec.equations:
@@ -74,7 +74,7 @@ def test_pymc_backend_runs_and_is_seeded(small_table: pd.DataFrame):
 
 @pytest.mark.slow
 def test_interval_coverage_over_repeated_simulations(tmp_path: Path, regional_fit):
-    """Six data sets from different seeds, fitted with one compiled model (its data swapped
+    """Five data sets from different seeds, fitted with one compiled model (its data swapped
     in): the 95% intervals of total, direct and indirect effects cover the truth at close to
     the nominal rate."""
     from fundgap.contract import read_table
@@ -84,11 +84,13 @@ def test_interval_coverage_over_repeated_simulations(tmp_path: Path, regional_fi
 
     counties = read_table(REAL_COUNTIES, "counties") if REAL_COUNTIES.exists() else None
     covered, checked, compile_seconds = 0, 0, []
-    for seed in range(101, 107):
+    settings = FitSettings(draws=1000, tune=1000, chains=2, seed=9, progress=False,
+                           predictive_draws=20)
+    for seed in range(101, 106):
         folder = write_simulation(simulate(seed=seed, counties=counties), tmp_path / str(seed))
         truth = json.loads((folder / "truth.json").read_text())
         pooled = truth["effects_per_sd_development"]["pooled"]
-        result = fit_model(load_spec(REGIONAL), prepare(load_dataset(folder)).table, QUICK)
+        result = fit_model(load_spec(REGIONAL), prepare(load_dataset(folder)).table, settings)
         compile_seconds.append(result.diagnostics["compile_seconds"])
         effects = result.effects.set_index(["effect", "mediator"])
         targets = {("total", ""): pooled["total"], ("direct", ""): pooled["direct"],

@@ -13,7 +13,7 @@ import pytest
 import statsmodels.formula.api as smf
 
 from fundgap.cli import main
-from fundgap.fit import fit_model, prior_predictive, write_fit
+from fundgap.fit import FitSettings, fit_model, prior_predictive, write_fit
 from fundgap.spec import load_spec, parse_spec
 
 from conftest import QUICK, REGIONAL
@@ -92,10 +92,14 @@ def test_write_fit_folder(regional_fit, tmp_path: Path):
 
 
 def test_same_seed_same_draws(default_table: pd.DataFrame, regional_fit):
-    again = fit_model(load_spec(REGIONAL), default_table, QUICK)
+    """Two fits with one seed give identical draws (the second reuses the compiled model)."""
+    settings = FitSettings(draws=150, tune=150, chains=2, seed=3, progress=False,
+                           predictive_draws=20)
+    first, second = (fit_model(load_spec(REGIONAL), default_table, settings) for _ in "ab")
+    assert second.diagnostics["compile_seconds"] < 1.0
     for name in ("coefficients_log_amount_raised", "county_intercept_core_capacity"):
-        np.testing.assert_array_equal(again.idata.posterior[name].values,
-                                      regional_fit.idata.posterior[name].values)
+        np.testing.assert_array_equal(first.idata.posterior[name].values,
+                                      second.idata.posterior[name].values)
 
 
 def test_without_random_intercepts_matches_ols(small_table: pd.DataFrame):
