@@ -51,6 +51,9 @@ class FitSettings:
     predictive_draws: int = PREDICTIVE_DRAWS
     progress: bool = True
     full_summary: bool = False
+    # keep the compiled model for later fits of the same structure in this process
+    # (batches, simulation studies); a one-off fit compiles faster without
+    reuse_compiled: bool = False
 
 
 @dataclass
@@ -169,7 +172,8 @@ def fit_model(spec: ModelSpec, table: pd.DataFrame,
     design = build_design(spec, table)
     form = choose_form(design, settings.form)
     model = build_marginal_model(design) if form == "marginal" else build_model(design)
-    key = ("marginal", *structure_key(design)) if form == "marginal" else None
+    reuse = form == "marginal" and settings.reuse_compiled
+    key = ("marginal", *structure_key(design)) if reuse else None
     result = sample(model, settings.backend, settings.draws, settings.tune, settings.chains,
                     settings.seed, settings.progress, cache_key=key)
     idata = result.idata

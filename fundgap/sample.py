@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import arviz as az
 import pymc as pm
+from pymc.model.transform.optimization import freeze_dims_and_data
 
 from fundgap.errors import FundgapError
 
@@ -43,7 +44,9 @@ def sample(model: pm.Model, backend: str = "nutpie", draws: int = 1000, tune: in
     """Sample `model` with the chosen backend.
 
     With a `cache_key` (a model whose data all enter as pm.Data), nutpie reuses a model
-    compiled earlier in this process for the same key, with this model's data.
+    compiled earlier in this process for the same key, with this model's data. Without one
+    the data are frozen into the graph first: a one-off fit compiles several times faster
+    that way (about 24 s against 110 s for the regional model), and numba caches it on disk.
     """
     if backend not in BACKENDS:
         raise FundgapError(f"unknown backend {backend!r}: use {', '.join(BACKENDS)}")
@@ -51,12 +54,12 @@ def sample(model: pm.Model, backend: str = "nutpie", draws: int = 1000, tune: in
         import nutpie
 
         start = time.perf_counter()
-        if cache_key is not None and cache_key in _COMPILED:
+        if cache_key is None:
+            compiled = nutpie.compile_pymc_model(freeze_dims_and_data(model))
+        elif cache_key in _COMPILED:
             compiled = _COMPILED[cache_key].with_data(**_data_values(model))
         else:
-            compiled = nutpie.compile_pymc_model(model)
-            if cache_key is not None:
-                _COMPILED[cache_key] = compiled
+            compiled = _COMPILED[cache_key] = nutpie.compile_pymc_model(model)
         compiled_at = time.perf_counter()
         idata = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=seed,
                               progress_bar=progress, save_warmup=False)

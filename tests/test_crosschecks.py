@@ -85,7 +85,7 @@ def test_interval_coverage_over_repeated_simulations(tmp_path: Path, regional_fi
     counties = read_table(REAL_COUNTIES, "counties") if REAL_COUNTIES.exists() else None
     covered, checked, compile_seconds = 0, 0, []
     settings = FitSettings(draws=1000, tune=1000, chains=2, seed=9, progress=False,
-                           predictive_draws=20)
+                           predictive_draws=20, reuse_compiled=True)
     for seed in range(101, 106):
         folder = write_simulation(simulate(seed=seed, counties=counties), tmp_path / str(seed))
         truth = json.loads((folder / "truth.json").read_text())
