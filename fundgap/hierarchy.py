@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit, logit
 
-from fundgap.contract import CENSUS_YEARS, COUNTY_CONTROLS, DEVELOPMENT_INDICATORS
 from fundgap.prepare import average_census
+from fundgap.rules import CENSUS_YEARS, COUNTY_CONTROLS, DEVELOPMENT_INDICATORS
 
 # Province code prefixes of mainland China (31 provincial units).
 PROVINCE_PREFIXES = (11, 12, 13, 14, 15, 21, 22, 23, 31, 32, 33, 34, 35, 36, 37, 41, 42, 43,

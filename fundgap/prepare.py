@@ -15,14 +15,14 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from fundgap.contract import (
+from fundgap.contract import Dataset
+from fundgap.factor import FactorMethod, development_factor
+from fundgap.rules import (
     CENSUS_YEARS,
     COUNTY_CONTROLS,
     DEVELOPMENT_INDICATORS,
     SES_ITEM_PREFIX,
-    Dataset,
 )
-from fundgap.factor import FactorMethod, development_factor
 
 # Cut points of the age groups (the study controls for 年龄段 without printing its cuts).
 AGE_GROUPS: tuple[tuple[str, int], ...] = (("0-17", 0), ("18-39", 18), ("40-59", 40), ("60+", 60))

@@ -25,7 +25,6 @@ import pandas as pd
 from scipy.special import expit, logit
 
 from fundgap import __version__
-from fundgap.contract import COUNTY_CONTROLS, DEVELOPMENT_INDICATORS
 from fundgap.factor import development_factor
 from fundgap.hierarchy import place_campaigns, simulate_gdp, synthetic_counties
 from fundgap.observe import donation_counts, donation_stream, rater_scores
@@ -36,6 +35,7 @@ from fundgap.prepare import (
     emotional_ratings,
     log_reposts,
 )
+from fundgap.rules import COUNTY_CONTROLS, DEVELOPMENT_INDICATORS
 from fundgap.store import atomic_directory, frame_fingerprint, to_json, write_json
 
 MEDIATORS = ("core_capacity", "derived_capacity", "verifier_count", "log_reposts")
