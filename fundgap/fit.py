@@ -52,7 +52,8 @@ class FitSettings:
     progress: bool = True
     full_summary: bool = False
     # keep the compiled model for later fits of the same structure in this process
-    # (batches, simulation studies); a one-off fit compiles faster without
+    # (batches, simulation studies); a one-off fit compiles faster without. A model kept
+    # earlier in the process is reused either way.
     reuse_compiled: bool = False
 
 
@@ -172,10 +173,10 @@ def fit_model(spec: ModelSpec, table: pd.DataFrame,
     design = build_design(spec, table)
     form = choose_form(design, settings.form)
     model = build_marginal_model(design) if form == "marginal" else build_model(design)
-    reuse = form == "marginal" and settings.reuse_compiled
-    key = ("marginal", *structure_key(design)) if reuse else None
+    key = ("marginal", *structure_key(design)) if form == "marginal" else None
     result = sample(model, settings.backend, settings.draws, settings.tune, settings.chains,
-                    settings.seed, settings.progress, cache_key=key)
+                    settings.seed, settings.progress, cache_key=key,
+                    keep_compiled=settings.reuse_compiled)
     idata = result.idata
     # The sampler's internals (non-centred z's, log-transformed sds) are not kept.
     posterior = idata.posterior.drop_vars([v for v in idata.posterior.data_vars
