@@ -70,7 +70,7 @@ def synthetic_counties(rng: np.random.Generator, mean_prefectures: float = 10.0,
 
 
 def simulate_gdp(counties: pd.DataFrame, rng: np.random.Generator,
-                 gdp: dict | None = None) -> pd.DataFrame:
+                 gdp: dict) -> pd.DataFrame:
     """Add gdp_per_capita_2010/_2020 (yuan), generated from the other indicators of the same
     year and flagged in `gdp_per_capita_simulated`; missing where those indicators are.
 
@@ -78,8 +78,6 @@ def simulate_gdp(counties: pd.DataFrame, rng: np.random.Generator,
     weights on the standardised schooling, non-agricultural and urbanisation indicators, and
     the sd of a county effect shared by both years and of yearly noise.
     """
-    gdp = gdp or {"level_2020": 52_000.0, "log_change_2010": -0.75,
-                  "weights": [0.28, 0.18, 0.26], "county_sd": 0.7, "year_sd": 0.1}
     out = counties.copy()
     county_effect = rng.normal(0, gdp["county_sd"], len(out))
     for year in CENSUS_YEARS:
