@@ -19,11 +19,11 @@ import pymc as pm
 import pytensor.tensor as pt
 from scipy.special import logit
 
-from fundgap.defaults import PRIOR_SCALES
+from fundgap.defaults import DIMS, PRIOR_SCALES
 from fundgap.design import Design, EquationDesign
 
-GROUP_DIMS = {"county_code": "county", "prefecture_code": "prefecture",
-              "province_code": "province"}
+# group column of the prepared table -> the dimension of its intercepts
+GROUP_DIMS = {f"{level}_code": DIMS[level] for level in ("county", "prefecture", "province")}
 
 
 def response_scale(equation: EquationDesign) -> tuple[float, float]:
