@@ -82,32 +82,23 @@ def _prepare(args: argparse.Namespace) -> int:
 
 def _describe(args: argparse.Namespace) -> int:
     from fundgap.describe import summary_text
-    from fundgap.prepare import read_prepared
 
-    source = Path(args.source)
-    if source.is_dir():
-        from fundgap.contract import load_dataset
-        from fundgap.prepare import prepare
-
-        prepared = prepare(load_dataset(source))
-    elif source.is_file():
-        prepared = read_prepared(source)
-    else:
-        raise FundgapError(f"{source}: no such data folder or prepared table")
+    prepared = _load_prepared(args.source)
     print(summary_text(prepared.table, prepared.diagnostics))
     return 0
 
 
-def _load_table(data: str):
-    """A data folder (validated and prepared on the way in) or a prepared table."""
+def _load_prepared(data: str):
+    """A data folder (validated and prepared on the way in) or a prepared table, as
+    PreparedData."""
     from fundgap.contract import load_dataset
     from fundgap.prepare import prepare, read_prepared
 
     source = Path(data)
     if source.is_dir():
-        return prepare(load_dataset(source)).table
+        return prepare(load_dataset(source))
     if source.is_file():
-        return read_prepared(source).table
+        return read_prepared(source)
     raise FundgapError(f"{source}: no such data folder or prepared table")
 
 
@@ -116,7 +107,7 @@ def _fit(args: argparse.Namespace) -> int:
     from fundgap.spec import load_spec
 
     spec = load_spec(args.spec)
-    table = _load_table(args.data)
+    table = _load_prepared(args.data).table
     settings = FitSettings(draws=args.draws, tune=args.tune, chains=args.chains,
                            seed=args.seed, backend=args.backend, form=args.form,
                            progress=not args.quiet, full_summary=args.full_summary)

@@ -73,7 +73,8 @@ def summary_text(table: pd.DataFrame, diagnostics: dict) -> str:
         icc = ", ".join(f"{k} {v:.3f}" for k, v in diagnostics["rating_icc"].items())
         lines.append(f"rating ICC(1): {icc}")
     if diagnostics.get("derived_capacity_rules"):
-        rules = ", ".join(f"{k}: {v}" for k, v in diagnostics["derived_capacity_rules"].items())
+        rules = ", ".join(f"{k}: {v}" for k, v in
+                          sorted(diagnostics["derived_capacity_rules"].items()))
         lines.append(f"derived capacity windows: {rules}")
     lines.extend(f"note: {note}" for note in diagnostics.get("notes", []))
     lines.append("")

@@ -99,11 +99,12 @@ def _add_intercepts(posterior: xr.Dataset, design: Design, seed: int) -> xr.Data
             stacked[f"{inner}_sd_{name}"].values,
             stacked[f"{outer}_sd_{name}"].values if len(equation.groups) == 2 else None, rng)
         for dim, values in draws.items():
+            column = equation.groups[0] if dim == outer else equation.groups[-1]
             shaped = values.reshape(posterior.sizes["chain"], posterior.sizes["draw"], -1)
             added[f"{dim}_intercept_{name}"] = xr.DataArray(
                 shaped, dims=("chain", "draw", dim),
                 coords={"chain": posterior["chain"], "draw": posterior["draw"],
-                        dim: design.levels[next(c for c, d in GROUP_DIMS.items() if d == dim)]})
+                        dim: design.levels[column]})
     return posterior.assign(added)
 
 

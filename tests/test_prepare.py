@@ -210,3 +210,15 @@ def test_prepare_options_are_recorded(tiny: Path) -> None:
     prepared = prepare(load_dataset(tiny), options)
     assert prepared.diagnostics["options"]["short_streams"] == "missing"
     assert prepared.table["derived_capacity"].isna().sum() == 7
+
+
+def test_describe_cli_reads_folders_and_prepared_tables(tiny: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    assert main(["describe", str(tiny)]) == 0
+    from_folder = capsys.readouterr().out
+    assert main(["prepare", str(tiny), "--out", str(tmp_path / "p.parquet")]) == 0
+    capsys.readouterr()
+    assert main(["describe", str(tmp_path / "p.parquet")]) == 0
+    assert capsys.readouterr().out == from_folder
+    assert "8 campaigns in 6 counties" in from_folder
+    assert main(["describe", str(tmp_path / "absent")]) == 1
