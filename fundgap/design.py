@@ -61,26 +61,46 @@ class Design:
         return np.searchsorted(self.levels[parent], codes)
 
 
-def build_design(spec: ModelSpec, table: pd.DataFrame) -> Design:
-    """Apply the spec's filter, drop incomplete rows, expand every formula."""
-    missing_columns = [c for c in spec.variables if c not in table.columns]
+def select_rows(table: pd.DataFrame, row_filter: str | None, variables: list[str],
+                source: str) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Rows passing `row_filter` (a pandas query) with every one of `variables` present,
+    and how many each step dropped."""
+    missing_columns = [c for c in variables if c not in table.columns]
     if missing_columns:
-        raise SpecError(f"{spec.source}: the data have no column(s) "
-                        f"{', '.join(missing_columns)}")
+        raise SpecError(f"{source}: the data have no column(s) {', '.join(missing_columns)}")
     dropped = {"filter": 0, "missing": 0}
     rows = table
-    if spec.filter:
+    if row_filter:
         try:
-            rows = table.query(spec.filter)
+            rows = table.query(row_filter)
         except Exception as error:  # pandas raises many types for a bad expression
-            raise SpecError(f"{spec.source}: filter: cannot be applied ({error})") from None
+            raise SpecError(f"{source}: filter {row_filter!r} cannot be applied "
+                            f"({error})") from None
         dropped["filter"] = len(table) - len(rows)
-    complete = rows[list(spec.variables)].notna().all(axis=1)
+    complete = rows[variables].notna().all(axis=1)
     dropped["missing"] = int((~complete).sum())
     rows = rows[complete].reset_index(drop=True)
     if rows.empty:
-        raise SpecError(f"{spec.source}: no rows left after the filter and missing values")
+        raise SpecError(f"{source}: no rows left after the filter and missing values")
+    return rows, dropped
 
+
+def expand_formula(formula: str, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray,
+                                                                 list[str]]:
+    """A fixed-effects formula on rows -> (response, design without intercept, term names)."""
+    matrices = design_matrices(formula, rows, na_action="error")
+    common = matrices.common.as_dataframe()
+    common = common.drop(columns=[c for c in common.columns if c == "Intercept"])
+    y = np.asarray(matrices.response.design_matrix, dtype=float).ravel()
+    return y, common.to_numpy(dtype=float), list(common.columns)
+
+
+def build_design(spec: ModelSpec, table: pd.DataFrame) -> Design:
+    """Apply the spec's filter, drop incomplete rows, expand every formula."""
+    if not spec.is_bayesian:
+        raise SpecError(f"{spec.source}: declares no Bayesian equations (only frequentist "
+                        "tables); use `fundgap frequentist`")
+    rows, dropped = select_rows(table, spec.filter, list(spec.variables), spec.source)
     group_columns = sorted({g for e in spec.equations.values() for g in e.groups},
                            key=list(GROUPS.values()).index)
     levels, index = {}, {}
@@ -91,11 +111,7 @@ def build_design(spec: ModelSpec, table: pd.DataFrame) -> Design:
 
     equations = {}
     for name, equation in spec.equations.items():
-        matrices = design_matrices(equation.fixed_formula, rows, na_action="error")
-        common = matrices.common.as_dataframe()
-        common = common.drop(columns=[c for c in common.columns if c == "Intercept"])
-        y = np.asarray(matrices.response.design_matrix, dtype=float).ravel()
-        equations[name] = EquationDesign(name, equation.family, y,
-                                         common.to_numpy(dtype=float), list(common.columns),
+        y, X, terms = expand_formula(equation.fixed_formula, rows)
+        equations[name] = EquationDesign(name, equation.family, y, X, terms,
                                          equation.groups, dict(equation.priors))
     return Design(spec, rows, equations, levels, index, dropped)

@@ -40,6 +40,8 @@ EXTRA_COLUMNS: tuple[str, ...] = (
     "amount_raised_10k", "repost_count", "donation_count", "image_rating", "text_rating",
     "derived_capacity_rule", "county_campaigns", "prefecture_campaigns", "county_name",
     "prefecture_name", "province_name",
+    # Table 4's prefecture-level variant: development and county controls taken up a level
+    "prefecture_development", *(f"prefecture_{name}" for name in COUNTY_CONTROLS),
 )
 
 
@@ -91,6 +93,30 @@ def average_census(counties: pd.DataFrame,
         averaged[name] = values.mean(axis=1, skipna=True)
         single_year[name] = int(((values.notna().sum(axis=1) == 1) & in_use).sum())
     return averaged, single_year
+
+
+def prefecture_measures(averaged: pd.DataFrame, hierarchy: pd.DataFrame) -> pd.DataFrame:
+    """County indicators and controls taken up to prefectures, one row per prefecture_code.
+
+    Every county of the prefecture in the county table counts, not only those with
+    campaigns: population is summed; shares, ratios and indicators are population-weighted
+    means over the counties that have them (unweighted where population is missing).
+    """
+    merged = averaged.merge(hierarchy[["county_code", "prefecture_code"]], on="county_code")
+    weight = merged.get("population_millions", pd.Series(1.0, index=merged.index))
+    weight = weight.fillna(1.0)
+    out = {}
+    for name in (*DEVELOPMENT_INDICATORS, *COUNTY_CONTROLS):
+        if name not in merged:
+            continue
+        if name == "population_millions":
+            out[name] = merged.groupby("prefecture_code")[name].sum(min_count=1)
+            continue
+        present = merged[name].notna()
+        weighted = (merged[name].fillna(0.0) * weight).groupby(merged["prefecture_code"]).sum()
+        total = (weight * present).groupby(merged["prefecture_code"]).sum()
+        out[name] = weighted / total.where(total > 0)
+    return pd.DataFrame(out)
 
 
 # ---------------------------------------------------------------- donation stream
@@ -276,6 +302,15 @@ def prepare(dataset: Dataset, options: PrepareOptions | None = None) -> Prepared
     table["development"], factor = development_factor(
         table[indicators], method=options.factor_method, orient_by="mean_years_schooling")
 
+    prefectures = prefecture_measures(averaged, hierarchy).reindex(table["prefecture_code"])
+    for name in COUNTY_CONTROLS:
+        table[f"prefecture_{name}"] = (prefectures[name].to_numpy() if name in prefectures
+                                       else np.nan)
+    table["prefecture_development"], prefecture_factor = development_factor(
+        pd.DataFrame(prefectures[indicators].to_numpy(), columns=indicators,
+                     index=table.index),
+        method=options.factor_method, orient_by="mean_years_schooling")
+
     table["county_campaigns"] = table.groupby("county_code")["campaign_id"].transform("size")
     table["prefecture_campaigns"] = table.groupby("prefecture_code")["campaign_id"].transform(
         "size")
@@ -289,6 +324,7 @@ def prepare(dataset: Dataset, options: PrepareOptions | None = None) -> Prepared
         "n_provinces": int(table["province_code"].nunique()),
         "options": asdict(options),
         "development_factor": factor.to_dict(),
+        "prefecture_development_factor": prefecture_factor.to_dict(),
         "gdp_per_capita_in_factor": "gdp_per_capita" in indicators,
         "census_single_year_counties": single_year,
         "derived_capacity_rules": {str(k): int(v) for k, v in capacity_rules.items()},

@@ -25,7 +25,11 @@ GROUPS = {"county": "county_code", "prefecture": "prefecture_code",
           "province": "province_code"}
 PRIOR_KEYS = ("intercept_scale", "coefficient_scale", "sigma_scale", "group_sd_scale")
 KNOWN_KEYS = {"name", "description", "exposure", "outcome", "mediators", "terms",
-              "equations", "filter", "moderator"}
+              "equations", "filter", "moderator", "frequentist"}
+TABLE_MODEL_KEYS = {"table", "model", "formula", "equation", "filter", "family", "cluster",
+                    "rename"}
+# The frequentist side fits gaussian equations by OLS and bernoulli ones by logit.
+FREQUENTIST_FAMILIES = ("gaussian", "bernoulli")
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,27 @@ class Equation:
 
 
 @dataclass(frozen=True)
+class TableModel:
+    """One single-equation frequentist model, keyed as in published_tables.yaml.
+
+    `table` and `model` name the published figure it reproduces (`model` may be a dotted path,
+    e.g. `counties_seen_2plus.with_capacity`); `rename` maps our term names to the
+    published ones where they differ.
+    """
+
+    table: str
+    model: str
+    formula: str
+    response: str
+    variables: tuple[str, ...]
+    family: str = "gaussian"
+    filter: str | None = None
+    cluster: str = "county_code"
+    rename: dict[str, str] = field(default_factory=dict)
+    equation: str | None = None
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """A checked model specification. Equations are ordered: mediators, then the outcome."""
 
@@ -55,6 +80,13 @@ class ModelSpec:
     moderator: str | None = None
     source: str = ""
     text: str = ""
+    tables: tuple[TableModel, ...] = ()
+    khb_table: str | None = None
+
+    @property
+    def is_bayesian(self) -> bool:
+        """Whether the spec declares equations for a joint Bayesian model."""
+        return bool(self.equations)
 
     @property
     def variables(self) -> tuple[str, ...]:
@@ -76,7 +108,12 @@ def _substitute(formula: str, terms: dict[str, str], where: str,
             return key
         return terms[key]
 
-    return re.sub(r"\{(\w+)\}", replace, formula)
+    # snippets may use snippets; a few passes resolve any sensible nesting
+    for _ in range(5):
+        if not re.search(r"\{\w+\}", formula):
+            break
+        formula = re.sub(r"\{(\w+)\}", replace, formula)
+    return formula
 
 
 def _parse_equation(name: str, body: object, terms: dict[str, str], known: set[str],
@@ -133,6 +170,85 @@ def _parse_equation(name: str, body: object, terms: dict[str, str], known: set[s
                     family=family, priors=dict(priors))
 
 
+def _formula_parts(formula: str, where: str, known: set[str],
+                   errors: list[str]) -> tuple[str, tuple[str, ...]] | None:
+    """Response and predictor columns of a fixed-effects formula, checked against `known`."""
+    try:
+        description = model_description(formula)
+    except Exception as error:  # formulae raises several parser error types
+        errors.append(f"{where}: does not parse ({error}): {formula}")
+        return None
+    if description.response is None:
+        errors.append(f"{where}: no response: {formula}")
+        return None
+    response = next(iter(description.response.var_names))
+    names = set().union(*(t.var_names for t in description.terms
+                          if type(t).__name__ != "Intercept")) if description.terms else set()
+    if any(type(t).__name__ == "GroupSpecificTerm" for t in description.terms):
+        errors.append(f"{where}: a frequentist table model takes no (1|group) terms")
+    for variable in sorted({response, *names}):
+        if variable not in known:
+            errors.append(f"{where}: unknown column {variable!r}")
+    return response, tuple(sorted(names))
+
+
+def _parse_tables(raw: object, terms: dict[str, str], equations: dict[str, Equation],
+                  spec_filter: str | None, known: set[str],
+                  errors: list[str]) -> tuple[tuple[TableModel, ...], str | None]:
+    if not isinstance(raw, dict):
+        errors.append("frequentist: must be a table")
+        return (), None
+    unknown = set(raw) - {"khb", "ols"}
+    errors.extend(f"frequentist.{key}: unknown key (use khb, ols)" for key in sorted(unknown))
+    models = []
+    for number, body in enumerate(raw.get("ols", [])):
+        where = f"frequentist.ols[{number}]"
+        if not isinstance(body, dict):
+            errors.append(f"{where}: must be a table")
+            continue
+        errors.extend(f"{where}.{key}: unknown key" for key in sorted(set(body)
+                                                                       - TABLE_MODEL_KEYS))
+        missing = [key for key in ("table", "model") if key not in body]
+        errors.extend(f"{where}.{key}: missing" for key in missing)
+        equation = body.get("equation")
+        if ("formula" in body) == (equation is not None):
+            errors.append(f"{where}: give exactly one of formula and equation")
+            continue
+        family = body.get("family", "gaussian")
+        if equation is not None:
+            if equation not in equations:
+                errors.append(f"{where}.equation: no equation {equation!r} in this spec")
+                continue
+            formula, response, variables = (equations[equation].fixed_formula, equation,
+                                            equations[equation].variables)
+            family = equations[equation].family
+        else:
+            formula = _substitute(str(body["formula"]), terms, f"{where}.formula", errors)
+            parts = _formula_parts(formula, f"{where}.formula", known, errors)
+            if parts is None:
+                continue
+            response, variables = parts
+        if family not in FREQUENTIST_FAMILIES:
+            errors.append(f"{where}.family: the frequentist side fits "
+                          f"{' and '.join(FREQUENTIST_FAMILIES)}, not {family!r}")
+        cluster = str(body.get("cluster", "county"))
+        if cluster not in GROUPS:
+            errors.append(f"{where}.cluster: unknown group {cluster!r} (use "
+                          f"{', '.join(GROUPS)})")
+        if missing:
+            continue
+        models.append(TableModel(
+            table=str(body["table"]), model=str(body["model"]), formula=formula,
+            response=response, variables=variables, family=family,
+            filter=body.get("filter", spec_filter),
+            cluster=GROUPS.get(cluster, cluster), rename=dict(body.get("rename", {})),
+            equation=equation))
+    keys = [(m.table, m.model) for m in models]
+    errors.extend(f"frequentist.ols: {t}.{m} is declared twice"
+                  for t, m in sorted({k for k in keys if keys.count(k) > 1}))
+    return tuple(models), raw.get("khb")
+
+
 def parse_spec(text: str, source: str = "<spec>",
                columns: set[str] | None = None) -> ModelSpec:
     """Parse TOML text into a ModelSpec; raises SpecError naming `source` and each key."""
@@ -142,12 +258,26 @@ def parse_spec(text: str, source: str = "<spec>",
         raise SpecError(f"{source}: not valid TOML: {error}") from None
     known = set(columns) if columns is not None else {*PREPARED_COLUMNS, *EXTRA_COLUMNS}
     errors: list[str] = [f"{key}: unknown key" for key in raw if key not in KNOWN_KEYS]
-    for key in ("name", "exposure", "outcome", "equations"):
+    # A spec may declare only frequentist tables (its Bayesian equations still to come).
+    required = ("name", "exposure", "outcome", "equations") if "equations" in raw or \
+        "frequentist" not in raw else ("name",)
+    for key in required:
         if key not in raw:
             errors.append(f"{key}: missing")
     if errors and any(e.endswith("missing") for e in errors):
         raise SpecError(f"{source}:\n  " + "\n  ".join(errors))
     terms = {k: str(v) for k, v in raw.get("terms", {}).items()}
+    if "equations" not in raw:
+        tables, khb = _parse_tables(raw["frequentist"], terms, {}, raw.get("filter"), known,
+                                    errors)
+        if khb is not None:
+            errors.append("frequentist.khb: a KHB decomposition needs the spec's equations")
+        if errors:
+            raise SpecError(f"{source}:\n  " + "\n  ".join(errors))
+        return ModelSpec(name=str(raw["name"]), description=str(raw.get("description", "")),
+                         exposure=str(raw.get("exposure", "")), outcome="", mediators=(),
+                         equations={}, filter=raw.get("filter"), source=source, text=text,
+                         tables=tables)
     mediators = tuple(raw.get("mediators", ()))
     outcome, exposure = raw["outcome"], raw["exposure"]
     equations: dict[str, Equation] = {}
@@ -172,13 +302,17 @@ def parse_spec(text: str, source: str = "<spec>",
     moderator = raw.get("moderator")
     if moderator is not None and moderator not in known:
         errors.append(f"moderator: unknown column {moderator!r}")
+    tables, khb = _parse_tables(raw.get("frequentist", {}), terms, equations,
+                                raw.get("filter"), known, errors)
+    if khb is not None and not mediators:
+        errors.append("frequentist.khb: the spec has no mediators to decompose")
     if errors:
         raise SpecError(f"{source}:\n  " + "\n  ".join(errors))
     ordered = {name: equations[name] for name in (*mediators, outcome)}
     return ModelSpec(name=str(raw["name"]), description=str(raw.get("description", "")),
                      exposure=exposure, outcome=outcome, mediators=mediators,
                      equations=ordered, filter=raw.get("filter"), moderator=moderator,
-                     source=source, text=text)
+                     source=source, text=text, tables=tables, khb_table=khb)
 
 
 def load_spec(path: str | Path, columns: set[str] | None = None) -> ModelSpec:
