@@ -129,6 +129,34 @@ def _fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _frequentist(args: argparse.Namespace) -> int:
+    from fundgap.compare import write_frequentist
+    from fundgap.frequentist import run_frequentist
+    from fundgap.spec import load_spec
+
+    specs = [load_spec(path) for path in args.specs]
+    table = _load_prepared(args.data).table
+    lacking = [f"{spec.source}: the data ({args.data}) have no column(s) {', '.join(missing)}"
+               for spec in specs
+               if (missing := [c for c in spec.all_variables if c not in table.columns])]
+    if lacking:
+        raise FundgapError("\n".join(lacking) + "\n(prepare the data again with this "
+                           "version of fundgap)")
+    for spec in specs:
+        result = run_frequentist(spec, table, args.replicates, args.seed, args.mixedlm)
+        out = Path(args.out) / spec.name
+        comparison = write_frequentist(result, table, out, args.fits, args.replicates,
+                                       args.seed)
+        flagged = int(comparison.get("published_outside_frequentist", []).eq(True).sum()) \
+            if not comparison.empty else 0
+        print(f"{out}: {spec.name}: {result.ols.groupby(['table', 'model']).ngroups} "
+              f"single-equation models, KHB {'yes' if not result.khb.empty else 'no'}, "
+              f"MixedLM {result.mixedlm['equation'].nunique() if not result.mixedlm.empty else 0}"
+              f" equations; {len(comparison)} published figures compared, {flagged} outside "
+              "our frequentist interval")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="fundgap", description=__doc__.splitlines()[0])
@@ -176,6 +204,22 @@ def build_parser() -> argparse.ArgumentParser:
                      help="ArviZ diagnostics for every county and prefecture intercept too")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
     fit.set_defaults(run=_fit)
+
+    freq = commands.add_parser(
+        "frequentist", help="the study's OLS/logit, KHB and MixedLM on the same specs, and "
+                            "the side-by-side comparison with the published figures")
+    freq.add_argument("specs", nargs="+", help="model specifications (models/*.toml)")
+    freq.add_argument("--data", required=True, help="data folder or prepared table")
+    freq.add_argument("--out", required=True,
+                      help="folder; each spec's tables go to OUT/<spec name>/ (replaced "
+                           "atomically)")
+    freq.add_argument("--fits", help="folder of Bayesian fits (FITS/<spec name>/) whose "
+                                     "posterior joins the comparison")
+    freq.add_argument("--replicates", type=int, default=999, help="bootstrap replicates")
+    freq.add_argument("--seed", type=int, default=20250, help="bootstrap seed")
+    freq.add_argument("--mixedlm", choices=("outcome", "all", "none"), default="outcome",
+                      help="which equations get a MixedLM with the spec's random intercepts")
+    freq.set_defaults(run=_frequentist)
 
     desc = commands.add_parser("describe", help="summarise a data folder or prepared table")
     desc.add_argument("source", help="data folder or prepared table")

@@ -16,6 +16,14 @@ from formulae import design_matrices
 from fundgap.errors import SpecError
 from fundgap.spec import GROUPS, ModelSpec
 
+# The name the frequentist side gives the intercept column it adds (formulae's own name).
+INTERCEPT = "Intercept"
+
+
+def level_codes(rows: pd.DataFrame, column: str) -> np.ndarray:
+    """0-based codes of a group column (e.g. counties, for clustering and resampling)."""
+    return pd.factorize(rows[column].astype(str))[0]
+
 
 @dataclass
 class EquationDesign:
@@ -90,7 +98,7 @@ def expand_formula(formula: str, rows: pd.DataFrame) -> tuple[np.ndarray, np.nda
     """A fixed-effects formula on rows -> (response, design without intercept, term names)."""
     matrices = design_matrices(formula, rows, na_action="error")
     common = matrices.common.as_dataframe()
-    common = common.drop(columns=[c for c in common.columns if c == "Intercept"])
+    common = common.drop(columns=[c for c in common.columns if c == INTERCEPT])
     y = np.asarray(matrices.response.design_matrix, dtype=float).ravel()
     return y, common.to_numpy(dtype=float), list(common.columns)
 

@@ -3,12 +3,7 @@
 - OLS (logit for bernoulli responses) of every spec equation and of every table model the
   spec declares, with conventional and cluster-robust standard errors (statsmodels; the
   cluster correction is Stata's, G/(G-1)·(N-1)/(N-K)).
-- The KHB decomposition of the exposure's effect through the spec's mediators: total (the
-  reduced model with the mediators' residuals in place of the mediators), direct, and one
-  indirect effect per mediator (a·b), with delta-method errors from the stacked influence
-  functions of all equations (conventional and county-clustered), and seeded bootstrap
-  intervals resampling counties (campaigns within a county are not independent) and, as the
-  study did, campaigns.
+- The KHB decomposition of the exposure's effect through the spec's mediators (khb.py).
 - MixedLM of every Gaussian spec equation with the spec's random intercepts (counties as a
   variance component within prefectures), so a reviewer sees what pooling alone changes.
 
@@ -28,14 +23,12 @@ from scipy import stats as scipy_stats
 from statsmodels.regression.mixed_linear_model import VCSpec
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
-from fundgap.design import Design, build_design, expand_formula, select_rows
-from fundgap.spec import ModelSpec, TableModel
+from fundgap.design import INTERCEPT, Design, build_design, expand_formula, level_codes, select_rows
+from fundgap.khb import BOOTSTRAP_REPLICATES, BOOTSTRAP_SEED, khb_decomposition
+from fundgap.spec import FREQUENTIST_FAMILIES, ModelSpec, TableModel
 
 # The study's stars (notes under Table 2): ! p<0.10, * p<0.05, ** p<0.01, *** p<0.001.
 STARS = ((0.001, "***"), (0.01, "**"), (0.05, "*"), (0.10, "!"))
-BOOTSTRAP_REPLICATES = 999
-BOOTSTRAP_SEED = 20250
-INTERCEPT = "Intercept"
 
 
 def stars(p_value: float) -> str:
@@ -50,11 +43,11 @@ def published_term(term: str, rename: dict[str, str]) -> str:
     return rename.get(term, term).replace(":", "_x_")
 
 
-def _cluster_codes(rows: pd.DataFrame, column: str) -> np.ndarray:
-    return pd.factorize(rows[column].astype(str))[0]
-
-
 # ---------------------------------------------------------------- single equations
+
+
+class TooFewRows(ValueError):
+    """A table model whose rows (after its filter) cannot support its coefficients."""
 
 
 def fit_table_model(model: TableModel, table: pd.DataFrame, source: str = "") -> pd.DataFrame:
@@ -64,7 +57,10 @@ def fit_table_model(model: TableModel, table: pd.DataFrame, source: str = "") ->
                           f"{source}: {model.table}.{model.model}")
     y, X, terms = expand_formula(model.formula, rows)
     exog = np.column_stack([np.ones(len(y)), X])
-    clusters = _cluster_codes(rows, model.cluster)
+    clusters = level_codes(rows, model.cluster)
+    if len(y) <= 2 * exog.shape[1] or clusters.max() < 1:
+        raise TooFewRows(f"{model.table}.{model.model}: skipped, {len(y)} rows in "
+                         f"{clusters.max() + 1} clusters for {exog.shape[1]} coefficients")
     if model.family == "bernoulli":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
@@ -106,209 +102,21 @@ def table_models(spec: ModelSpec) -> list[TableModel]:
                    response=name, variables=equation.variables, family=equation.family,
                    filter=spec.filter, equation=name)
         for name, equation in spec.equations.items()
-        if name not in mapped and equation.family in ("gaussian", "bernoulli")
+        if name not in mapped and equation.family in FREQUENTIST_FAMILIES
     ]
     return [*implicit, *spec.tables]
 
 
-def ols_table(spec: ModelSpec, table: pd.DataFrame) -> pd.DataFrame:
-    """All of a spec's single-equation fits as one tidy table."""
-    return pd.concat([fit_table_model(m, table, spec.source) for m in table_models(spec)],
-                     ignore_index=True)
-
-
-# ---------------------------------------------------------------- KHB
-
-
-@dataclass
-class KHBInputs:
-    """The equations of a decomposition as arrays over the same rows."""
-
-    y: np.ndarray                       # outcome
-    outcome_design: np.ndarray          # with intercept; mediators in `mediator_columns`
-    mediator_columns: list[int]
-    exposure_column: int                # in the outcome design
-    mediators: np.ndarray               # (n, M) mediator values
-    mediator_designs: list[np.ndarray]  # each with intercept
-    mediator_exposure_columns: list[int]
-    clusters: np.ndarray
-
-
-def khb_inputs(design: Design) -> KHBInputs:
-    """Arrays for the KHB decomposition of a mediation spec's design."""
-    spec = design.spec
-    outcome = design.equations[spec.outcome]
-    terms = [INTERCEPT, *outcome.terms]
-    with_intercept = [np.column_stack([np.ones(len(e.y)), e.X])
-                      for e in design.equations.values()]
-    return KHBInputs(
-        y=outcome.y,
-        outcome_design=with_intercept[-1],
-        mediator_columns=[terms.index(m) for m in spec.mediators],
-        exposure_column=terms.index(spec.exposure),
-        mediators=np.column_stack([design.equations[m].y for m in spec.mediators]),
-        mediator_designs=with_intercept[:-1],
-        mediator_exposure_columns=[[INTERCEPT, *design.equations[m].terms].index(
-            spec.exposure) for m in spec.mediators],
-        clusters=_cluster_codes(design.table, "county_code"),
-    )
-
-
-def _solve(design: np.ndarray, y: np.ndarray) -> np.ndarray:
-    # lstsq tolerates the rank-deficient designs a bootstrap resample can produce
-    return np.linalg.lstsq(design, y, rcond=None)[0]
-
-
-def khb_point(inputs: KHBInputs, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
-    """[total, direct, indirect per mediator..., indirect sum, identity gap] on `rows`.
-
-    total is KHB's reduced model: the outcome on its design with each mediator replaced by
-    its residual from its own equation, so total and direct are on the same scale.
-    """
-    y, outcome = inputs.y[rows], inputs.outcome_design[rows]
-    direct_coefficients = _solve(outcome, y)
-    a_paths, residuals = [], []
-    for k, design in enumerate(inputs.mediator_designs):
-        design, mediator = design[rows], inputs.mediators[rows, k]
-        coefficients = _solve(design, mediator)
-        a_paths.append(coefficients[inputs.mediator_exposure_columns[k]])
-        residuals.append(mediator - design @ coefficients)
-    reduced = outcome.copy()
-    reduced[:, inputs.mediator_columns] = np.column_stack(residuals)
-    total = _solve(reduced, y)[inputs.exposure_column]
-    direct = direct_coefficients[inputs.exposure_column]
-    indirect = np.asarray(a_paths) * direct_coefficients[inputs.mediator_columns]
-    gap = total - direct - indirect.sum()
-    return np.array([total, direct, *indirect, indirect.sum(), gap])
-
-
-def _coefficient_weights(design: np.ndarray, column: int) -> np.ndarray:
-    """Row i's weight in one OLS coefficient: ((Z'Z)^-1 z_i)_column, per row."""
-    return design @ np.linalg.pinv(design.T @ design)[:, column]
-
-
-def khb_delta_covariance(inputs: KHBInputs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Point values and two covariances (conventional, county-clustered) of
-    θ = [a_1..a_M, direct, b_1..b_M], from the stacked influence functions of all equations.
-
-    Conventional: Cov(θ_p, θ_q) = s_pq Σ_i w_pi w_qi with s_pq the residual covariance of
-    their equations; clustered: G/(G-1)·(N-1)/(N-K) Σ_g (Σ_i∈g w_pi u_pi)(Σ_i∈g w_qi u_qi).
-    """
-    n = len(inputs.y)
-    weights, residuals, ranks, theta = [], [], [], []
-    for k, design in enumerate(inputs.mediator_designs):
-        coefficients = _solve(design, inputs.mediators[:, k])
-        column = inputs.mediator_exposure_columns[k]
-        weights.append(_coefficient_weights(design, column))
-        residuals.append(inputs.mediators[:, k] - design @ coefficients)
-        ranks.append(design.shape[1])
-        theta.append(coefficients[column])
-    outcome = inputs.outcome_design
-    coefficients = _solve(outcome, inputs.y)
-    outcome_residual = inputs.y - outcome @ coefficients
-    for column in [inputs.exposure_column, *inputs.mediator_columns]:
-        weights.append(_coefficient_weights(outcome, column))
-        residuals.append(outcome_residual)
-        ranks.append(outcome.shape[1])
-        theta.append(coefficients[column])
-    W, U = np.column_stack(weights), np.column_stack(residuals)
-    dof = np.sqrt(n - np.asarray(ranks, dtype=float))
-    residual_cov = (U.T @ U) / np.outer(dof, dof)
-    conventional = residual_cov * (W.T @ W)
-    scores = pd.DataFrame(W * U).groupby(inputs.clusters).sum().to_numpy()
-    n_clusters = scores.shape[0]
-    small_sample = (n_clusters / (n_clusters - 1)) * (n - 1) / np.outer(dof, dof)
-    clustered = small_sample * (scores.T @ scores)
-    return np.asarray(theta), conventional, clustered
-
-
-def _reduced_standard_error(inputs: KHBInputs) -> float:
-    residuals = []
-    for k, design in enumerate(inputs.mediator_designs):
-        mediator = inputs.mediators[:, k]
-        residuals.append(mediator - design @ _solve(design, mediator))
-    reduced = inputs.outcome_design.copy()
-    reduced[:, inputs.mediator_columns] = np.column_stack(residuals)
-    return float(sm.OLS(inputs.y, reduced).fit().bse[inputs.exposure_column])
-
-
-def bootstrap_khb(inputs: KHBInputs, replicates: int, seed: int,
-                  by: str = "county") -> np.ndarray:
-    """KHB estimates on `replicates` resamples, (replicates, M + 3); `by` is "county"
-    (resample whole counties) or "campaign" (resample rows)."""
-    rng = np.random.default_rng(seed)
-    n = len(inputs.y)
-    order = np.argsort(inputs.clusters, kind="stable")
-    sizes = np.bincount(inputs.clusters)
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    draws = []
-    for _ in range(replicates):
-        if by == "campaign":
-            rows = rng.integers(0, n, size=n)
-        else:
-            chosen = rng.integers(0, len(sizes), size=len(sizes))
-            rows = order[np.concatenate([np.arange(starts[g], starts[g] + sizes[g])
-                                         for g in chosen])]
-        draws.append(khb_point(inputs, rows)[:-1])
-    return np.asarray(draws)
-
-
-def khb_decomposition(design: Design, replicates: int = BOOTSTRAP_REPLICATES,
-                      seed: int = BOOTSTRAP_SEED) -> pd.DataFrame:
-    """The KHB table: component, mediator, estimate, delta-method errors (conventional and
-    county-clustered), bootstrap errors and 95% percentile intervals (counties and
-    campaigns resampled), share of the total, and the identity gap."""
-    spec = design.spec
-    inputs = khb_inputs(design)
-    point = khb_point(inputs)
-    theta, conventional, clustered = khb_delta_covariance(inputs)
-    n_mediators = len(spec.mediators)
-    a, b = theta[:n_mediators], theta[n_mediators + 1:]
-    direct_index = n_mediators
-
-    def gradient(parts: list[int], direct: bool) -> np.ndarray:
-        g = np.zeros(len(theta))
-        for k in parts:
-            g[k], g[direct_index + 1 + k] = b[k], a[k]
-        g[direct_index] = 1.0 if direct else 0.0
-        return g
-
-    everything = list(range(n_mediators))
-    gradients = [gradient(everything, True), gradient([], True),
-                 *[gradient([k], False) for k in everything], gradient(everything, False)]
-    std_error = [float(np.sqrt(g @ conventional @ g)) for g in gradients]
-    cluster_std_error = [float(np.sqrt(g @ clustered @ g)) for g in gradients]
-    by_county = bootstrap_khb(inputs, replicates, seed, "county")
-    by_campaign = bootstrap_khb(inputs, replicates, seed + 1, "campaign")
-    components = ["total", "direct", *["indirect"] * n_mediators, "indirect_total"]
-    mediators = ["", "", *spec.mediators, ""]
-    estimates = point[:-1]
-    frame = pd.DataFrame({
-        "component": components,
-        "mediator": mediators,
-        "estimate": estimates,
-        "std_error": std_error,
-        "cluster_std_error": cluster_std_error,
-        "bootstrap_std_error": by_county.std(axis=0, ddof=1),
-        "bootstrap_ci_lower": np.quantile(by_county, 0.025, axis=0),
-        "bootstrap_ci_upper": np.quantile(by_county, 0.975, axis=0),
-        "campaign_bootstrap_std_error": by_campaign.std(axis=0, ddof=1),
-        "campaign_bootstrap_ci_lower": np.quantile(by_campaign, 0.025, axis=0),
-        "campaign_bootstrap_ci_upper": np.quantile(by_campaign, 0.975, axis=0),
-        "share": estimates / estimates[0],
-        # what Stata's khb prints for the total: the reduced model's own standard error,
-        # which treats the mediators' residuals as fixed and so understates it
-        "reduced_model_std_error": [_reduced_standard_error(inputs), *[np.nan] * (
-            n_mediators + 2)],
-    })
-    frame["p_value"] = 2 * scipy_stats.norm.sf(
-        np.abs(frame["estimate"] / frame["std_error"]))
-    frame["stars"] = frame["p_value"].map(stars)
-    frame["n"] = len(inputs.y)
-    frame["replicates"] = replicates
-    frame["seed"] = seed
-    frame.attrs["identity_gap"] = float(point[-1])
-    return frame
+def ols_table(spec: ModelSpec, table: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """All of a spec's single-equation fits as one tidy table, and a note for each model
+    skipped for too few rows (a study's subset can be tiny in new data)."""
+    frames, notes = [], []
+    for model in table_models(spec):
+        try:
+            frames.append(fit_table_model(model, table, spec.source))
+        except TooFewRows as skipped:
+            notes.append(str(skipped))
+    return pd.concat(frames, ignore_index=True), notes
 
 
 # ---------------------------------------------------------------- multilevel
@@ -333,6 +141,20 @@ def _variance_components(rows: pd.DataFrame, groups: tuple[str, ...]
     return codes, VCSpec([groups[1]], [names], [matrices]), [outer, groups[1]]
 
 
+def _variances(result) -> list[float]:
+    """Group variances (outer level, then the variance component) and the residual's."""
+    variances = [float(np.asarray(result.cov_re).ravel()[0])]
+    variances.extend(float(v) for v in np.atleast_1d(result.vcomp))
+    return [*variances, float(result.scale)]
+
+
+def _at_boundary(result) -> bool:
+    """Whether a level's sd is estimated at under 1% of the residual sd: (near) REML's
+    boundary, where the posterior, which keeps its uncertainty, can differ most."""
+    variances = _variances(result)
+    return min(variances[:-1]) < 1e-4 * variances[-1]
+
+
 def mixed_model(design: Design, equation: str) -> pd.DataFrame:
     """REML MixedLM of one Gaussian equation with its random intercepts: coefficients with
     standard errors, then the estimated sds of each level and of the residual.
@@ -350,9 +172,11 @@ def mixed_model(design: Design, equation: str) -> pd.DataFrame:
                        exog_vc=components)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
+        fits = [model.fit(reml=True, method=["lbfgs"])]
         # the REML surface can have a second mode with one sd at zero, where L-BFGS may
-        # stop; a derivative-free start from the same point finds the other, keep the best
-        fits = [model.fit(reml=True, method=[method]) for method in ("lbfgs", "powell")]
+        # stop; then a derivative-free search from the same start decides, keep the best
+        if not fits[0].converged or _at_boundary(fits[0]):
+            fits.append(model.fit(reml=True, method=["powell"]))
     result = max(fits, key=lambda fit: (fit.converged, fit.llf))
     k = exog.shape[1]
     # back to the data's scale: beta = y_sd * A b + [y_mean, 0, ...]
@@ -372,10 +196,7 @@ def mixed_model(design: Design, equation: str) -> pd.DataFrame:
         "p_value": p_values,
         "stars": [stars(p) for p in p_values],
     })
-    variances = [np.asarray(result.cov_re).ravel()[0]]
-    if components is not None:
-        variances.append(result.vcomp[0])
-    variances.append(result.scale)
+    variances = _variances(result)
     variance = pd.DataFrame({
         "equation": equation,
         "term": [f"sd({name.removesuffix('_code')})" for name in levels] + ["sd(residual)"],
@@ -384,16 +205,17 @@ def mixed_model(design: Design, equation: str) -> pd.DataFrame:
     frame = pd.concat([frame, variance], ignore_index=True)
     frame["n"] = len(eq.y)
     frame["converged"] = bool(result.converged)
-    # a level whose variance is estimated at (nearly) zero: REML's boundary, where the
-    # posterior, which keeps its uncertainty, can differ most
-    frame["on_boundary"] = bool(min(variances[:-1]) < 1e-6 * variances[-1])
+    frame["on_boundary"] = _at_boundary(result)
     return frame
 
 
-def mixed_table(design: Design) -> pd.DataFrame:
-    """MixedLM of every Gaussian equation that has random intercepts."""
-    frames = [mixed_model(design, name) for name, eq in design.equations.items()
-              if eq.family == "gaussian" and eq.groups]
+def mixed_table(design: Design, equations: str = "outcome") -> pd.DataFrame:
+    """MixedLM of the outcome equation ("outcome") or of every Gaussian equation ("all")
+    that has random intercepts; "none" skips it."""
+    wanted = {"outcome": [design.spec.outcome], "all": list(design.equations),
+              "none": []}[equations]
+    frames = [mixed_model(design, name) for name in wanted
+              if design.equations[name].family == "gaussian" and design.equations[name].groups]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -413,18 +235,24 @@ class FrequentistResult:
 
 def run_frequentist(spec: ModelSpec, table: pd.DataFrame,
                     replicates: int = BOOTSTRAP_REPLICATES,
-                    seed: int = BOOTSTRAP_SEED) -> FrequentistResult:
-    """OLS/logit of every model of the spec; KHB and MixedLM where it has equations."""
-    result = FrequentistResult(spec, ols_table(spec, table))
+                    seed: int = BOOTSTRAP_SEED,
+                    mixed_equations: str = "outcome") -> FrequentistResult:
+    """OLS/logit of every model of the spec; KHB and MixedLM (of the outcome, of "all"
+    equations, or "none") where it has equations."""
+    ols, notes = ols_table(spec, table)
+    result = FrequentistResult(spec, ols, notes=notes)
     if not spec.is_bayesian:
         result.notes.append("no joint equations in this spec: OLS/logit tables only")
         return result
     design = build_design(spec, table)
     if spec.mediators and all(e.family == "gaussian" for e in design.equations.values()):
-        result.khb = khb_decomposition(design, replicates, seed)
+        khb = khb_decomposition(design, replicates, seed)
+        khb["p_value"] = 2 * scipy_stats.norm.sf(np.abs(khb["estimate"] / khb["std_error"]))
+        khb["stars"] = khb["p_value"].map(stars)
+        result.khb = khb
         result.notes.append("KHB identity total = direct + sum of indirects holds to "
                             f"{abs(result.khb.attrs['identity_gap']):.1e}")
     elif spec.mediators:
         result.notes.append("KHB skipped: it is defined here for Gaussian equations only")
-    result.mixedlm = mixed_table(design)
+    result.mixedlm = mixed_table(design, mixed_equations)
     return result

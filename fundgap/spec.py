@@ -28,8 +28,8 @@ KNOWN_KEYS = {"name", "description", "exposure", "outcome", "mediators", "terms"
               "equations", "filter", "moderator", "frequentist"}
 TABLE_MODEL_KEYS = {"table", "model", "formula", "equation", "filter", "family", "cluster",
                     "rename"}
-# The frequentist side fits gaussian equations by OLS and bernoulli ones by logit.
-FREQUENTIST_FAMILIES = ("gaussian", "bernoulli")
+# The frequentist side fits gaussian (and student_t) equations by OLS, bernoulli ones by logit.
+FREQUENTIST_FAMILIES = ("gaussian", "student_t", "bernoulli")
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,14 @@ class ModelSpec:
     text: str = ""
     tables: tuple[TableModel, ...] = ()
     khb_table: str | None = None
+
+    @property
+    def all_variables(self) -> tuple[str, ...]:
+        """Every column any model of the spec uses, the frequentist table models included."""
+        names = list(self.variables)
+        for model in self.tables:
+            names.extend([model.response, *model.variables, model.cluster])
+        return tuple(dict.fromkeys(names))
 
     @property
     def is_bayesian(self) -> bool:
@@ -230,7 +238,7 @@ def _parse_tables(raw: object, terms: dict[str, str], equations: dict[str, Equat
             response, variables = parts
         if family not in FREQUENTIST_FAMILIES:
             errors.append(f"{where}.family: the frequentist side fits "
-                          f"{' and '.join(FREQUENTIST_FAMILIES)}, not {family!r}")
+                          f"{', '.join(FREQUENTIST_FAMILIES)}, not {family!r}")
         cluster = str(body.get("cluster", "county"))
         if cluster not in GROUPS:
             errors.append(f"{where}.cluster: unknown group {cluster!r} (use "

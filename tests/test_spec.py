@@ -93,3 +93,61 @@ def test_missing_keys_and_bad_toml(tmp_path: Path) -> None:
         load_spec(path)
     with pytest.raises(SpecError, match="cannot be read"):
         load_spec(tmp_path / "absent.toml")
+
+
+TABLES = GOOD + """
+[frequentist]
+khb = "table3_khb_decomposition"
+[[frequentist.ols]]
+table = "table2_outcome_ols"
+model = "m6"
+equation = "log_amount_raised"
+[[frequentist.ols]]
+table = "table2_outcome_ols"
+model = "m1"
+formula = "log_amount_raised ~ development + male"
+filter = "county_campaigns >= 2"
+cluster = "prefecture"
+rename = { male = "gender" }
+"""
+
+
+def test_frequentist_tables_parse() -> None:
+    spec = parse_spec(TABLES, "t.toml")
+    assert spec.khb_table == "table3_khb_decomposition"
+    m6, m1 = spec.tables
+    assert m6.formula == spec.equations["log_amount_raised"].fixed_formula
+    assert m6.family == "student_t" and m6.equation == "log_amount_raised"
+    assert (m1.response, m1.variables) == ("log_amount_raised", ("development", "male"))
+    assert m1.cluster == "prefecture_code" and m1.filter == "county_campaigns >= 2"
+    assert m1.rename == {"male": "gender"}
+    assert {"county_campaigns", "prefecture_code"} - set(m1.variables) and \
+        "prefecture_code" in spec.all_variables
+
+
+def test_frequentist_only_spec() -> None:
+    spec = parse_spec('name = "f"\n[[frequentist.ols]]\ntable = "t"\nmodel = "m"\n'
+                      'formula = "recommended ~ development"\nfamily = "bernoulli"', "f.toml")
+    assert not spec.is_bayesian and spec.tables[0].family == "bernoulli"
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (('equation = "log_amount_raised"', 'equation = "nothing"'),
+     "frequentist.ols[0].equation: no equation 'nothing'"),
+    (('equation = "log_amount_raised"', 'equation = "log_amount_raised"\nformula = "x ~ y"'),
+     "frequentist.ols[0]: give exactly one of formula and equation"),
+    (('+ male"\n', '+ mystery"\n'), "frequentist.ols[1].formula: unknown column 'mystery'"),
+    (('cluster = "prefecture"', 'cluster = "village"'),
+     "frequentist.ols[1].cluster: unknown group 'village'"),
+    (('model = "m1"', 'model = "m6"'), "table2_outcome_ols.m6 is declared twice"),
+    (('model = "m1"', 'model = "m1"\ncolour = 1'), "frequentist.ols[1].colour: unknown key"),
+    (('khb = "table3', 'kbh = "table3'), "frequentist.kbh: unknown key"),
+    (('rename = { male = "gender" }', 'family = "poisson"'),
+     "the frequentist side fits gaussian, student_t, bernoulli, not 'poisson'"),
+])
+def test_broken_frequentist_section(change: tuple[str, str], message: str) -> None:
+    old, new = change
+    assert old in TABLES
+    with pytest.raises(SpecError) as raised:
+        parse_spec(TABLES.replace(old, new, 1), "broken.toml")
+    assert message in str(raised.value)

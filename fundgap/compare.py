@@ -1,0 +1,383 @@
+"""The reviewer's side-by-side table: published figure | OLS/KHB | MixedLM | posterior.
+
+One tidy frame per analysis (`comparison_frame`), one row per published term or effect,
+then rendered to Markdown and HTML. The frequentist columns carry the study's stars; the
+posterior carries none. A published figure outside our 95% interval is flagged: † for the
+frequentist interval (cluster-robust for OLS, county bootstrap for KHB), ‡ for the
+posterior's. A posterior whose fit failed its diagnostics is shown as failed, never as a
+number, and a fit made from other data is not shown at all.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fundgap.frequentist import FrequentistResult, stars
+from fundgap.simulate import published_tables
+from fundgap.store import (
+    atomic_directory,
+    frame_fingerprint,
+    package_versions,
+    write_json,
+    write_table,
+)
+
+Z95 = 1.959963984540054
+FIT_STATISTICS = ("adj_r2", "pseudo_r2")
+
+
+@dataclass
+class Posterior:
+    """What the comparison reads from a Bayesian fit folder."""
+
+    summary: pd.DataFrame
+    effects: pd.DataFrame
+    passed: bool
+    path: str
+    reasons: list[str] = field(default_factory=list)
+
+
+def read_posterior(folder: str | Path, data_fingerprint: str | None = None
+                   ) -> tuple[Posterior | None, str]:
+    """A fit folder's summary and effects, or None and the reason it cannot be used."""
+    folder = Path(folder)
+    files = [folder / name for name in ("summary.csv", "diagnostics.json", "fit.json")]
+    if not all(path.is_file() for path in files):
+        return None, f"no Bayesian fit in {folder}"
+    record = json.loads((folder / "fit.json").read_text("utf-8"))
+    if data_fingerprint and record.get("data_fingerprint") != data_fingerprint:
+        return None, f"the fit in {folder} was made from other data; refit it to compare"
+    diagnostics = json.loads((folder / "diagnostics.json").read_text("utf-8"))
+    effects_path = folder / "effects.csv"
+    effects = (pd.read_csv(effects_path, dtype={"mediator": str}, keep_default_na=False)
+               if effects_path.is_file() else pd.DataFrame())
+    return Posterior(pd.read_csv(folder / "summary.csv"), effects,
+                     bool(diagnostics.get("passed")), str(folder),
+                     list(diagnostics.get("reasons", []))), ""
+
+
+def published_entry(published: dict, table: str, model: str) -> dict | None:
+    """The published figures of `table`.`model` (a dotted path), or None."""
+    node = published.get(table)
+    for key in model.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node if isinstance(node, dict) else None
+
+
+def _normal_p(estimate: float, std_error: float) -> float:
+    from scipy.stats import norm
+
+    if not np.isfinite(std_error) or std_error <= 0:
+        return 0.0 if np.isfinite(estimate) and estimate != 0 else np.nan
+    return float(2 * norm.sf(abs(estimate / std_error)))
+
+
+def _posterior_columns(posterior: Posterior | None, parameter: str) -> dict:
+    if posterior is None:
+        return {}
+    row = posterior.summary.loc[posterior.summary["parameter"] == parameter]
+    if row.empty:
+        return {}
+    row = row.iloc[0]
+    return {"posterior_mean": row["mean"], "posterior_ci_lower": row["hdi_2.5%"],
+            "posterior_ci_upper": row["hdi_97.5%"], "posterior_r_hat": row["r_hat"],
+            "posterior_ess_bulk": row["ess_bulk"]}
+
+
+def _ols_rows(result: FrequentistResult, published: dict,
+              posterior: Posterior | None) -> list[dict]:
+    rows = []
+    mixed = result.mixedlm
+    for model in result.spec.tables:
+        entry = published_entry(published, model.table, model.model)
+        if entry is None:
+            continue
+        ours = result.ols[(result.ols["table"] == model.table)
+                          & (result.ols["model"] == model.model)]
+        for term, figure in entry.items():
+            if term == "n" or not isinstance(figure, list | int | float):
+                continue
+            base = {"table": model.table, "model": model.model, "term": term,
+                    "kind": "fit statistic" if term in FIT_STATISTICS else "coefficient",
+                    "n": int(ours["n"].iloc[0]) if not ours.empty else None}
+            if term in FIT_STATISTICS:
+                rows.append({**base, "published_estimate": float(figure),
+                             "frequentist_estimate": float(ours[term].iloc[0])
+                             if not ours.empty else None})
+                continue
+            match = ours[ours["published_term"] == term]
+            row = {**base, "published_estimate": figure[0], "published_std_error": figure[1],
+                   "published_stars": stars(_normal_p(*figure[:2]))}
+            if not match.empty:
+                ols = match.iloc[0]
+                row.update({
+                    "frequentist_estimate": ols["estimate"],
+                    "frequentist_std_error": ols["std_error"],
+                    "frequentist_cluster_std_error": ols["cluster_std_error"],
+                    "frequentist_stars": ols["stars"],
+                    "frequentist_ci_lower": ols["estimate"] - Z95 * ols["cluster_std_error"],
+                    "frequentist_ci_upper": ols["estimate"] + Z95 * ols["cluster_std_error"],
+                })
+                if model.equation and not mixed.empty:
+                    hit = mixed[(mixed["equation"] == model.equation)
+                                & (mixed["term"] == ols["term"])]
+                    if not hit.empty:
+                        row.update({"mixedlm_estimate": hit["estimate"].iloc[0],
+                                    "mixedlm_std_error": hit["std_error"].iloc[0],
+                                    "mixedlm_stars": hit["stars"].iloc[0]})
+                if model.equation:
+                    row.update(_posterior_columns(
+                        posterior, f"coefficients_{model.equation}[{ols['term']}]"))
+            rows.append(row)
+    return rows
+
+
+def _khb_rows(result: FrequentistResult, published: dict,
+              posterior: Posterior | None) -> list[dict]:
+    table = result.spec.khb_table
+    entry = published.get(table) if table else None
+    if result.khb.empty or not isinstance(entry, dict):
+        return []
+    total_mean = None
+    if posterior is not None and not posterior.effects.empty:
+        totals = posterior.effects[posterior.effects["effect"] == "total"]
+        total_mean = float(totals["mean"].iloc[0]) if not totals.empty else None
+    wanted = [("total", "", entry.get("total")), ("direct", "", entry.get("direct"))]
+    wanted += [("indirect", m, f) for m, f in (entry.get("indirect") or {}).items()]
+    rows = []
+    for component, mediator, figure in wanted:
+        if figure is None:
+            continue
+        khb = result.khb[(result.khb["component"] == component)
+                         & (result.khb["mediator"] == mediator)]
+        row = {"table": table, "model": "khb", "kind": "effect",
+               "term": f"{component}: {mediator}" if mediator else component,
+               "published_estimate": figure[0], "published_std_error": figure[1],
+               "published_stars": stars(_normal_p(*figure[:2])),
+               "published_share": figure[2] if len(figure) > 2 else
+               (1.0 if component == "total" else None)}
+        if not khb.empty:
+            k = khb.iloc[0]
+            row.update({"frequentist_estimate": k["estimate"],
+                        "frequentist_std_error": k["std_error"],
+                        "frequentist_cluster_std_error": k["cluster_std_error"],
+                        "frequentist_stars": k["stars"],
+                        "frequentist_ci_lower": k["bootstrap_ci_lower"],
+                        "frequentist_ci_upper": k["bootstrap_ci_upper"],
+                        "frequentist_share": k["share"], "n": int(k["n"])})
+        if posterior is not None and not posterior.effects.empty:
+            effects = posterior.effects
+            hit = effects[(effects["effect"] == component) & (effects["mediator"] == mediator)]
+            if not hit.empty:
+                h = hit.iloc[0]
+                row.update({"posterior_mean": h["mean"], "posterior_ci_lower": h["ci_lower"],
+                            "posterior_ci_upper": h["ci_upper"], "posterior_r_hat": h["r_hat"],
+                            "posterior_ess_bulk": h["ess_bulk"]})
+                if total_mean:
+                    # a ratio of posterior means: the mean of per-draw ratios is unstable
+                    # when the total's draws come near zero
+                    row["posterior_share"] = h["mean"] / total_mean
+        rows.append(row)
+    return rows
+
+
+COLUMNS = [
+    "table", "model", "term", "kind", "n",
+    "published_estimate", "published_std_error", "published_stars", "published_share",
+    "frequentist_estimate", "frequentist_std_error", "frequentist_cluster_std_error",
+    "frequentist_stars", "frequentist_ci_lower", "frequentist_ci_upper", "frequentist_share",
+    "mixedlm_estimate", "mixedlm_std_error", "mixedlm_stars",
+    "posterior_mean", "posterior_ci_lower", "posterior_ci_upper", "posterior_share",
+    "posterior_r_hat", "posterior_ess_bulk", "posterior_passed",
+    "published_outside_frequentist", "published_outside_posterior",
+]
+
+
+def comparison_frame(result: FrequentistResult, posterior: Posterior | None = None,
+                     published: dict | None = None) -> pd.DataFrame:
+    """One row per published term or effect of the spec, with every column side by side."""
+    published = published if published is not None else published_tables()
+    rows = _ols_rows(result, published, posterior) + _khb_rows(result, published, posterior)
+    frame = pd.DataFrame(rows).reindex(columns=COLUMNS)
+    if frame.empty:
+        return frame
+    # tables in the order the study prints them
+    order = {table: rank for rank, table in enumerate(published)}
+    frame = frame.sort_values("table", key=lambda t: t.map(order), kind="stable",
+                              ignore_index=True)
+    frame["posterior_passed"] = (posterior.passed if posterior is not None else np.nan)
+    frame["published_outside_frequentist"] = _outside(frame, "frequentist")
+    frame["published_outside_posterior"] = _outside(frame, "posterior")
+    return frame
+
+
+def _outside(frame: pd.DataFrame, side: str) -> pd.Series:
+    lower, upper = frame[f"{side}_ci_lower"], frame[f"{side}_ci_upper"]
+    value = frame["published_estimate"]
+    known = lower.notna() & upper.notna() & value.notna()
+    return ((value < lower) | (value > upper)).where(known)
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def _number(value: float) -> str:
+    return "" if value is None or pd.isna(value) else f"{value:.3f}"
+
+
+def _cell(estimate: float, std_error: float | None = None, mark: str = "") -> str:
+    if estimate is None or pd.isna(estimate):
+        return ""
+    text = f"{_number(estimate)}{mark if isinstance(mark, str) else ''}"
+    if std_error is not None and not pd.isna(std_error):
+        text += f" ({_number(std_error)})"
+    return text
+
+
+def display_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The comparison as formatted text cells, the way the study prints a table."""
+    out = pd.DataFrame({
+        "table": frame["table"], "model": frame["model"], "term": frame["term"],
+        "n": frame["n"].map(lambda v: "" if pd.isna(v) else str(int(v)))})
+    flags = (frame["published_outside_frequentist"].eq(True).map({True: "†", False: ""})
+             + frame["published_outside_posterior"].eq(True).map({True: "‡", False: ""}))
+    out["published"] = [
+        _cell(r.published_estimate, r.published_std_error, r.published_stars) + flag
+        for r, flag in zip(frame.itertuples(), flags, strict=True)]
+    out["OLS / KHB (se) [cluster se]"] = [
+        _cell(r.frequentist_estimate, r.frequentist_std_error, r.frequentist_stars)
+        + (f" [{_number(r.frequentist_cluster_std_error)}]"
+           if not pd.isna(r.frequentist_cluster_std_error) else "")
+        for r in frame.itertuples()]
+    out["MixedLM (se)"] = [_cell(r.mixedlm_estimate, r.mixedlm_std_error, r.mixedlm_stars)
+                           for r in frame.itertuples()]
+    posterior = []
+    for r in frame.itertuples():
+        if pd.isna(r.posterior_mean):
+            posterior.append("")
+        elif r.posterior_passed is False:
+            posterior.append("FAILED diagnostics")
+        else:
+            posterior.append(f"{_number(r.posterior_mean)} [{_number(r.posterior_ci_lower)}, "
+                             f"{_number(r.posterior_ci_upper)}]")
+    out["posterior mean [95% interval]"] = posterior
+    shares = frame[["published_share", "frequentist_share", "posterior_share"]]
+    if shares.notna().any().any():
+        out["share: published / KHB / posterior"] = [
+            " / ".join(_number(v) or "–" for v in row) if row.notna().any() else ""
+            for _, row in shares.iterrows()]
+    return out
+
+
+LEGEND = ("Estimates with standard errors in parentheses; stars as the study prints them "
+          "(! p<0.10, * p<0.05, ** p<0.01, *** p<0.001), for the published and frequentist "
+          "columns only; published stars are recomputed from estimate and se. [ ] is the "
+          "county-clustered se. † the published figure lies outside our 95% frequentist "
+          "interval (cluster-robust for OLS, county bootstrap for KHB); ‡ outside the "
+          "posterior's 95% interval (HDI for coefficients, equal-tailed for effects).")
+
+
+def to_markdown(frame: pd.DataFrame, title: str, notes: list[str]) -> str:
+    """The comparison as a Markdown document."""
+    lines = [f"# {title}", ""]
+    if frame.empty:
+        lines.append("No published figure matches this analysis.")
+    else:
+        for table, part in display_frame(frame).groupby("table", sort=False):
+            lines += [f"## {table}", "", part.drop(columns="table").to_markdown(index=False),
+                      ""]
+    lines += ["", LEGEND, "", *[f"- {note}" for note in notes]]
+    return "\n".join(lines) + "\n"
+
+
+def _cell_styles(column: pd.Series, flagged: pd.Series, failed: pd.Series) -> list[str]:
+    if column.name == "published":
+        return ["background:#fde2e1" if flagged.loc[i] else "" for i in column.index]
+    if str(column.name).startswith("posterior"):
+        return ["color:#b00020;font-weight:bold" if failed.loc[i] else ""
+                for i in column.index]
+    return [""] * len(column)
+
+
+def to_html(frame: pd.DataFrame, title: str, notes: list[str]) -> str:
+    """The comparison as one self-contained HTML page (flagged cells highlighted)."""
+    from jinja2 import Template
+
+    sections = []
+    display = display_frame(frame) if not frame.empty else pd.DataFrame()
+    for table, part in (display.groupby("table", sort=False) if not display.empty else []):
+        flagged = frame.loc[part.index, ["published_outside_frequentist",
+                                         "published_outside_posterior"]].eq(True).any(axis=1)
+        failed = frame.loc[part.index, "posterior_passed"].eq(False)
+        styler = part.drop(columns="table").style.hide(axis="index")
+        styler = styler.apply(_cell_styles, flagged=flagged, failed=failed, axis=0)
+        sections.append({"table": table, "html": styler.to_html()})
+    return Template(PAGE).render(title=title, sections=sections, legend=LEGEND, notes=notes)
+
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
+<style>
+body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; }
+table { border-collapse: collapse; margin-bottom: 1.5rem; font-size: 0.9rem; }
+th, td { border-bottom: 1px solid #ddd; padding: 0.3rem 0.6rem; text-align: right; }
+th:nth-child(-n+2), td:nth-child(-n+2) { text-align: left; }
+.legend, .notes { font-size: 0.85rem; color: #555; max-width: 60rem; }
+</style></head><body>
+<h1>{{ title }}</h1>
+{% if not sections %}<p>No published figure matches this analysis.</p>{% endif %}
+{% for section in sections %}<h2>{{ section.table }}</h2>
+{{ section.html }}
+{% endfor %}
+<p class="legend">{{ legend }}</p>
+<ul class="notes">{% for note in notes %}<li>{{ note }}</li>{% endfor %}</ul>
+</body></html>
+"""
+
+
+def posterior_for(result: FrequentistResult, table: pd.DataFrame,
+                  fits: str | Path | None) -> tuple[Posterior | None, str]:
+    """The Bayesian fit of the same spec under `fits`, checked to come from `table`."""
+    if fits is None or not result.spec.is_bayesian:
+        return None, ""
+    return read_posterior(Path(fits) / result.spec.name, frame_fingerprint(table))
+
+
+def write_frequentist(result: FrequentistResult, table: pd.DataFrame, out: str | Path,
+                      fits: str | Path | None = None, replicates: int | None = None,
+                      seed: int | None = None) -> pd.DataFrame:
+    """Write a spec's frequentist tables and their comparison into `out`, atomically:
+    ols.csv, khb.csv, mixedlm.csv (where they apply), comparison.csv/.md/.html and
+    frequentist.json (spec, data fingerprint, settings, versions, notes). Returns the
+    comparison frame."""
+    posterior, reason = posterior_for(result, table, fits)
+    notes = [*result.notes, *([reason] if reason else [])]
+    if posterior is not None and not posterior.passed:
+        notes.append(f"the Bayesian fit in {posterior.path} FAILED its diagnostics "
+                     f"({'; '.join(posterior.reasons)}): its column is shown as failed")
+    comparison = comparison_frame(result, posterior)
+    title = f"{result.spec.name}: published, frequentist and Bayesian side by side"
+    with atomic_directory(out) as folder:
+        write_table(result.ols, folder / "ols.csv")
+        if not result.khb.empty:
+            write_table(result.khb, folder / "khb.csv")
+        if not result.mixedlm.empty:
+            write_table(result.mixedlm, folder / "mixedlm.csv")
+        write_table(comparison, folder / "comparison.csv")
+        (folder / "comparison.md").write_text(to_markdown(comparison, title, notes), "utf-8")
+        (folder / "comparison.html").write_text(to_html(comparison, title, notes), "utf-8")
+        write_json({"spec_name": result.spec.name, "spec_source": result.spec.source,
+                    "data_fingerprint": frame_fingerprint(table),
+                    "bootstrap_replicates": replicates, "bootstrap_seed": seed,
+                    "khb_identity_gap": result.khb.attrs.get("identity_gap"),
+                    "posterior": posterior.path if posterior else None,
+                    "notes": notes, "versions": package_versions()},
+                   folder / "frequentist.json")
+    return comparison
