@@ -27,6 +27,9 @@ demo: install
 	$(BIN)/fundgap describe $(FITS)/prepared.parquet
 	$(BIN)/fundgap fit models/regional_mediation.toml --data $(FITS)/prepared.parquet \
 		--out $(FITS)/regional_mediation
+	$(BIN)/fundgap frequentist models/*.toml --data $(FITS)/prepared.parquet \
+		--out $(FITS)/frequentist --fits $(FITS)
+	@echo "comparison tables: $(FITS)/frequentist/*/comparison.html (and .md)"
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
