@@ -149,6 +149,7 @@ def _khb_rows(result: FrequentistResult, published: dict,
     if posterior is not None and not posterior.effects.empty:
         totals = posterior.effects[posterior.effects["effect"] == "total"]
         total_mean = float(totals["mean"].iloc[0]) if not totals.empty else None
+    published_total = (entry.get("total") or [None])[0]
     wanted = [("total", "", entry.get("total")), ("direct", "", entry.get("direct"))]
     wanted += [("indirect", m, f) for m, f in (entry.get("indirect") or {}).items()]
     rows = []
@@ -162,7 +163,7 @@ def _khb_rows(result: FrequentistResult, published: dict,
                "published_estimate": figure[0], "published_std_error": figure[1],
                "published_stars": stars(_normal_p(*figure[:2])),
                "published_share": figure[2] if len(figure) > 2 else
-               (1.0 if component == "total" else None)}
+               (figure[0] / published_total if published_total else None)}
         if not khb.empty:
             k = khb.iloc[0]
             row.update({"frequentist_estimate": k["estimate"],

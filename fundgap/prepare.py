@@ -119,6 +119,24 @@ def prefecture_measures(averaged: pd.DataFrame, hierarchy: pd.DataFrame) -> pd.D
     return pd.DataFrame(out)
 
 
+def _prefecture_factor(indicators: pd.DataFrame, prefecture: pd.Series,
+                       options: PrepareOptions, notes: list[str]
+                       ) -> tuple[pd.Series, dict | None]:
+    """The development factor of prefecture indicators, or missing (with a note) when too
+    few prefectures carry campaigns to extract one."""
+    distinct = prefecture[indicators.notna().all(axis=1)].nunique()
+    if distinct > indicators.shape[1] + 1:
+        try:
+            scores, factor = development_factor(indicators, method=options.factor_method,
+                                                orient_by="mean_years_schooling")
+            return scores, factor.to_dict()
+        except (ValueError, np.linalg.LinAlgError):
+            pass
+    notes.append(f"prefecture_development left missing: {distinct} prefectures cannot "
+                 f"support a factor of {indicators.shape[1]} indicators")
+    return pd.Series(np.nan, index=indicators.index), None
+
+
 # ---------------------------------------------------------------- donation stream
 
 
@@ -306,10 +324,9 @@ def prepare(dataset: Dataset, options: PrepareOptions | None = None) -> Prepared
     for name in COUNTY_CONTROLS:
         table[f"prefecture_{name}"] = (prefectures[name].to_numpy() if name in prefectures
                                        else np.nan)
-    table["prefecture_development"], prefecture_factor = development_factor(
+    table["prefecture_development"], prefecture_factor = _prefecture_factor(
         pd.DataFrame(prefectures[indicators].to_numpy(), columns=indicators,
-                     index=table.index),
-        method=options.factor_method, orient_by="mean_years_schooling")
+                     index=table.index), table["prefecture_code"], options, notes)
 
     table["county_campaigns"] = table.groupby("county_code")["campaign_id"].transform("size")
     table["prefecture_campaigns"] = table.groupby("prefecture_code")["campaign_id"].transform(
@@ -324,7 +341,7 @@ def prepare(dataset: Dataset, options: PrepareOptions | None = None) -> Prepared
         "n_provinces": int(table["province_code"].nunique()),
         "options": asdict(options),
         "development_factor": factor.to_dict(),
-        "prefecture_development_factor": prefecture_factor.to_dict(),
+        "prefecture_development_factor": prefecture_factor,
         "gdp_per_capita_in_factor": "gdp_per_capita" in indicators,
         "census_single_year_counties": single_year,
         "derived_capacity_rules": {str(k): int(v) for k, v in capacity_rules.items()},

@@ -22,6 +22,7 @@ from fundgap.prepare import (
     emotional_ratings,
     intraclass_correlation,
     log_reposts,
+    prefecture_measures,
     prepare,
     read_prepared,
     standardise_within_rater,
@@ -222,3 +223,24 @@ def test_describe_cli_reads_folders_and_prepared_tables(tiny: Path, tmp_path: Pa
     assert capsys.readouterr().out == from_folder
     assert "8 campaigns in 6 counties" in from_folder
     assert main(["describe", str(tmp_path / "absent")]) == 1
+
+
+def test_prefecture_measures_weight_by_population() -> None:
+    averaged = pd.DataFrame({"county_code": ["a", "b", "c"],
+                             "population_millions": [1.0, 3.0, 2.0],
+                             "urbanisation_rate": [0.2, 0.6, np.nan],
+                             "aged60_share": [0.1, 0.2, 0.3]})
+    hierarchy = pd.DataFrame({"county_code": ["a", "b", "c"], "prefecture_code": ["p", "p", "p"]})
+    measures = prefecture_measures(averaged, hierarchy).loc["p"]
+    assert measures["population_millions"] == pytest.approx(6.0)
+    assert measures["urbanisation_rate"] == pytest.approx((0.2 * 1 + 0.6 * 3) / 4)  # c lacks it
+    assert measures["aged60_share"] == pytest.approx((0.1 + 0.6 + 0.6) / 6)
+
+
+def test_prefecture_development_is_a_factor_over_campaigns(small_table) -> None:
+    scores = small_table["prefecture_development"]
+    assert scores.notna().all()
+    assert scores.mean() == pytest.approx(0.0, abs=1e-9) and scores.std() == pytest.approx(1.0)
+    # one value per prefecture, related to but not the same as county development
+    assert small_table.groupby("prefecture_code")["prefecture_development"].nunique().max() == 1
+    assert 0.3 < np.corrcoef(scores, small_table["development"])[0, 1] < 0.99
