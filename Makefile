@@ -9,8 +9,11 @@ DEFAULT_DATA := data/default
 FITS := fits/default
 COUNTIES_ARG := $(if $(wildcard $(COUNTIES)),--counties $(COUNTIES),)
 PYTEST_ARGS ?= -n 2 --dist loadfile --durations=15
+# `make test` runs everything but the tests marked slow (cross-checks against other engines,
+# repeated-simulation coverage); `make test-slow` runs those; CI runs both.
+FAST := -m "not slow"
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test test-slow lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,7 +35,10 @@ demo: install
 	@echo "comparison tables: $(FITS)/frequentist/*/comparison.html (and .md)"
 
 test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(FAST) $(PYTEST_ARGS)
+
+test-slow: install
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .
