@@ -91,6 +91,25 @@ def _posterior_columns(posterior: Posterior | None, parameter: str) -> dict:
             "posterior_ess_bulk": row["ess_bulk"]}
 
 
+def _effect_columns(posterior: Posterior | None, keys: dict[str, str]) -> dict:
+    """The posterior columns of the effects.csv row matching every key (effect, mediator,
+    moderator level)."""
+    if posterior is None or posterior.effects.empty:
+        return {}
+    wanted = {"mediator": "", **keys}
+    if any(column not in posterior.effects for column in wanted):
+        return {}
+    match = posterior.effects
+    for column, value in wanted.items():
+        match = match[match[column].fillna("").astype(str) == value]
+    if match.empty:
+        return {}
+    h = match.iloc[0]
+    return {"posterior_mean": h["mean"], "posterior_ci_lower": h["ci_lower"],
+            "posterior_ci_upper": h["ci_upper"], "posterior_r_hat": h["r_hat"],
+            "posterior_ess_bulk": h["ess_bulk"]}
+
+
 def _ols_rows(result: FrequentistResult, published: dict,
               posterior: Posterior | None) -> list[dict]:
     rows = []
@@ -135,6 +154,8 @@ def _ols_rows(result: FrequentistResult, published: dict,
                 if model.equation:
                     row.update(_posterior_columns(
                         posterior, f"coefficients_{model.equation}[{ols['term']}]"))
+                elif model.posterior_effect and ols["term"] == result.spec.exposure:
+                    row.update(_effect_columns(posterior, model.posterior_effect))
             rows.append(row)
     return rows
 
@@ -174,17 +195,12 @@ def _khb_rows(result: FrequentistResult, published: dict,
                         "frequentist_ci_upper": k["bootstrap_ci_upper"],
                         "frequentist_share": k["share"], "n": int(k["n"])})
         if posterior is not None and not posterior.effects.empty:
-            effects = posterior.effects
-            hit = effects[(effects["effect"] == component) & (effects["mediator"] == mediator)]
-            if not hit.empty:
-                h = hit.iloc[0]
-                row.update({"posterior_mean": h["mean"], "posterior_ci_lower": h["ci_lower"],
-                            "posterior_ci_upper": h["ci_upper"], "posterior_r_hat": h["r_hat"],
-                            "posterior_ess_bulk": h["ess_bulk"]})
-                if total_mean:
-                    # a ratio of posterior means: the mean of per-draw ratios is unstable
-                    # when the total's draws come near zero
-                    row["posterior_share"] = h["mean"] / total_mean
+            found = _effect_columns(posterior, {"effect": component, "mediator": mediator})
+            row.update(found)
+            if found and total_mean:
+                # a ratio of posterior means: the mean of per-draw ratios is unstable when
+                # the total's draws come near zero
+                row["posterior_share"] = found["posterior_mean"] / total_mean
         rows.append(row)
     return rows
 

@@ -1,14 +1,24 @@
-"""Effects from the posterior, per draw: a and b paths, indirect, direct, total, shares.
+"""Effects from the posterior, per draw: a and b paths, indirect, direct, total, shares, and
+contrasts between the levels of a moderator.
 
-Per unit of the exposure (development is scaled to sd 1, so per 1 sd). For a mediator with
-an identity link the a path is its exposure coefficient; for a log or logit link it is the
-g-computation contrast: the average predicted mediator with the exposure raised by one unit
+Per unit of the exposure (development is scaled to sd 1, so per 1 sd). For an equation with
+an identity link an exposure path is its coefficient; for a log or logit link it is the
+g-computation contrast: the average predicted response with the exposure raised by one unit
 minus at its observed value, over the campaigns, per draw. b paths are the outcome's
 mediator coefficients, which needs an identity-link outcome (gaussian or student_t).
 indirect = a * b, total = direct + sum of indirect, share = indirect / total.
+
+With a moderator (`moderator = "channel"` in the spec) every slope is taken at each level:
+the coefficient of the variable plus that of its interaction with the level
+(`development:C(channel)[mixed]`), so a spec may write `development:C(channel)` (one slope
+per level) or `development + development:C(channel)` (a reference slope and differences).
+Effects then carry a dim named after the moderator, and `contrast_draws` gives the first
+level minus each other level (acquaintance - mixed).
 """
 
 from __future__ import annotations
+
+import itertools
 
 import arviz as az
 import numpy as np
@@ -21,70 +31,151 @@ from fundgap.errors import SpecError
 from fundgap.predictive import linear_predictor
 
 IDENTITY_LINK = ("gaussian", "student_t")
+EFFECTS = ("total", "direct", "indirect", "share", "a", "b")
+SAMPLE_DIMS = ("chain", "draw")
 
 
-def _a_path(posterior: xr.Dataset, design: Design, mediator: str) -> xr.DataArray:
-    exposure = design.spec.exposure
-    slope = posterior[f"coefficients_{mediator}"].sel({f"term_{mediator}": exposure}, drop=True)
-    family = design.equations[mediator].family
+def moderator_levels(design: Design) -> list[str]:
+    """The moderator's levels in the data (sorted), or [] without a moderator."""
+    moderator = design.spec.moderator
+    if not moderator:
+        return []
+    return sorted(design.table[moderator].astype(str).unique())
+
+
+def _slope_terms(terms: list[str], variable: str, moderator: str | None,
+                 level: str | None) -> list[str]:
+    names = [variable] if variable in terms else []
+    if moderator and level is not None:
+        spellings = (f"{variable}:C({moderator})[{level}]", f"{variable}:{moderator}[{level}]",
+                     f"C({moderator})[{level}]:{variable}", f"{moderator}[{level}]:{variable}")
+        names += [name for name in spellings if name in terms]
+    return names
+
+
+def slope(posterior: xr.Dataset, design: Design, equation: str, variable: str,
+          level: str | None = None) -> xr.DataArray:
+    """A variable's coefficient in an equation (at a moderator level), dims (chain, draw)."""
+    coefficients = posterior[f"coefficients_{equation}"]
+    dim = f"term_{equation}"
+    names = _slope_terms(list(coefficients[dim].values), variable, design.spec.moderator,
+                         level)
+    if not names:
+        at = f" at {design.spec.moderator} = {level}" if level is not None else ""
+        raise SpecError(f"{design.spec.source}: equations.{equation} has no slope for "
+                        f"{variable}{at}")
+    return coefficients.sel({dim: names}).sum(dim)
+
+
+def _exposure_path(posterior: xr.Dataset, design: Design, equation: str,
+                   level: str | None) -> xr.DataArray:
+    """The exposure's effect on an equation's response (its mean), per unit, per draw."""
+    exposure_slope = slope(posterior, design, equation, design.spec.exposure, level)
+    family = design.equations[equation].family
     if family in IDENTITY_LINK:
-        return slope
-    eta = linear_predictor(posterior, design, mediator)
+        return exposure_slope
+    eta = linear_predictor(posterior, design, equation)
+    if level is not None:
+        rows = design.table[design.spec.moderator].astype(str).to_numpy() == level
+        eta = eta.isel(campaign=np.flatnonzero(rows))
     if family == "bernoulli":
-        contrast = expit(eta + slope) - expit(eta)
+        contrast = expit(eta + exposure_slope) - expit(eta)
     else:  # log link: lognormal mean exp(eta + sigma^2/2), negative binomial exp(eta)
-        level = np.exp(eta)
+        mean = np.exp(eta)
         if family == "lognormal":
-            level = level * np.exp(posterior[f"sigma_{mediator}"] ** 2 / 2)
-        contrast = level * (np.exp(slope) - 1)
+            mean = mean * np.exp(posterior[f"sigma_{equation}"] ** 2 / 2)
+        contrast = mean * (np.exp(exposure_slope) - 1)
     return contrast.mean("campaign")
 
 
-def effect_draws(posterior: xr.Dataset, design: Design) -> xr.Dataset:
-    """Every effect as draws with dims (chain, draw[, mediator])."""
+def _effects_at(posterior: xr.Dataset, design: Design, level: str | None) -> xr.Dataset:
     spec = design.spec
+    direct = _exposure_path(posterior, design, spec.outcome, level)
+    mediators = list(spec.mediators)
+    if not mediators:
+        return xr.Dataset({"total": direct, "direct": direct})
     if design.equations[spec.outcome].family not in IDENTITY_LINK:
         raise SpecError(f"{spec.source}: the mediation decomposition needs a gaussian or "
                         f"student_t outcome; {spec.outcome} is "
                         f"{design.equations[spec.outcome].family}")
-    term = f"term_{spec.outcome}"
-    outcome = posterior[f"coefficients_{spec.outcome}"]
-    direct = outcome.sel({term: spec.exposure}, drop=True)
-    mediators = list(spec.mediators)
-    if not mediators:
-        return xr.Dataset({"total": direct, "direct": direct})
-    a = xr.concat([_a_path(posterior, design, m) for m in mediators], dim="mediator")
-    b = outcome.sel({term: mediators}).rename({term: "mediator"})
-    a = a.assign_coords(mediator=mediators)
-    b = b.assign_coords(mediator=mediators)
+    a = xr.concat([_exposure_path(posterior, design, m, level) for m in mediators],
+                  dim="mediator").assign_coords(mediator=mediators)
+    b = xr.concat([slope(posterior, design, spec.outcome, m, level) for m in mediators],
+                  dim="mediator").assign_coords(mediator=mediators)
     indirect = a * b
     total = direct + indirect.sum("mediator")
     return xr.Dataset({"total": total, "direct": direct, "indirect": indirect,
                        "share": indirect / total, "a": a, "b": b})
 
 
-def summarise_effects(effects: xr.Dataset) -> pd.DataFrame:
-    """One row per effect: mean, sd, 95% equal-tailed interval, R-hat, bulk ESS, P(> 0)."""
+def effect_draws(posterior: xr.Dataset, design: Design) -> xr.Dataset:
+    """Every effect as draws with dims (chain, draw[, mediator][, moderator])."""
+    levels = moderator_levels(design)
+    if not levels:
+        return _effects_at(posterior, design, None)
+    by_level = [_effects_at(posterior, design, level) for level in levels]
+    return xr.concat(by_level, dim=design.spec.moderator).assign_coords(
+        {design.spec.moderator: levels})
+
+
+def contrast_draws(effects: xr.Dataset, moderator: str) -> xr.Dataset:
+    """The first level minus each other level, for every effect; dim `contrast` labelled
+    "first - other"."""
+    levels = [str(v) for v in effects[moderator].values]
+    first = effects.sel({moderator: levels[0]}, drop=True)
+    parts = [first - effects.sel({moderator: other}, drop=True) for other in levels[1:]]
+    labels = [f"{levels[0]} - {other}" for other in levels[1:]]
+    contrasts = xr.concat(parts, dim="contrast").assign_coords(contrast=labels)
+    # paths the spec shares across levels (b paths, usually) contrast to exactly zero
+    shared = [name for name, values in contrasts.data_vars.items() if not values.any()]
+    return contrasts.drop_vars(shared)
+
+
+def _rows(values: xr.DataArray, rhat: xr.DataArray, ess: xr.DataArray) -> list[dict]:
+    """One row per cell of the non-sample dims: label columns, then the statistics."""
+    dims = [d for d in values.dims if d not in SAMPLE_DIMS]
     rows = []
-    rhat = az.rhat(effects)
-    ess = az.ess(effects, method="bulk")
-    for name in ("total", "direct", "indirect", "share", "a", "b"):
-        if name not in effects:
-            continue
-        values = effects[name]
-        mediators = values["mediator"].values if "mediator" in values.dims else [None]
-        for mediator in mediators:
-            pick = {"mediator": mediator} if mediator is not None else {}
-            draws = values.sel(pick).values.ravel()
-            rows.append({
-                "effect": name,
-                "mediator": mediator or "",
-                "mean": float(draws.mean()),
-                "sd": float(draws.std(ddof=1)),
-                "ci_lower": float(np.quantile(draws, 0.025)),
-                "ci_upper": float(np.quantile(draws, 0.975)),
-                "r_hat": float(rhat[name].sel(pick)),
-                "ess_bulk": float(ess[name].sel(pick)),
-                "p_positive": float((draws > 0).mean()),
-            })
-    return pd.DataFrame(rows)
+    for labels in itertools.product(*(values[d].values for d in dims)):
+        pick = dict(zip(dims, labels, strict=True))
+        draws = values.sel(pick).values.ravel()
+        rows.append({**{d: str(v) for d, v in pick.items()},
+                     "mean": float(draws.mean()),
+                     "sd": float(draws.std(ddof=1)),
+                     "ci_lower": float(np.quantile(draws, 0.025)),
+                     "ci_upper": float(np.quantile(draws, 0.975)),
+                     "r_hat": float(rhat.sel(pick)),
+                     "ess_bulk": float(ess.sel(pick)),
+                     "p_positive": float((draws > 0).mean())})
+    return rows
+
+
+def _summary(draws: xr.Dataset, label: str) -> pd.DataFrame:
+    rhat = az.rhat(draws)
+    ess = az.ess(draws, method="bulk")
+    rows = []
+    for name in EFFECTS:
+        if name in draws:
+            rows += [{label: name, **row} for row in _rows(draws[name], rhat[name], ess[name])]
+    frame = pd.DataFrame(rows)
+    if "mediator" not in frame:
+        frame["mediator"] = ""
+    statistics = ["mean", "sd", "ci_lower", "ci_upper", "r_hat", "ess_bulk", "p_positive"]
+    labels = [label, "mediator", *[c for c in frame if c not in (label, "mediator",
+                                                                   *statistics)]]
+    frame[labels] = frame[labels].fillna("")
+    return frame[labels + statistics]
+
+
+def summarise_effects(effects: xr.Dataset) -> pd.DataFrame:
+    """One row per effect (and mediator, and moderator level): mean, sd, 95% equal-tailed
+    interval, R-hat, bulk ESS, P(> 0)."""
+    return _summary(effects, "effect")
+
+
+def summarise_contrasts(contrasts: xr.Dataset) -> pd.DataFrame:
+    """One row per effect, mediator and contrast: mean, sd, 95% interval, R-hat, bulk ESS,
+    and p_greater, the posterior probability that the first level's effect is the larger."""
+    frame = _summary(contrasts, "effect").rename(columns={"p_positive": "p_greater"})
+    columns = ["effect", "mediator", "contrast", "mean", "sd", "ci_lower", "ci_upper",
+               "p_greater", "r_hat", "ess_bulk"]
+    return frame[columns]

@@ -19,7 +19,12 @@ import xarray as xr
 from fundgap.build import GROUP_DIMS, build_model
 from fundgap.defaults import GATE, PREDICTIVE_DRAWS, SAMPLER
 from fundgap.design import Design, build_design
-from fundgap.effects import effect_draws, summarise_effects
+from fundgap.effects import (
+    contrast_draws,
+    effect_draws,
+    summarise_contrasts,
+    summarise_effects,
+)
 from fundgap.errors import FundgapError
 from fundgap.marginal import (
     MARGINAL_FAMILIES,
@@ -68,6 +73,7 @@ class FitResult:
     summary: pd.DataFrame
     diagnostics: dict
     record: dict = field(default_factory=dict)
+    contrasts: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def choose_form(design: Design, requested: str) -> str:
@@ -130,15 +136,25 @@ def parameter_summary(idata: az.InferenceData, full: bool = False) -> pd.DataFra
     return pd.concat(parts)
 
 
+def _effect_labels(effects: pd.DataFrame) -> pd.Series:
+    """`indirect[core_capacity, mixed]`-style names for effect and contrast rows."""
+    qualifiers = [c for c in effects.columns if c not in ("effect", "mean", "sd", "ci_lower",
+                                                          "ci_upper", "r_hat", "ess_bulk",
+                                                          "p_positive", "p_greater")]
+    inside = effects[qualifiers].fillna("").astype(str).apply(
+        lambda row: ", ".join(v for v in row if v), axis=1) if qualifiers else ""
+    return effects["effect"] + inside.map(lambda s: f"[{s}]" if s else "")
+
+
 def _diagnostics(idata: az.InferenceData, effects: pd.DataFrame, summary: pd.DataFrame,
                  timing: dict) -> dict:
     stats = idata.sample_stats
     depth_hits = next((int(stats[k].sum()) for k in ("maxdepth_reached",
                                                      "reached_max_treedepth") if k in stats), 0)
     reported = summary[summary["reported"]]
-    labels = effects["effect"] + effects["mediator"].map(lambda m: f"[{m}]" if m else "")
-    r_hat = pd.concat([reported["r_hat"], effects.set_index(labels)["r_hat"]])
-    ess = pd.concat([reported["ess_bulk"], effects.set_index(labels)["ess_bulk"]])
+    labelled = effects.set_index(_effect_labels(effects))
+    r_hat = pd.concat([reported["r_hat"], labelled["r_hat"]])
+    ess = pd.concat([reported["ess_bulk"], labelled["ess_bulk"]])
     divergences = int(stats["diverging"].sum())
     reasons = []
     if divergences > GATE["max_divergences"]:
@@ -196,12 +212,16 @@ def fit_model(spec: ModelSpec, table: pd.DataFrame,
                              posterior_predictive=predictive, log_likelihood=loglik,
                              observed_data=observed, constant_data=constant)
 
-    effects = summarise_effects(effect_draws(posterior, design))
+    draws = effect_draws(posterior, design)
+    effects = summarise_effects(draws)
+    contrasts = (summarise_contrasts(contrast_draws(draws, spec.moderator))
+                 if spec.moderator else pd.DataFrame())
     summary = parameter_summary(idata, settings.full_summary)
     timing = {"compile_seconds": result.compile_seconds,
               "sample_seconds": result.sample_seconds,
               "wall_seconds": time.perf_counter() - started}
-    diagnostics = _diagnostics(idata, effects, summary, timing)
+    checked = pd.concat([effects, contrasts], ignore_index=True)
+    diagnostics = _diagnostics(idata, checked, summary, timing)
     diagnostics["form"] = form
     diagnostics["backend"] = settings.backend
     record = {
@@ -217,7 +237,7 @@ def fit_model(spec: ModelSpec, table: pd.DataFrame,
     }
     idata.posterior.attrs.update({"spec": spec.name, "data_fingerprint":
                                   record["data_fingerprint"], "seed": settings.seed})
-    return FitResult(spec, design, idata, effects, summary, diagnostics, record)
+    return FitResult(spec, design, idata, effects, summary, diagnostics, record, contrasts)
 
 
 def prior_predictive(spec: ModelSpec, table: pd.DataFrame, draws: int = 500,
@@ -244,13 +264,15 @@ def compact(idata: az.InferenceData) -> az.InferenceData:
 
 
 def write_fit(result: FitResult, folder: str | Path) -> Path:
-    """Write posterior.nc, summary.csv, effects.csv, diagnostics.json, spec.toml, fit.json
-    into `folder`, atomically."""
+    """Write posterior.nc, summary.csv, effects.csv (contrasts.csv with a moderator),
+    diagnostics.json, spec.toml, fit.json into `folder`, atomically."""
     folder = Path(folder)
     with atomic_directory(folder) as temporary:
         compact(result.idata).to_netcdf(str(temporary / "posterior.nc"))
         result.summary.rename_axis("parameter").to_csv(temporary / "summary.csv")
         result.effects.to_csv(temporary / "effects.csv", index=False)
+        if not result.contrasts.empty:
+            result.contrasts.to_csv(temporary / "contrasts.csv", index=False)
         write_json(result.diagnostics, temporary / "diagnostics.json")
         write_json(result.record, temporary / "fit.json")
         (temporary / "spec.toml").write_text(result.spec.text, encoding="utf-8")

@@ -245,7 +245,10 @@ def run_frequentist(spec: ModelSpec, table: pd.DataFrame,
         result.notes.append("no joint equations in this spec: OLS/logit tables only")
         return result
     design = build_design(spec, table)
-    if spec.mediators and all(e.family == "gaussian" for e in design.equations.values()):
+    if spec.moderator:
+        result.notes.append(f"KHB skipped: the slopes differ by {spec.moderator}; the "
+                            "study's per-channel models are in the OLS table")
+    elif spec.mediators and all(e.family == "gaussian" for e in design.equations.values()):
         khb = khb_decomposition(design, replicates, seed)
         khb["p_value"] = 2 * scipy_stats.norm.sf(np.abs(khb["estimate"] / khb["std_error"]))
         khb["stars"] = khb["p_value"].map(stars)

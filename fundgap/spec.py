@@ -27,7 +27,7 @@ PRIOR_KEYS = ("intercept_scale", "coefficient_scale", "sigma_scale", "group_sd_s
 KNOWN_KEYS = {"name", "description", "exposure", "outcome", "mediators", "terms",
               "equations", "filter", "moderator", "frequentist"}
 TABLE_MODEL_KEYS = {"table", "model", "formula", "equation", "filter", "family", "cluster",
-                    "rename"}
+                    "rename", "posterior_effect"}
 # The frequentist side fits gaussian (and student_t) equations by OLS, bernoulli ones by logit.
 FREQUENTIST_FAMILIES = ("gaussian", "student_t", "bernoulli")
 
@@ -64,6 +64,9 @@ class TableModel:
     cluster: str = "county_code"
     rename: dict[str, str] = field(default_factory=dict)
     equation: str | None = None
+    # the effects.csv row (effect, mediator, moderator level) that is the Bayesian
+    # counterpart of the exposure's coefficient, e.g. {effect = "total", channel = "mixed"}
+    posterior_effect: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -250,7 +253,8 @@ def _parse_tables(raw: object, terms: dict[str, str], equations: dict[str, Equat
             response=response, variables=variables, family=family,
             filter=body.get("filter", spec_filter),
             cluster=GROUPS.get(cluster, cluster), rename=dict(body.get("rename", {})),
-            equation=equation))
+            equation=equation, posterior_effect={str(k): str(v) for k, v in
+                                                 body.get("posterior_effect", {}).items()}))
     keys = [(m.table, m.model) for m in models]
     errors.extend(f"frequentist.ols: {t}.{m} is declared twice"
                   for t, m in sorted({k for k in keys if keys.count(k) > 1}))
