@@ -97,3 +97,59 @@ def test_non_identity_outcome_is_refused() -> None:
     design = build_design(parse_spec(text, columns=set(data.columns)), data)
     with pytest.raises(SpecError, match="needs a gaussian or student_t outcome"):
         effect_draws(posterior(design, np.zeros((1, 3))), design)
+
+
+MODERATED = """
+name = "m"
+exposure = "development"
+moderator = "channel"
+mediators = ["log_reposts"]
+outcome = "log_amount_raised"
+[equations.log_reposts]
+formula = "log_reposts ~ development:C(channel) + male"
+[equations.log_amount_raised]
+formula = "log_amount_raised ~ development + development:C(channel) + log_reposts"
+"""
+
+
+def test_moderated_slopes_effects_and_contrasts() -> None:
+    from fundgap.effects import contrast_draws, summarise_contrasts
+
+    frame = table().assign(channel=np.where(np.arange(50) % 3 == 0, "acquaintance", "mixed"))
+    design = build_design(parse_spec(MODERATED, columns=set(frame.columns)), frame)
+    post = posterior(design, np.zeros((2, 40)))
+    effects = effect_draws(post, design)
+    assert effects["total"].dims == ("channel", "chain", "draw")
+    reposts = post["coefficients_log_reposts"]
+    outcome = post["coefficients_log_amount_raised"]
+    a_mixed = reposts.sel(term_log_reposts="development:C(channel)[mixed]")
+    # the outcome is written as a reference slope plus the mixed channel's difference
+    direct_acq = outcome.sel(term_log_amount_raised="development")
+    direct_mixed = direct_acq + outcome.sel(
+        term_log_amount_raised="development:C(channel)[mixed]")
+    b = outcome.sel(term_log_amount_raised="log_reposts")
+    xr.testing.assert_allclose(effects["direct"].sel(channel="mixed", drop=True),
+                               direct_mixed, check_dim_order=False)
+    xr.testing.assert_allclose(effects["direct"].sel(channel="acquaintance", drop=True),
+                               direct_acq.drop_vars("term_log_amount_raised"))
+    xr.testing.assert_allclose(
+        effects["total"].sel(channel="mixed", drop=True),
+        (direct_mixed + a_mixed * b).drop_vars(
+            ["term_log_amount_raised", "term_log_reposts"], errors="ignore"),
+        check_dim_order=False)
+
+    contrasts = contrast_draws(effects, "channel")
+    assert list(contrasts["contrast"].values) == ["acquaintance - mixed"]
+    assert "b" not in contrasts                      # b is shared: no contrast to report
+    expected = (effects["total"].sel(channel="acquaintance")
+                - effects["total"].sel(channel="mixed")).values
+    np.testing.assert_allclose(contrasts["total"].sel(contrast="acquaintance - mixed"),
+                               expected)
+    table_out = summarise_contrasts(contrasts)
+    assert list(table_out.columns[:3]) == ["effect", "mediator", "contrast"]
+    row = table_out[table_out["effect"] == "total"].iloc[0]
+    assert row["p_greater"] == pytest.approx((expected > 0).mean())
+    summary = summarise_effects(effects)
+    assert {"channel", "mediator"} <= set(summary.columns)
+    assert set(summary.loc[summary["effect"] == "total", "channel"]) == {"acquaintance",
+                                                                         "mixed"}
