@@ -103,14 +103,14 @@ def _load_prepared(data: str):
 
 
 def _fit(args: argparse.Namespace) -> int:
-    from fundgap.fit import FitSettings, fit_model, write_fit
+    from fundgap.fit import fit_model, settings_for, write_fit
     from fundgap.spec import load_spec
 
     spec = load_spec(args.spec)
     table = _load_prepared(args.data).table
-    settings = FitSettings(draws=args.draws, tune=args.tune, chains=args.chains,
-                           seed=args.seed, backend=args.backend, form=args.form,
-                           progress=not args.quiet, full_summary=args.full_summary)
+    settings = settings_for(spec, draws=args.draws, tune=args.tune, chains=args.chains,
+                            seed=args.seed, backend=args.backend, form=args.form,
+                            progress=not args.quiet, full_summary=args.full_summary)
     result = fit_model(spec, table, settings)
     write_fit(result, args.out)
     diagnostics = result.diagnostics
@@ -200,9 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("spec", help="model specification, e.g. models/regional_mediation.toml")
     fit.add_argument("--data", required=True, help="data folder or prepared table")
     fit.add_argument("--out", required=True, help="fit folder to write (replaced atomically)")
-    fit.add_argument("--draws", type=int, default=1000)
-    fit.add_argument("--tune", type=int, default=1000)
-    fit.add_argument("--chains", type=int, default=4)
+    fit.add_argument("--draws", type=int, help="per chain (default 1000, or the spec's "
+                                                "[sampler] draws)")
+    fit.add_argument("--tune", type=int, help="per chain (default 1000, or the spec's)")
+    fit.add_argument("--chains", type=int, help="default 4, or the spec's")
     fit.add_argument("--seed", type=int, default=20250)
     fit.add_argument("--backend", choices=("nutpie", "pymc", "numpyro"), default="nutpie")
     fit.add_argument("--form", choices=("auto", "marginal", "explicit"), default="auto",

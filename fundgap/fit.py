@@ -62,6 +62,13 @@ class FitSettings:
     reuse_compiled: bool = False
 
 
+def settings_for(spec: ModelSpec, **overrides: object) -> FitSettings:
+    """Fit settings: the defaults, then the spec's [sampler] table, then `overrides` that
+    are not None (the command line's)."""
+    values = {**spec.sampler, **{k: v for k, v in overrides.items() if v is not None}}
+    return FitSettings(**values)
+
+
 @dataclass
 class FitResult:
     """Everything one fit produced, before it is written."""

@@ -25,7 +25,9 @@ GROUPS = {"county": "county_code", "prefecture": "prefecture_code",
           "province": "province_code"}
 PRIOR_KEYS = ("intercept_scale", "coefficient_scale", "sigma_scale", "group_sd_scale")
 KNOWN_KEYS = {"name", "description", "exposure", "outcome", "mediators", "terms",
-              "equations", "filter", "moderator", "frequentist"}
+              "equations", "filter", "moderator", "frequentist", "sampler"}
+# Sampler settings a spec may set as its own defaults (the command line still overrides).
+SAMPLER_KEYS = ("draws", "tune", "chains")
 TABLE_MODEL_KEYS = {"table", "model", "formula", "equation", "filter", "family", "cluster",
                     "rename", "posterior_effect"}
 # The frequentist side fits gaussian (and student_t) equations by OLS, bernoulli ones by logit.
@@ -85,6 +87,7 @@ class ModelSpec:
     text: str = ""
     tables: tuple[TableModel, ...] = ()
     khb_table: str | None = None
+    sampler: dict[str, int] = field(default_factory=dict)
 
     @property
     def all_variables(self) -> tuple[str, ...]:
@@ -318,13 +321,20 @@ def parse_spec(text: str, source: str = "<spec>",
                                 raw.get("filter"), known, errors)
     if khb is not None and not mediators:
         errors.append("frequentist.khb: the spec has no mediators to decompose")
+    sampler = raw.get("sampler", {})
+    for key, value in sampler.items():
+        if key not in SAMPLER_KEYS:
+            errors.append(f"sampler.{key}: unknown (use {', '.join(SAMPLER_KEYS)})")
+        elif not isinstance(value, int) or value < 1:
+            errors.append(f"sampler.{key}: must be a positive whole number")
     if errors:
         raise SpecError(f"{source}:\n  " + "\n  ".join(errors))
     ordered = {name: equations[name] for name in (*mediators, outcome)}
     return ModelSpec(name=str(raw["name"]), description=str(raw.get("description", "")),
                      exposure=exposure, outcome=outcome, mediators=mediators,
                      equations=ordered, filter=raw.get("filter"), moderator=moderator,
-                     source=source, text=text, tables=tables, khb_table=khb)
+                     source=source, text=text, tables=tables, khb_table=khb,
+                     sampler=dict(sampler))
 
 
 def load_spec(path: str | Path, columns: set[str] | None = None) -> ModelSpec:
