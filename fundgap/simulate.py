@@ -308,6 +308,13 @@ def _truth(params: dict, table: pd.DataFrame, control_means: dict, mediator_mean
                        "not real campaigns.",
         "effects_per_sd_development": channel_effects(params["paths"], weights),
         "channel_weights": weights,
+        # recommended is drawn first, from development alone (no county effects): the
+        # logit of recommended on development only recovers these
+        "recommendation": {
+            "logit_intercept": float(np.log(params["sample"]["mixed_share"]
+                                            / (1 - params["sample"]["mixed_share"]))),
+            "logit_development": params["sample"]["recommend_logit_development"],
+        },
         "equations": equations_truth,
         "mediator_residual_correlation": params["residual_correlation"]["matrix"],
         "floor_clipped": clipped,
