@@ -151,3 +151,23 @@ def test_broken_frequentist_section(change: tuple[str, str], message: str) -> No
     with pytest.raises(SpecError) as raised:
         parse_spec(TABLES.replace(old, new, 1), "broken.toml")
     assert message in str(raised.value)
+
+
+@pytest.mark.parametrize(("sampler", "message"), [
+    ("draws = 0", "sampler.draws: must be a positive whole number"),
+    ("warmup = 10", "sampler.warmup: unknown"),
+])
+def test_broken_sampler_table(sampler: str, message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        parse_spec(GOOD + f"\n[sampler]\n{sampler}\n", "s.toml")
+
+
+def test_channel_spec_is_moderated_with_posterior_counterparts() -> None:
+    spec = load_spec(REPO / "models" / "channel_moderation.toml")
+    assert spec.moderator == "channel"
+    for equation in spec.equations.values():
+        assert "channel" in equation.variables and "recommended" in equation.variables
+    counterparts = {m.model: m.posterior_effect for m in spec.tables}
+    assert counterparts["acquaintance_only"] == {"effect": "total", "channel": "acquaintance"}
+    assert counterparts["log_reposts"] == {"effect": "a", "mediator": "log_reposts",
+                                           "channel": "mixed"}
