@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tomllib
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -238,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `fundgap` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
+    # nutpie samples through numba, which needs no BLAS; PyTensor's C backend warns anyway
+    warnings.filterwarnings("ignore", message="PyTensor could not link to a BLAS")
     try:
         return args.run(args)
     except FundgapError as error:
