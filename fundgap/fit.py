@@ -34,6 +34,7 @@ from fundgap.marginal import (
 )
 from fundgap.predictive import predictive_groups
 from fundgap.sample import sample
+from fundgap.shrinkage import shrinkage_table
 from fundgap.spec import ModelSpec
 from fundgap.store import atomic_directory, frame_fingerprint, package_versions, write_json
 
@@ -81,6 +82,7 @@ class FitResult:
     diagnostics: dict
     record: dict = field(default_factory=dict)
     contrasts: pd.DataFrame = field(default_factory=pd.DataFrame)
+    shrinkage: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def choose_form(design: Design, requested: str) -> str:
@@ -244,7 +246,8 @@ def fit_model(spec: ModelSpec, table: pd.DataFrame,
     }
     idata.posterior.attrs.update({"spec": spec.name, "data_fingerprint":
                                   record["data_fingerprint"], "seed": settings.seed})
-    return FitResult(spec, design, idata, effects, summary, diagnostics, record, contrasts)
+    return FitResult(spec, design, idata, effects, summary, diagnostics, record, contrasts,
+                     shrinkage_table(posterior, design))
 
 
 def prior_predictive(spec: ModelSpec, table: pd.DataFrame, draws: int = 500,
@@ -280,6 +283,8 @@ def write_fit(result: FitResult, folder: str | Path) -> Path:
         result.effects.to_csv(temporary / "effects.csv", index=False)
         if not result.contrasts.empty:
             result.contrasts.to_csv(temporary / "contrasts.csv", index=False)
+        if not result.shrinkage.empty:
+            result.shrinkage.to_csv(temporary / "shrinkage.csv", index=False)
         write_json(result.diagnostics, temporary / "diagnostics.json")
         write_json(result.record, temporary / "fit.json")
         (temporary / "spec.toml").write_text(result.spec.text, encoding="utf-8")

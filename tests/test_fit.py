@@ -77,8 +77,8 @@ def test_effects_identities(regional_fit):
 def test_write_fit_folder(regional_fit, tmp_path: Path):
     folder = write_fit(regional_fit, tmp_path / "fit")
     assert sorted(p.name for p in folder.iterdir()) == [
-        "diagnostics.json", "effects.csv", "fit.json", "posterior.nc", "spec.toml",
-        "summary.csv"]
+        "diagnostics.json", "effects.csv", "fit.json", "posterior.nc", "shrinkage.csv",
+        "spec.toml", "summary.csv"]
     record = json.loads((folder / "fit.json").read_text())
     assert len(record["data_fingerprint"]) == 64 and record["versions"]["pymc"]
     assert record["settings"]["seed"] == 11
@@ -150,3 +150,15 @@ def test_prior_predictive_covers_the_data(small_table: pd.DataFrame):
         # weakly informative: the prior predictive spreads wider than the data, around them
         assert np.quantile(draws, 0.05) < observed.quantile(0.05)
         assert np.quantile(draws, 0.95) > observed.quantile(0.95)
+
+
+def test_shrinkage_pulls_sparse_counties_hardest(regional_fit):
+    table = regional_fit.shrinkage
+    counties = table[(table["equation"] == "log_amount_raised") & (table["level"] == "county")]
+    assert len(counties) == regional_fit.design.levels["county_code"].size
+    assert counties["campaigns"].sum() == len(regional_fit.design.table)
+    ratio = counties["intercept_mean"] / counties["no_pooling"]
+    # partial pooling: each intercept is a fraction of its raw deviation ...
+    assert ratio.between(0, 1).mean() > 0.95
+    # ... and that fraction grows with the county's campaigns
+    assert ratio[counties["campaigns"] == 1].median() < ratio[counties["campaigns"] >= 3].median()
