@@ -165,6 +165,29 @@ def _frequentist(args: argparse.Namespace) -> int:
     return 0
 
 
+def _robustness(args: argparse.Namespace) -> int:
+    from fundgap.fit import settings_for
+    from fundgap.robustness import robustness
+    from fundgap.spec import load_spec
+    from fundgap.store import atomic_directory, write_table
+
+    spec = load_spec(args.spec)
+    table = _load_prepared(args.data).table
+    settings = settings_for(spec, draws=args.draws, tune=args.tune, chains=args.chains,
+                            seed=args.seed, progress=not args.quiet)
+    side_by_side, loo = robustness(spec, table, settings)
+    with atomic_directory(args.out) as folder:
+        write_table(side_by_side, folder / "robustness.csv")
+        write_table(loo, folder / "loo.csv")
+    print(side_by_side.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(loo.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    failed = side_by_side.loc[~side_by_side["passed"], "variant"].tolist()
+    if failed:
+        print(f"fundgap robustness: FAILED diagnostics: {', '.join(failed)}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="fundgap", description=__doc__.splitlines()[0])
@@ -229,6 +252,19 @@ def build_parser() -> argparse.ArgumentParser:
     freq.add_argument("--mixedlm", choices=("outcome", "all", "none"), default="outcome",
                       help="which equations get a MixedLM with the spec's random intercepts")
     freq.set_defaults(run=_frequentist)
+
+    rob = commands.add_parser(
+        "robustness", help="Table 4 without dropping counties: the spec on all campaigns, "
+                           "the study's subsets and pooling variants, and a LOO comparison")
+    rob.add_argument("spec", help="model specification with county and prefecture groups")
+    rob.add_argument("--data", required=True, help="data folder or prepared table")
+    rob.add_argument("--out", required=True, help="folder for robustness.csv and loo.csv")
+    rob.add_argument("--draws", type=int)
+    rob.add_argument("--tune", type=int)
+    rob.add_argument("--chains", type=int)
+    rob.add_argument("--seed", type=int, default=20250)
+    rob.add_argument("--quiet", action="store_true", help="no progress bar")
+    rob.set_defaults(run=_robustness)
 
     desc = commands.add_parser("describe", help="summarise a data folder or prepared table")
     desc.add_argument("source", help="data folder or prepared table")
