@@ -155,8 +155,7 @@ def _frequentist(args: argparse.Namespace) -> int:
         out = Path(args.out) / spec.name
         comparison = write_frequentist(result, table, out, args.fits, args.replicates,
                                        args.seed)
-        flagged = int(comparison.get("published_outside_frequentist", []).eq(True).sum()) \
-            if not comparison.empty else 0
+        flagged = int(comparison["published_outside_frequentist"].eq(True).sum())
         print(f"{out}: {spec.name}: {result.ols.groupby(['table', 'model']).ngroups} "
               f"single-equation models, KHB {'yes' if not result.khb.empty else 'no'}, "
               f"MixedLM {result.mixedlm['equation'].nunique() if not result.mixedlm.empty else 0}"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.stats import norm
 
 from fundgap.frequentist import FrequentistResult, stars
 from fundgap.simulate import published_tables
@@ -72,23 +73,23 @@ def published_entry(published: dict, table: str, model: str) -> dict | None:
 
 
 def _normal_p(estimate: float, std_error: float) -> float:
-    from scipy.stats import norm
-
     if not np.isfinite(std_error) or std_error <= 0:
         return 0.0 if np.isfinite(estimate) and estimate != 0 else np.nan
     return float(2 * norm.sf(abs(estimate / std_error)))
 
 
+def _posterior_cells(row: pd.Series, lower: str, upper: str) -> dict:
+    return {"posterior_mean": row["mean"], "posterior_ci_lower": row[lower],
+            "posterior_ci_upper": row[upper], "posterior_r_hat": row["r_hat"],
+            "posterior_ess_bulk": row["ess_bulk"]}
+
+
 def _posterior_columns(posterior: Posterior | None, parameter: str) -> dict:
+    """The posterior columns of a summary.csv parameter (95% HDI)."""
     if posterior is None:
         return {}
-    row = posterior.summary.loc[posterior.summary["parameter"] == parameter]
-    if row.empty:
-        return {}
-    row = row.iloc[0]
-    return {"posterior_mean": row["mean"], "posterior_ci_lower": row["hdi_2.5%"],
-            "posterior_ci_upper": row["hdi_97.5%"], "posterior_r_hat": row["r_hat"],
-            "posterior_ess_bulk": row["ess_bulk"]}
+    match = posterior.summary.loc[posterior.summary["parameter"] == parameter]
+    return {} if match.empty else _posterior_cells(match.iloc[0], "hdi_2.5%", "hdi_97.5%")
 
 
 def _effect_columns(posterior: Posterior | None, keys: dict[str, str]) -> dict:
@@ -102,12 +103,7 @@ def _effect_columns(posterior: Posterior | None, keys: dict[str, str]) -> dict:
     match = posterior.effects
     for column, value in wanted.items():
         match = match[match[column].fillna("").astype(str) == value]
-    if match.empty:
-        return {}
-    h = match.iloc[0]
-    return {"posterior_mean": h["mean"], "posterior_ci_lower": h["ci_lower"],
-            "posterior_ci_upper": h["ci_upper"], "posterior_r_hat": h["r_hat"],
-            "posterior_ess_bulk": h["ess_bulk"]}
+    return {} if match.empty else _posterior_cells(match.iloc[0], "ci_lower", "ci_upper")
 
 
 def _ols_rows(result: FrequentistResult, published: dict,

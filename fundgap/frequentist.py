@@ -4,8 +4,9 @@
   spec declares, with conventional and cluster-robust standard errors (statsmodels; the
   cluster correction is Stata's, G/(G-1)·(N-1)/(N-K)).
 - The KHB decomposition of the exposure's effect through the spec's mediators (khb.py).
-- MixedLM of every Gaussian spec equation with the spec's random intercepts (counties as a
-  variance component within prefectures), so a reviewer sees what pooling alone changes.
+- MixedLM of the outcome equation (or of every Gaussian equation) with the spec's random
+  intercepts (counties as a variance component within prefectures), so a reviewer sees
+  what pooling alone changes.
 
 Design matrices come from `design.py`, so the columns are the Bayesian model's by
 construction.
@@ -27,6 +28,9 @@ from fundgap.design import INTERCEPT, Design, build_design, expand_formula, leve
 from fundgap.khb import BOOTSTRAP_REPLICATES, BOOTSTRAP_SEED, khb_decomposition
 from fundgap.spec import FREQUENTIST_FAMILIES, ModelSpec, TableModel
 
+OLS_COLUMNS = ("table", "model", "term", "published_term", "estimate", "std_error",
+               "cluster_std_error", "p_value", "cluster_p_value", "stars", "n", "n_clusters",
+               "cluster", "adj_r2", "pseudo_r2", "method")
 # The study's stars (notes under Table 2): ! p<0.10, * p<0.05, ** p<0.01, *** p<0.001.
 STARS = ((0.001, "***"), (0.01, "**"), (0.05, "*"), (0.10, "!"))
 
@@ -116,27 +120,28 @@ def ols_table(spec: ModelSpec, table: pd.DataFrame) -> tuple[pd.DataFrame, list[
             frames.append(fit_table_model(model, table, spec.source))
         except TooFewRows as skipped:
             notes.append(str(skipped))
-    return pd.concat(frames, ignore_index=True), notes
+    return (pd.concat(frames, ignore_index=True) if frames
+            else pd.DataFrame(columns=list(OLS_COLUMNS))), notes
 
 
 # ---------------------------------------------------------------- multilevel
 
 
-def _variance_components(rows: pd.DataFrame, groups: tuple[str, ...]
+def _variance_components(design: Design, groups: tuple[str, ...]
                          ) -> tuple[np.ndarray, VCSpec | None, list[str]]:
     """Outer groups for MixedLM, and counties as a variance component within them."""
     outer = groups[0]
-    codes = pd.factorize(rows[outer].astype(str))[0]
+    codes = design.index[outer]
     if len(groups) == 1:
         return codes, None, [outer]
-    inner = rows[groups[1]].astype(str).to_numpy()
+    inner = design.index[groups[1]]
     names, matrices = [], []
     for code in range(codes.max() + 1):
         members = codes == code
         index, levels = pd.factorize(inner[members])
         matrix = np.zeros((members.sum(), len(levels)))
         matrix[np.arange(members.sum()), index] = 1.0
-        names.append(list(levels))
+        names.append([str(level) for level in levels])
         matrices.append(matrix)
     return codes, VCSpec([groups[1]], [names], [matrices]), [outer, groups[1]]
 
@@ -167,7 +172,7 @@ def mixed_model(design: Design, equation: str) -> pd.DataFrame:
     y_mean, y_sd = eq.y.mean(), eq.y.std() or 1.0
     exog = np.column_stack([np.ones(len(eq.y)), (eq.X - x_mean) / x_sd])
     endog = (eq.y - y_mean) / y_sd
-    groups, components, levels = _variance_components(design.table, eq.groups)
+    groups, components, levels = _variance_components(design, eq.groups)
     model = sm.MixedLM(endog, exog, groups=groups, exog_re=np.ones((len(eq.y), 1)),
                        exog_vc=components)
     with warnings.catch_warnings():

@@ -62,25 +62,31 @@ def _solve(design: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.linalg.lstsq(design, y, rcond=None)[0]
 
 
-def khb_point(inputs: KHBInputs, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
-    """[total, direct, indirect per mediator..., indirect sum, identity gap] on `rows`.
-
-    total is KHB's reduced model: the outcome on its design with each mediator replaced by
-    its residual from its own equation, so total and direct are on the same scale.
-    """
-    y, outcome = inputs.y[rows], inputs.outcome_design[rows]
-    direct_coefficients = _solve(outcome, y)
-    a_paths, residuals = [], []
+def _reduced_design(inputs: KHBInputs, rows: np.ndarray | slice
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """KHB's reduced design on `rows` (each mediator column replaced by its residual from
+    its own equation) and the a paths of those equations."""
+    reduced = inputs.outcome_design[rows].copy()
+    a_paths = []
     for k, design in enumerate(inputs.mediator_designs):
         design, mediator = design[rows], inputs.mediators[rows, k]
         coefficients = _solve(design, mediator)
         a_paths.append(coefficients[inputs.mediator_exposure_columns[k]])
-        residuals.append(mediator - design @ coefficients)
-    reduced = outcome.copy()
-    reduced[:, inputs.mediator_columns] = np.column_stack(residuals)
+        reduced[:, inputs.mediator_columns[k]] = mediator - design @ coefficients
+    return reduced, np.asarray(a_paths)
+
+
+def khb_point(inputs: KHBInputs, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
+    """[total, direct, indirect per mediator..., indirect sum, identity gap] on `rows`.
+
+    total is KHB's reduced model, so total and direct are on the same scale.
+    """
+    y = inputs.y[rows]
+    direct_coefficients = _solve(inputs.outcome_design[rows], y)
+    reduced, a_paths = _reduced_design(inputs, rows)
     total = _solve(reduced, y)[inputs.exposure_column]
     direct = direct_coefficients[inputs.exposure_column]
-    indirect = np.asarray(a_paths) * direct_coefficients[inputs.mediator_columns]
+    indirect = a_paths * direct_coefficients[inputs.mediator_columns]
     gap = total - direct - indirect.sum()
     return np.array([total, direct, *indirect, indirect.sum(), gap])
 
@@ -126,12 +132,7 @@ def khb_delta_covariance(inputs: KHBInputs) -> tuple[np.ndarray, np.ndarray, np.
 
 
 def _reduced_standard_error(inputs: KHBInputs) -> float:
-    residuals = []
-    for k, design in enumerate(inputs.mediator_designs):
-        mediator = inputs.mediators[:, k]
-        residuals.append(mediator - design @ _solve(design, mediator))
-    reduced = inputs.outcome_design.copy()
-    reduced[:, inputs.mediator_columns] = np.column_stack(residuals)
+    reduced, _ = _reduced_design(inputs, slice(None))
     return float(sm.OLS(inputs.y, reduced).fit().bse[inputs.exposure_column])
 
 
