@@ -1,69 +1,38 @@
-"""Where a formula becomes a PyMC model: the explicit (non-centred) joint form.
+"""Where a formula becomes a PyMC model: every equation of a spec in one `pm.Model`.
 
-All equations of a spec go into one `pm.Model`. For each equation:
+For each equation:
 
     eta = alpha + sum_j beta_std_j * (x_j - mean_j) / sd_j
           + prefecture_sd * prefecture_z[prefecture] + county_sd * county_z[county]
     y ~ family(eta, ...)
 
 with standard-normal z (non-centred: sparse counties put no funnel in the sampler's way) and
-the data-scaled priors of fundgap/defaults.py. Coefficients in the predictors' own units,
-the intercept, and the county and prefecture intercepts are kept as named Deterministics
-with dims, so every posterior variable reads as what it holds.
+the data-scaled priors of fundgap/defaults.py. A Gaussian equation named in `marginal` gets
+its county and prefecture intercepts integrated out instead (fundgap.marginal): the sampler
+then sees only its coefficients and variances. Coefficients in the predictors' own units and
+the intercept are named Deterministics with dims, so every posterior variable reads as what
+it holds.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
-from scipy.special import logit
 
-from fundgap.defaults import DIMS, PRIOR_SCALES
-from fundgap.design import Design, EquationDesign
-
-# group column of the prepared table -> the dimension of its intercepts
-GROUP_DIMS = {f"{level}_code": DIMS[level] for level in ("county", "prefecture", "province")}
+from fundgap.defaults import PRIOR_SCALES
+from fundgap.design import GROUP_DIMS, Design, EquationDesign, term_dim
+from fundgap.marginal import add_marginal_likelihood
 
 
-def response_scale(equation: EquationDesign) -> tuple[float, float]:
-    """Location and scale of the response on the link scale (for the default priors)."""
-    y = equation.y
-    if equation.family == "lognormal":
-        logged = np.log(y)
-        return float(logged.mean()), float(logged.std() or 1.0)
-    if equation.family == "negative_binomial":
-        return float(np.log(max(y.mean(), 1e-3))), 1.0
-    if equation.family == "bernoulli":
-        share = float(np.clip(y.mean(), 0.01, 0.99))
-        return float(logit(share)), 1.0
-    return float(y.mean()), float(y.std() or 1.0)
-
-
-def term_dim(equation: str) -> str:
-    """The dimension name of an equation's coefficients."""
-    return f"term_{equation}"
-
-
-def coordinates(design: Design) -> dict[str, list]:
-    """Named coordinates of every dimension the model uses."""
-    coords: dict[str, list] = {
-        "campaign": list(design.campaigns),
-        "equation": list(design.equations),
-    }
-    for column, codes in design.levels.items():
-        coords[GROUP_DIMS[column]] = list(codes)
-    for name, equation in design.equations.items():
-        coords[term_dim(name)] = list(equation.terms)
-    return coords
-
-
-def _likelihood(equation: EquationDesign, eta: pt.TensorVariable, scale: float,
-                priors: dict[str, float]) -> None:
+def _likelihood(equation: EquationDesign, eta: pt.TensorVariable,
+                sigma_scale: pt.TensorVariable) -> None:
     name, family = equation.name, equation.family
     kwargs = {"observed": equation.y, "dims": "campaign"}
     if family in ("gaussian", "student_t", "lognormal"):
-        sigma = pm.HalfNormal(f"sigma_{name}", priors["sigma_scale"] * scale)
+        sigma = pm.HalfNormal(f"sigma_{name}", sigma_scale)
         if family == "gaussian":
             pm.Normal(name, mu=eta, sigma=sigma, **kwargs)
         elif family == "student_t":
@@ -76,32 +45,61 @@ def _likelihood(equation: EquationDesign, eta: pt.TensorVariable, scale: float,
         pm.NegativeBinomial(name, mu=pt.exp(eta), alpha=dispersion, **kwargs)
     elif family == "bernoulli":
         pm.Bernoulli(name, logit_p=eta, **kwargs)
+    elif family == "beta":
+        # mean-precision form: mean invlogit(eta), variance mean (1 - mean) / (1 + precision)
+        precision = pm.Gamma(f"precision_{name}", alpha=2.0, beta=0.1)
+        mean = pm.math.invlogit(eta)
+        pm.Beta(name, alpha=mean * precision, beta=(1 - mean) * precision, **kwargs)
     else:  # parse_spec admits only the families above
         raise ValueError(f"unknown family {family!r}")
 
 
-def build_model(design: Design) -> pm.Model:
-    """The joint explicit-form model of every equation in `design`."""
-    coords = coordinates(design)
+def _equation(design: Design, name: str, marginal: bool) -> None:
+    """Add one equation's parameters and likelihood to the model in context.
+
+    Every number that comes from the data enters as pm.Data, so a compiled model whose
+    equations are all marginal can be reused with another data set of the same structure.
+    """
+    equation = design.equations[name]
+    priors = {**PRIOR_SCALES, **equation.priors}
+    location, scale = equation.link_scale()
+    scales = pm.Data(f"prior_{name}", np.array([
+        location, priors["intercept_scale"] * scale, priors["coefficient_scale"] * scale,
+        priors["sigma_scale"] * scale, priors["group_sd_scale"] * scale]))
+    x_mean = pm.Data(f"x_mean_{name}", equation.x_mean, dims=term_dim(name))
+    x_sd = pm.Data(f"x_sd_{name}", equation.x_sd, dims=term_dim(name))
+    alpha = pm.Normal(f"alpha_{name}", scales[0], scales[1])
+    beta_std = pm.Normal(f"beta_std_{name}", 0.0, scales[2], dims=term_dim(name))
+    coefficients = pm.Deterministic(f"coefficients_{name}", beta_std / x_sd,
+                                    dims=term_dim(name))
+    pm.Deterministic(f"intercept_{name}", alpha - pt.dot(coefficients, x_mean))
+    sds = {GROUP_DIMS[c]: pm.HalfNormal(f"{GROUP_DIMS[c]}_sd_{name}", scales[4])
+           for c in equation.groups}
+    if marginal:
+        add_marginal_likelihood(design, name, alpha, beta_std, sds,
+                                pm.HalfNormal(f"sigma_{name}", scales[3]))
+        return
+    X = pm.Data(f"X_{name}", (equation.X - equation.x_mean) / equation.x_sd,
+                dims=("campaign", term_dim(name)))
+    eta = alpha + pt.dot(X, beta_std)
+    for column in equation.groups:
+        dim = GROUP_DIMS[column]
+        z = pm.Normal(f"{dim}_z_{name}", 0.0, 1.0, dims=dim)
+        effect = pm.Deterministic(f"{dim}_intercept_{name}", sds[dim] * z, dims=dim)
+        eta = eta + effect[design.index[column]]
+    _likelihood(equation, eta, scales[3])
+
+
+def build_model(design: Design, marginal: Collection[str] = ()) -> pm.Model:
+    """The joint model of every equation in `design`; the equations named in `marginal`
+    (Gaussian ones) with their intercepts integrated out, the others explicit."""
+    coords = design.coordinates()
+    if set(marginal) >= set(design.equations):
+        # nothing per campaign or per level is left in the graph: drop those coordinates,
+        # so the compiled model does not depend on them
+        coords = {k: v for k, v in coords.items()
+                  if k not in (*GROUP_DIMS.values(), "campaign")}
     with pm.Model(coords=coords) as model:
-        for name, equation in design.equations.items():
-            priors = {**PRIOR_SCALES, **equation.priors}
-            location, scale = response_scale(equation)
-            x_mean, x_sd = equation.x_mean, equation.x_sd
-            X = pm.Data(f"X_{name}", (equation.X - x_mean) / x_sd,
-                        dims=("campaign", term_dim(name)))
-            alpha = pm.Normal(f"alpha_{name}", location, priors["intercept_scale"] * scale)
-            beta_std = pm.Normal(f"beta_std_{name}", 0.0, priors["coefficient_scale"] * scale,
-                                 dims=term_dim(name))
-            eta = alpha + pt.dot(X, beta_std)
-            coefficients = pm.Deterministic(f"coefficients_{name}", beta_std / x_sd,
-                                            dims=term_dim(name))
-            pm.Deterministic(f"intercept_{name}", alpha - pt.dot(coefficients, x_mean))
-            for column in equation.groups:
-                dim = GROUP_DIMS[column]
-                sd = pm.HalfNormal(f"{dim}_sd_{name}", priors["group_sd_scale"] * scale)
-                z = pm.Normal(f"{dim}_z_{name}", 0.0, 1.0, dims=dim)
-                effect = pm.Deterministic(f"{dim}_intercept_{name}", sd * z, dims=dim)
-                eta = eta + effect[design.index[column]]
-            _likelihood(equation, eta, scale, priors)
+        for name in design.equations:
+            _equation(design, name, name in marginal)
     return model

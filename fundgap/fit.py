@@ -1,7 +1,9 @@
 """One fit, end to end: spec + data -> posterior, effects, diagnostics -> a fits/ folder.
 
-The form is chosen here: "marginal" (intercepts integrated out, fundgap.marginal) where
-every equation is Gaussian, "explicit" (non-centred, fundgap.build) otherwise or on request.
+The form is chosen here: by default ("auto") every Gaussian equation has its intercepts
+integrated out (fundgap.marginal) and the others are explicit and non-centred
+(fundgap.build); "explicit" keeps every equation explicit, "marginal" insists that all are
+Gaussian.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ import pandas as pd
 import pymc as pm
 import xarray as xr
 
-from fundgap.build import GROUP_DIMS, build_model
+from fundgap.build import build_model
 from fundgap.defaults import GATE, PREDICTIVE_DRAWS, SAMPLER
-from fundgap.design import Design, build_design
+from fundgap.design import GROUP_DIMS, Design, build_design
 from fundgap.effects import (
     contrast_draws,
     effect_draws,
@@ -26,12 +28,7 @@ from fundgap.effects import (
     summarise_effects,
 )
 from fundgap.errors import FundgapError
-from fundgap.marginal import (
-    MARGINAL_FAMILIES,
-    build_marginal_model,
-    draw_intercepts,
-    structure_key,
-)
+from fundgap.marginal import MARGINAL_FAMILIES, draw_intercepts, structure_key
 from fundgap.predictive import predictive_groups
 from fundgap.sample import sample
 from fundgap.shrinkage import shrinkage_table
@@ -41,7 +38,7 @@ from fundgap.store import atomic_directory, frame_fingerprint, package_versions,
 FORMS = ("auto", "marginal", "explicit")
 # Variables the gate checks besides the effects (the latent intercepts are not reported).
 REPORTED_PREFIXES = ("coefficients_", "intercept_", "sigma_", "county_sd_", "prefecture_sd_",
-                     "province_sd_", "nu_", "dispersion_")
+                     "province_sd_", "nu_", "dispersion_", "precision_")
 
 
 @dataclass(frozen=True)
@@ -85,24 +82,31 @@ class FitResult:
     shrinkage: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
-def choose_form(design: Design, requested: str) -> str:
-    """The model form to build: marginal where every equation is Gaussian."""
+def choose_form(design: Design, requested: str) -> tuple[str, tuple[str, ...]]:
+    """The form to build and the equations whose intercepts are integrated out.
+
+    "marginal" where every equation is Gaussian (all marginalised), "explicit" where none is
+    marginalised (on request, or no equation is Gaussian), "mixed" otherwise.
+    """
     if requested not in FORMS:
         raise FundgapError(f"unknown form {requested!r}: use {', '.join(FORMS)}")
-    gaussian = all(e.family in MARGINAL_FAMILIES for e in design.equations.values())
-    if requested == "marginal" and not gaussian:
-        raise FundgapError("the marginalised form needs every equation to be gaussian")
-    if requested == "auto":
-        return "marginal" if gaussian else "explicit"
-    return requested
+    gaussian = tuple(n for n, e in design.equations.items() if e.family in MARGINAL_FAMILIES)
+    if requested == "marginal" and len(gaussian) < len(design.equations):
+        raise FundgapError("the marginalised form needs every equation to be gaussian "
+                           "(the default form marginalises the Gaussian ones only)")
+    if requested == "explicit" or not gaussian:
+        return "explicit", ()
+    return ("marginal" if len(gaussian) == len(design.equations) else "mixed"), gaussian
 
 
-def _add_intercepts(posterior: xr.Dataset, design: Design, seed: int) -> xr.Dataset:
-    """Marginal form: draw every equation's intercepts from their conditional posterior."""
+def _add_intercepts(posterior: xr.Dataset, design: Design, marginal: tuple[str, ...],
+                    seed: int) -> xr.Dataset:
+    """Draw the intercepts of each marginalised equation from their conditional posterior."""
     rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[1])
     stacked = posterior.stack(sample=("chain", "draw"))
     added = {}
-    for name, equation in design.equations.items():
+    for name in marginal:
+        equation = design.equations[name]
         if not equation.groups:
             continue
         theta = np.column_stack([stacked[f"alpha_{name}"].values,
@@ -197,8 +201,8 @@ def fit_model(spec: ModelSpec, table: pd.DataFrame,
     settings = settings or FitSettings()
     started = time.perf_counter()
     design = build_design(spec, table)
-    form = choose_form(design, settings.form)
-    model = build_marginal_model(design) if form == "marginal" else build_model(design)
+    form, marginal = choose_form(design, settings.form)
+    model = build_model(design, marginal)
     key = ("marginal", *structure_key(design)) if form == "marginal" else None
     result = sample(model, settings.backend, settings.draws, settings.tune, settings.chains,
                     settings.seed, settings.progress, cache_key=key,
@@ -207,8 +211,8 @@ def fit_model(spec: ModelSpec, table: pd.DataFrame,
     # The sampler's internals (non-centred z's, log-transformed sds) are not kept.
     posterior = idata.posterior.drop_vars([v for v in idata.posterior.data_vars
                                            if "_z_" in str(v) or str(v).endswith("__")])
-    if form == "marginal":
-        posterior = _add_intercepts(posterior, design, settings.seed)
+    if marginal:
+        posterior = _add_intercepts(posterior, design, marginal, settings.seed)
     rng = np.random.default_rng(np.random.SeedSequence(settings.seed).spawn(2)[0])
     predictive, loglik = predictive_groups(posterior, design, settings.predictive_draws, rng)
     observed = xr.Dataset({name: xr.DataArray(e.y, dims="campaign",
@@ -232,11 +236,13 @@ def fit_model(spec: ModelSpec, table: pd.DataFrame,
     checked = pd.concat([effects, contrasts], ignore_index=True)
     diagnostics = _diagnostics(idata, checked, summary, timing)
     diagnostics["form"] = form
+    diagnostics["marginalised"] = list(marginal)
     diagnostics["backend"] = settings.backend
     record = {
         "spec_name": spec.name,
         "spec_source": spec.source,
         "form": form,
+        "marginalised": list(marginal),
         "settings": asdict(settings),
         "data_fingerprint": frame_fingerprint(table),
         "rows_used": len(design.table),

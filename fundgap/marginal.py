@@ -28,9 +28,7 @@ import pymc as pm
 import pytensor.tensor as pt
 from scipy import sparse
 
-from fundgap.build import GROUP_DIMS, coordinates, response_scale, term_dim
-from fundgap.defaults import PRIOR_SCALES
-from fundgap.design import Design, EquationDesign
+from fundgap.design import GROUP_DIMS, Design, EquationDesign
 
 MARGINAL_FAMILIES = ("gaussian",)
 
@@ -123,7 +121,7 @@ def marginal_loglik(stats: SufficientStatistics, theta, sigma, tau_inner=None,
 
 
 def structure_key(design: Design) -> tuple:
-    """What a compiled marginal model depends on: equations, families, terms, groups.
+    """What a compiled all-marginal model depends on: equations, families, terms, groups.
 
     Data (sufficient statistics, prior scales, predictor means and sds) enter as pm.Data,
     so one compiled model serves every data set with the same structure.
@@ -132,48 +130,25 @@ def structure_key(design: Design) -> tuple:
                  for name, e in design.equations.items())
 
 
-def build_marginal_model(design: Design) -> pm.Model:
-    """The joint model with every Gaussian equation's intercepts integrated out.
-
-    Parameters, names and priors are those of `build.build_model`, less the county and
-    prefecture z's. Every number that comes from the data is a pm.Data, so the compiled
-    model can be reused with another data set of the same structure (`structure_key`).
-    """
-    not_gaussian = [n for n, e in design.equations.items() if e.family not in
-                    MARGINAL_FAMILIES]
-    if not_gaussian:
-        raise ValueError(f"the marginalised form needs Gaussian equations; "
-                         f"{', '.join(not_gaussian)} are not (use the explicit form)")
-    coords = {k: v for k, v in coordinates(design).items()
-              if k not in (*GROUP_DIMS.values(), "campaign")}
-    with pm.Model(coords=coords) as model:
-        for name, equation in design.equations.items():
-            priors = {**PRIOR_SCALES, **equation.priors}
-            location, scale = response_scale(equation)
-            scales = pm.Data(f"prior_{name}", np.array([
-                location, priors["intercept_scale"] * scale,
-                priors["coefficient_scale"] * scale, priors["sigma_scale"] * scale,
-                priors["group_sd_scale"] * scale]))
-            x_mean = pm.Data(f"x_mean_{name}", equation.x_mean, dims=term_dim(name))
-            x_sd = pm.Data(f"x_sd_{name}", equation.x_sd, dims=term_dim(name))
-            alpha = pm.Normal(f"alpha_{name}", scales[0], scales[1])
-            beta_std = pm.Normal(f"beta_std_{name}", 0.0, scales[2], dims=term_dim(name))
-            coefficients = pm.Deterministic(f"coefficients_{name}", beta_std / x_sd,
-                                            dims=term_dim(name))
-            pm.Deterministic(f"intercept_{name}", alpha - pt.dot(coefficients, x_mean))
-            sds = {GROUP_DIMS[c]: pm.HalfNormal(f"{GROUP_DIMS[c]}_sd_{name}", scales[4])
-                   for c in equation.groups}
-            sigma = pm.HalfNormal(f"sigma_{name}", scales[3])
-            theta = pt.concatenate([pt.atleast_1d(alpha), beta_std])
-            stats = SufficientStatistics(**{
-                key: pm.Data(f"stats_{key}_{name}", value)
-                for key, value in sufficient_statistics(design, name).as_dict().items()})
-            groups = [GROUP_DIMS[c] for c in equation.groups]
-            tau_inner = sds[groups[-1]] if groups else None
-            tau_outer = sds[groups[0]] if len(groups) == 2 else None
-            pm.Potential(f"marginal_loglik_{name}",
-                         marginal_loglik(stats, theta, sigma, tau_inner, tau_outer))
-    return model
+def add_marginal_likelihood(design: Design, name: str, alpha: pt.TensorVariable,
+                            beta_std: pt.TensorVariable, sds: dict[str, pt.TensorVariable],
+                            sigma: pt.TensorVariable) -> None:
+    """Add one Gaussian equation's exact marginal log likelihood (a pm.Potential) to the
+    model in context, its sufficient statistics as pm.Data. `sds` maps the group dims to
+    their sd parameters (outer level first, as the equation lists its groups)."""
+    equation = design.equations[name]
+    if equation.family not in MARGINAL_FAMILIES:
+        raise ValueError(f"the marginalised form needs a Gaussian equation; {name} is "
+                         f"{equation.family} (use the explicit form)")
+    theta = pt.concatenate([pt.atleast_1d(alpha), beta_std])
+    stats = SufficientStatistics(**{
+        key: pm.Data(f"stats_{key}_{name}", value)
+        for key, value in sufficient_statistics(design, name).as_dict().items()})
+    groups = [GROUP_DIMS[c] for c in equation.groups]
+    tau_inner = sds[groups[-1]] if groups else None
+    tau_outer = sds[groups[0]] if len(groups) == 2 else None
+    pm.Potential(f"marginal_loglik_{name}",
+                 marginal_loglik(stats, theta, sigma, tau_inner, tau_outer))
 
 
 def draw_intercepts(design: Design, name: str, theta: np.ndarray, sigma: np.ndarray,

@@ -12,8 +12,7 @@ import xarray as xr
 from scipy import stats
 from scipy.special import expit
 
-from fundgap.build import GROUP_DIMS
-from fundgap.design import Design
+from fundgap.design import GROUP_DIMS, Design
 
 
 def thinned(posterior: xr.Dataset, keep: int) -> xr.Dataset:
@@ -50,6 +49,10 @@ def _distribution(posterior: xr.Dataset, family: str, name: str, eta: np.ndarray
         return stats.nbinom(dispersion, dispersion / (dispersion + mu))
     if family == "bernoulli":
         return stats.bernoulli(expit(eta))
+    if family == "beta":
+        precision = posterior[f"precision_{name}"].values[..., None]
+        mean = expit(eta)
+        return stats.beta(mean * precision, (1 - mean) * precision)
     raise ValueError(f"unknown family {family!r}")
 
 

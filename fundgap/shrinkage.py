@@ -12,8 +12,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from fundgap.build import GROUP_DIMS
-from fundgap.design import Design
+from fundgap.design import GROUP_DIMS, Design
 
 
 def shrinkage_table(posterior: xr.Dataset, design: Design) -> pd.DataFrame:

@@ -19,7 +19,7 @@ from formulae import model_description
 from fundgap.errors import SpecError
 from fundgap.prepare import EXTRA_COLUMNS, PREPARED_COLUMNS
 
-FAMILIES = ("gaussian", "student_t", "lognormal", "negative_binomial", "bernoulli")
+FAMILIES = ("gaussian", "student_t", "lognormal", "negative_binomial", "bernoulli", "beta")
 # Group names a formula may use, and the prepared columns they stand for.
 GROUPS = {"county": "county_code", "prefecture": "prefecture_code",
           "province": "province_code"}
