@@ -23,30 +23,41 @@ EXIT_INTERRUPTED = 130
 def _simulate(args: argparse.Namespace) -> int:
     from fundgap.contract import read_table
     from fundgap.simulate import (
+        DEFAULT_N,
+        DEFAULT_SEED,
         default_parameters,
         reusable,
         simulate,
         simulation_settings,
         write_simulation,
     )
+    from fundgap.simulate_ses import ses_parameters, simulate_ses
 
     counties = read_table(args.counties, "counties") if args.counties else None
     source = Path(args.counties).name if args.counties else "generated"
-    parameters = default_parameters()
+    parameters = ses_parameters() if args.design == "ses" else default_parameters()
     if args.params:
         try:
             parameters = tomllib.loads(Path(args.params).read_text("utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as error:
             raise FundgapError(f"{args.params}: cannot read parameters: {error}") from None
-    settings = simulation_settings(args.n_campaigns, args.seed, counties, source, parameters)
+    if args.design == "ses":
+        n = args.n_campaigns or int(parameters.get("n_campaigns", 1930))
+        seed = args.seed if args.seed is not None else int(parameters.get("seed", 20220))
+        generate, extra = simulate_ses, {"design": "ses"}
+    else:
+        n = args.n_campaigns or DEFAULT_N
+        seed = args.seed if args.seed is not None else DEFAULT_SEED
+        generate, extra = simulate, {}
+    settings = {**simulation_settings(n, seed, counties, source, parameters), **extra}
     if args.reuse and reusable(args.out, settings):
         print(f"{args.out}: simulated data with these settings already exist; reused")
         return 0
-    simulation = simulate(args.n_campaigns, args.seed, counties, parameters, source)
+    simulation = generate(n, seed, counties, parameters, source)
     write_simulation(simulation, args.out)
-    print(f"{args.out}: {len(simulation.campaigns)} simulated campaigns, "
-          f"{len(simulation.donations)} donations, {len(simulation.ratings)} ratings "
-          f"(seed {args.seed}); truth in {Path(args.out) / 'truth.json'}")
+    print(f"{args.out}: {len(simulation.campaigns)} simulated campaigns ({args.design} "
+          f"design), {len(simulation.donations)} donations, {len(simulation.ratings)} "
+          f"ratings (seed {seed}); truth in {Path(args.out) / 'truth.json'}")
     return 0
 
 
@@ -195,11 +206,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim = commands.add_parser("simulate", help="write a simulated data set with its truth")
     sim.add_argument("--out", required=True, help="folder to write (replaced atomically)")
-    sim.add_argument("--seed", type=int, default=20250)
-    sim.add_argument("--n-campaigns", type=int, default=2057)
+    sim.add_argument("--design", choices=("development", "ses"), default="development",
+                     help="development: the 2025 study (default); ses: the 2022 companion "
+                          "study (household SES, four outcomes)")
+    sim.add_argument("--seed", type=int, help="default 20250 (development), 20220 (ses)")
+    sim.add_argument("--n-campaigns", type=int,
+                     help="default 2057 (development), 1930 (ses)")
     sim.add_argument("--counties", help="county table in the contract's format "
                                         "(e.g. ../shared/data/china_counties.csv)")
-    sim.add_argument("--params", help="TOML with the keys of fundgap/defaults/simulation.toml")
+    sim.add_argument("--params", help="TOML with the keys of fundgap/defaults/simulation.toml "
+                                      "(simulation_ses.toml for --design ses)")
     sim.add_argument("--reuse", action="store_true",
                      help="do nothing if OUT already holds data made with the same settings")
     sim.set_defaults(run=_simulate)
@@ -230,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--seed", type=int, default=20250)
     fit.add_argument("--backend", choices=("nutpie", "pymc", "numpyro"), default="nutpie")
     fit.add_argument("--form", choices=("auto", "marginal", "explicit"), default="auto",
-                     help="auto: intercepts integrated out where every equation is gaussian")
+                     help="auto: intercepts integrated out of every gaussian equation")
     fit.add_argument("--full-summary", action="store_true",
                      help="ArviZ diagnostics for every county and prefecture intercept too")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -3,10 +3,13 @@ contrasts between the levels of a moderator.
 
 Per unit of the exposure (development is scaled to sd 1, so per 1 sd). For an equation with
 an identity link an exposure path is its coefficient; for a log or logit link it is the
-g-computation contrast: the average predicted response with the exposure raised by one unit
-minus at its observed value, over the campaigns, per draw. b paths are the outcome's
-mediator coefficients, which needs an identity-link outcome (gaussian or student_t).
-indirect = a * b, total = direct + sum of indirect, share = indirect / total.
+g-computation contrast: the average predicted response (its mean, on the response's own
+scale) with the exposure raised by one unit minus at its observed value, over the
+campaigns, per draw. b paths are the outcome's mediator coefficients (on its link scale).
+For an identity-link outcome indirect = a * b and total = direct + sum of indirect; for a
+count, share or 0/1 outcome the indirect and total effects are g-computation contrasts too
+(`_natural_effects`). share = indirect / total. A spec with several outcomes gets every
+effect per outcome (dim `outcome`).
 
 With a moderator (`moderator = "channel"` in the spec) every slope is taken at each level:
 the coefficient of the variable plus that of its interaction with the level
@@ -67,6 +70,28 @@ def slope(posterior: xr.Dataset, design: Design, equation: str, variable: str,
     return coefficients.sel({dim: names}).sum(dim)
 
 
+def _level_rows(design: Design, level: str | None) -> np.ndarray | None:
+    if level is None:
+        return None
+    return np.flatnonzero(design.table[design.spec.moderator].astype(str).to_numpy() == level)
+
+
+def _mean(posterior: xr.Dataset, family: str, equation: str, eta):
+    """The response's mean given its linear predictor (the inverse link)."""
+    if family in ("bernoulli", "beta"):
+        return expit(eta)
+    if family == "lognormal":
+        return np.exp(eta) * np.exp(posterior[f"sigma_{equation}"] ** 2 / 2)
+    return np.exp(eta)  # negative_binomial
+
+
+def _eta(posterior: xr.Dataset, design: Design, equation: str,
+         level: str | None) -> xr.DataArray:
+    eta = linear_predictor(posterior, design, equation)
+    rows = _level_rows(design, level)
+    return eta if rows is None else eta.isel(campaign=rows)
+
+
 def _exposure_path(posterior: xr.Dataset, design: Design, equation: str,
                    level: str | None) -> xr.DataArray:
     """The exposure's effect on an equation's response (its mean), per unit, per draw."""
@@ -74,42 +99,74 @@ def _exposure_path(posterior: xr.Dataset, design: Design, equation: str,
     family = design.equations[equation].family
     if family in IDENTITY_LINK:
         return exposure_slope
-    eta = linear_predictor(posterior, design, equation)
-    if level is not None:
-        rows = design.table[design.spec.moderator].astype(str).to_numpy() == level
-        eta = eta.isel(campaign=np.flatnonzero(rows))
-    if family == "bernoulli":
-        contrast = expit(eta + exposure_slope) - expit(eta)
-    else:  # log link: lognormal mean exp(eta + sigma^2/2), negative binomial exp(eta)
-        mean = np.exp(eta)
-        if family == "lognormal":
-            mean = mean * np.exp(posterior[f"sigma_{equation}"] ** 2 / 2)
-        contrast = mean * (np.exp(exposure_slope) - 1)
-    return contrast.mean("campaign")
+    eta = _eta(posterior, design, equation, level)
+    mean = _mean(posterior, family, equation, eta)
+    return (_mean(posterior, family, equation, eta + exposure_slope) - mean).mean("campaign")
 
 
-def _effects_at(posterior: xr.Dataset, design: Design, level: str | None) -> xr.Dataset:
+def _outcome_effects(posterior: xr.Dataset, design: Design, outcome: str,
+                     level: str | None) -> xr.Dataset:
     spec = design.spec
-    direct = _exposure_path(posterior, design, spec.outcome, level)
+    direct = _exposure_path(posterior, design, outcome, level)
     mediators = list(spec.mediators)
     if not mediators:
         return xr.Dataset({"total": direct, "direct": direct})
-    if design.equations[spec.outcome].family not in IDENTITY_LINK:
-        raise SpecError(f"{spec.source}: the mediation decomposition needs a gaussian or "
-                        f"student_t outcome; {spec.outcome} is "
-                        f"{design.equations[spec.outcome].family}")
     a = xr.concat([_exposure_path(posterior, design, m, level) for m in mediators],
                   dim="mediator").assign_coords(mediator=mediators)
-    b = xr.concat([slope(posterior, design, spec.outcome, m, level) for m in mediators],
+    b = xr.concat([slope(posterior, design, outcome, m, level) for m in mediators],
                   dim="mediator").assign_coords(mediator=mediators)
-    indirect = a * b
-    total = direct + indirect.sum("mediator")
+    family = design.equations[outcome].family
+    if family in IDENTITY_LINK:
+        indirect = a * b
+        total = direct + indirect.sum("mediator")
+    else:
+        indirect, total = _natural_effects(posterior, design, outcome, level, a, b)
     return xr.Dataset({"total": total, "direct": direct, "indirect": indirect,
                        "share": indirect / total, "a": a, "b": b})
 
 
+def _natural_effects(posterior: xr.Dataset, design: Design, outcome: str, level: str | None,
+                     a: xr.DataArray, b: xr.DataArray) -> tuple[xr.DataArray, xr.DataArray]:
+    """Indirect and total effects on a non-identity-link outcome by g-computation.
+
+    Raising the exposure by one unit moves each (identity-link) mediator by its a path and
+    keeps its residual, so on the outcome's linear predictor mediator m adds a_m b_m. Per
+    campaign and draw, with mean() the inverse link:
+      direct     = mean(eta + c) - mean(eta)                   (mediators as observed)
+      indirect_m = mean(eta + c + a_m b_m) - mean(eta + c)     (m moved alone)
+      total      = mean(eta + c + sum_m a_m b_m) - mean(eta)
+    averaged over the campaigns. total = direct + the joint indirect effect exactly; the
+    indirect effects of single mediators need not add up to the joint one.
+    """
+    spec = design.spec
+    not_linear = [m for m in spec.mediators if design.equations[m].family not in IDENTITY_LINK]
+    if not_linear:
+        raise SpecError(f"{spec.source}: mediation on the {design.equations[outcome].family} "
+                        f"outcome {outcome} needs gaussian or student_t mediators; "
+                        f"{', '.join(not_linear)} are not")
+    family = design.equations[outcome].family
+    eta = _eta(posterior, design, outcome, level)
+    shifted = eta + slope(posterior, design, outcome, spec.exposure, level)
+    moved = _mean(posterior, family, outcome, shifted)
+    indirect = xr.concat(
+        [(_mean(posterior, family, outcome, shifted + a.sel(mediator=m) * b.sel(mediator=m))
+          - moved).mean("campaign") for m in spec.mediators],
+        dim="mediator").assign_coords(mediator=list(spec.mediators))
+    total = (_mean(posterior, family, outcome, shifted + (a * b).sum("mediator"))
+             - _mean(posterior, family, outcome, eta)).mean("campaign")
+    return indirect, total
+
+
+def _effects_at(posterior: xr.Dataset, design: Design, level: str | None) -> xr.Dataset:
+    outcomes = design.spec.outcomes or (design.spec.outcome,)
+    if len(outcomes) == 1:
+        return _outcome_effects(posterior, design, outcomes[0], level)
+    by_outcome = [_outcome_effects(posterior, design, o, level) for o in outcomes]
+    return xr.concat(by_outcome, dim="outcome").assign_coords(outcome=list(outcomes))
+
+
 def effect_draws(posterior: xr.Dataset, design: Design) -> xr.Dataset:
-    """Every effect as draws with dims (chain, draw[, mediator][, moderator])."""
+    """Every effect as draws with dims (chain, draw[, mediator][, moderator][, outcome])."""
     levels = moderator_levels(design)
     if not levels:
         return _effects_at(posterior, design, None)

@@ -123,17 +123,16 @@ def _intercepts(codes: pd.Series, sd: float, rng: np.random.Generator) -> pd.Ser
     return pd.Series(rng.normal(0, sd, len(levels)), index=levels)
 
 
-def simulate(n_campaigns: int = DEFAULT_N, seed: int = DEFAULT_SEED,
-             counties: pd.DataFrame | None = None, parameters: dict | None = None,
-             counties_source: str = "generated") -> Simulation:
-    """Simulate a data set in the contract (campaigns, counties, donations, ratings) + truth."""
-    params = parameters or default_parameters()
-    sample, paths, equations = params["sample"], params["paths"], params["equations"]
-    streams = np.random.SeedSequence(seed).spawn(8)
-    rng_h, rng_place, rng_cov, rng_rate, rng_re, rng_eps, rng_don, rng_gdp = (
-        np.random.default_rng(s) for s in streams)
-
-    settings = simulation_settings(n_campaigns, seed, counties, counties_source, params)
+def simulate_campaigns(n_campaigns: int, counties: pd.DataFrame | None, params: dict,
+                       rng_h: np.random.Generator, rng_place: np.random.Generator,
+                       rng_cov: np.random.Generator, rng_rate: np.random.Generator,
+                       rng_gdp: np.random.Generator
+                       ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict, dict]:
+    """What both designs share: counties (generated if None) with GDP, campaigns placed in
+    them with development, covariates and SES, and two raters' scores measured back into
+    image, text and emotional ratings. Returns (table, counties, ratings, rating ICCs,
+    development factor)."""
+    sample = params["sample"]
     if counties is None:
         counties = synthetic_counties(rng_h)
     counties = simulate_gdp(counties, rng_gdp, params["gdp"])
@@ -160,7 +159,25 @@ def simulate(n_campaigns: int = DEFAULT_N, seed: int = DEFAULT_SEED,
                            params["ratings"]["severity_sd"],
                            tuple(params["ratings"]["scale_range"]))
     rated, icc = emotional_ratings(ratings)
-    table["emotional_rating"] = rated["emotional_rating"].reindex(table["campaign_id"]).to_numpy()
+    for column in ("text_rating", "emotional_rating"):
+        table[column] = rated[column].reindex(table["campaign_id"]).to_numpy()
+    return table, counties, ratings, icc, factor.to_dict()
+
+
+def simulate(n_campaigns: int = DEFAULT_N, seed: int = DEFAULT_SEED,
+             counties: pd.DataFrame | None = None, parameters: dict | None = None,
+             counties_source: str = "generated") -> Simulation:
+    """Simulate a data set in the contract (campaigns, counties, donations, ratings) + truth."""
+    params = parameters or default_parameters()
+    sample, paths, equations = params["sample"], params["paths"], params["equations"]
+    streams = np.random.SeedSequence(seed).spawn(8)
+    rng_h, rng_place, rng_cov, rng_rate, rng_re, rng_eps, rng_don, rng_gdp = (
+        np.random.default_rng(s) for s in streams)
+
+    settings = simulation_settings(n_campaigns, seed, counties, counties_source, params)
+    table, counties, ratings, icc, factor = simulate_campaigns(
+        n_campaigns, counties, params, rng_h, rng_place, rng_cov, rng_rate, rng_gdp)
+    d = table["development"].to_numpy()
 
     channel = (table["channel"] == "mixed").to_numpy().astype(int)  # 0 acquaintance, 1 mixed
     intercept_draws, random_part = [], {}
@@ -247,7 +264,7 @@ def simulate(n_campaigns: int = DEFAULT_N, seed: int = DEFAULT_SEED,
     })
     truth = _truth(params, table, control_means, mediator_means, residual_sd, clipped,
                    measured["derived_capacity_rule"].value_counts().to_dict(), icc,
-                   factor.to_dict())
+                   factor)
     truth["settings"] = settings
     intercepts = pd.concat(intercept_draws, ignore_index=True)
     return Simulation(campaigns, counties, donations, ratings, truth, intercepts)
@@ -345,6 +362,19 @@ The donation stream is cut at {cap} donations per campaign; donation_count is th
 """
 
 
+README_SES_TEXT = """# Simulated companion-study data (not real campaigns)
+
+Written by `fundgap simulate --design ses` (fundgap {version}), seed {seed}, {n} campaigns,
+counties: {source}. The household SES design of the 2022 study: SES drives the offline
+network (verifier_count, core capacity from donations.csv) and four outcomes (repost_count,
+donation_count, amount_raised and, through target_amount, target completion); text quality
+(the text dimension of ratings.csv) raises the outcomes without depending on SES.
+`truth.json` holds every parameter and the true effects per SES point by channel
+(`effects_per_ses_point`); `truth_intercepts.csv` the drawn county and prefecture intercepts.
+The donation stream is cut at {cap} donations per campaign; donation_count is the full count.
+"""
+
+
 def write_simulation(simulation: Simulation, folder: str | Path) -> Path:
     """Write the data set, truth and a README into `folder`, atomically."""
     folder = Path(folder)
@@ -356,7 +386,8 @@ def write_simulation(simulation: Simulation, folder: str | Path) -> Path:
         simulation.intercepts.to_csv(temporary / "truth_intercepts.csv", index=False,
                                      lineterminator="\n")
         write_json(simulation.truth, temporary / "truth.json")
-        (temporary / "README.md").write_text(README_TEXT.format(
+        readme = README_SES_TEXT if simulation.truth.get("design") == "ses" else README_TEXT
+        (temporary / "README.md").write_text(readme.format(
             version=settings["fundgap_version"], seed=settings["seed"],
             n=settings["n_campaigns"], source=settings["counties_source"],
             cap=simulation.truth["parameters"]["sample"]["stream_cap"]), encoding="utf-8")

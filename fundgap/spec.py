@@ -73,7 +73,11 @@ class TableModel:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A checked model specification. Equations are ordered: mediators, then the outcome."""
+    """A checked model specification. Equations are ordered: mediators, then the outcomes.
+
+    `outcome` is the first (primary) outcome, the one KHB and MixedLM decompose; a spec may
+    name several (`outcome = ["a", "b"]`), and effects are then reported for each.
+    """
 
     name: str
     description: str
@@ -88,6 +92,7 @@ class ModelSpec:
     tables: tuple[TableModel, ...] = ()
     khb_table: str | None = None
     sampler: dict[str, int] = field(default_factory=dict)
+    outcomes: tuple[str, ...] = ()
 
     @property
     def all_variables(self) -> tuple[str, ...]:
@@ -294,7 +299,10 @@ def parse_spec(text: str, source: str = "<spec>",
                          equations={}, filter=raw.get("filter"), source=source, text=text,
                          tables=tables)
     mediators = tuple(raw.get("mediators", ()))
-    outcome, exposure = raw["outcome"], raw["exposure"]
+    exposure = raw["exposure"]
+    outcomes = (raw["outcome"],) if isinstance(raw["outcome"], str) else tuple(raw["outcome"])
+    if not outcomes or not all(isinstance(o, str) for o in outcomes):
+        raise SpecError(f"{source}:\n  outcome: a response name or a list of them")
     equations: dict[str, Equation] = {}
     for name, body in raw["equations"].items():
         equation = _parse_equation(name, body, terms, known, errors)
@@ -303,17 +311,21 @@ def parse_spec(text: str, source: str = "<spec>",
     for mediator in mediators:
         if mediator not in raw["equations"]:
             errors.append(f"mediators: {mediator!r} has no equation (add [equations.{mediator}])")
-        elif outcome in equations and mediator not in equations[outcome].variables:
-            errors.append(f"equations.{outcome}.formula: mediator {mediator!r} is not a "
-                          "predictor of the outcome")
-    if outcome not in raw["equations"]:
-        errors.append(f"outcome: {outcome!r} has no equation")
+        if mediator in outcomes:
+            errors.append(f"mediators: {mediator!r} is also an outcome")
+        for outcome in outcomes:
+            if outcome in equations and mediator not in equations[outcome].variables:
+                errors.append(f"equations.{outcome}.formula: mediator {mediator!r} is not a "
+                              "predictor of the outcome")
+    for outcome in outcomes:
+        if outcome not in raw["equations"]:
+            errors.append(f"outcome: {outcome!r} has no equation")
     for name, equation in equations.items():
         if exposure not in equation.variables:
             errors.append(f"equations.{name}.formula: the exposure {exposure!r} is missing")
-    extra = set(raw["equations"]) - {*mediators, outcome}
+    extra = set(raw["equations"]) - {*mediators, *outcomes}
     for name in sorted(extra):
-        errors.append(f"equations.{name}: neither a mediator nor the outcome")
+        errors.append(f"equations.{name}: neither a mediator nor an outcome")
     moderator = raw.get("moderator")
     if moderator is not None and moderator not in known:
         errors.append(f"moderator: unknown column {moderator!r}")
@@ -329,9 +341,10 @@ def parse_spec(text: str, source: str = "<spec>",
             errors.append(f"sampler.{key}: must be a positive whole number")
     if errors:
         raise SpecError(f"{source}:\n  " + "\n  ".join(errors))
-    ordered = {name: equations[name] for name in (*mediators, outcome)}
+    ordered = {name: equations[name] for name in dict.fromkeys((*mediators, *outcomes))}
     return ModelSpec(name=str(raw["name"]), description=str(raw.get("description", "")),
-                     exposure=exposure, outcome=outcome, mediators=mediators,
+                     exposure=exposure, outcome=outcomes[0], outcomes=outcomes,
+                     mediators=mediators,
                      equations=ordered, filter=raw.get("filter"), moderator=moderator,
                      source=source, text=text, tables=tables, khb_table=khb,
                      sampler=dict(sampler))
