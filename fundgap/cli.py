@@ -126,14 +126,13 @@ def _fit(args: argparse.Namespace) -> int:
     result = fit_model(spec, table, settings)
     write_fit(result, args.out)
     diagnostics = result.diagnostics
-    shown = ["mean", "ci_lower", "ci_upper", "r_hat", "ess_bulk"]
     effects = result.effects[~result.effects["effect"].isin(["share", "a", "b"])]
     print(effects.drop(columns=["sd", "p_positive"]).to_string(
         index=False, float_format=lambda v: f"{v:.4f}"))
     if not result.contrasts.empty:
         contrasts = result.contrasts[result.contrasts["effect"].isin(
             ["total", "direct", "indirect"])]
-        print(contrasts[["effect", "mediator", "contrast", *shown, "p_greater"]].to_string(
+        print(contrasts.drop(columns=["sd"]).to_string(
             index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"{args.out}: {spec.name}, {diagnostics['form']} form, {diagnostics['backend']}: "
           f"{diagnostics['divergences']} divergences, max R-hat {diagnostics['max_r_hat']:.3f}, "

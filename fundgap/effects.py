@@ -233,6 +233,6 @@ def summarise_contrasts(contrasts: xr.Dataset) -> pd.DataFrame:
     """One row per effect, mediator and contrast: mean, sd, 95% interval, R-hat, bulk ESS,
     and p_greater, the posterior probability that the first level's effect is the larger."""
     frame = _summary(contrasts, "effect").rename(columns={"p_positive": "p_greater"})
-    columns = ["effect", "mediator", "contrast", "mean", "sd", "ci_lower", "ci_upper",
-               "p_greater", "r_hat", "ess_bulk"]
-    return frame[columns]
+    statistics = ["mean", "sd", "ci_lower", "ci_upper", "p_greater", "r_hat", "ess_bulk"]
+    labels = [c for c in frame.columns if c not in (*statistics, "contrast")]
+    return frame[[*labels, "contrast", *statistics]]

@@ -21,10 +21,19 @@ import numpy as np
 import pandas as pd
 import statsmodels.api as sm
 from scipy import stats as scipy_stats
+from statsmodels.othermod.betareg import BetaModel
 from statsmodels.regression.mixed_linear_model import VCSpec
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
-from fundgap.design import INTERCEPT, Design, build_design, expand_formula, level_codes, select_rows
+from fundgap.design import (
+    INTERCEPT,
+    Design,
+    build_design,
+    expand_formula,
+    level_codes,
+    select_rows,
+    squeeze_share,
+)
 from fundgap.khb import BOOTSTRAP_REPLICATES, BOOTSTRAP_SEED, khb_decomposition
 from fundgap.spec import FREQUENTIST_FAMILIES, ModelSpec, TableModel
 
@@ -65,36 +74,62 @@ def fit_table_model(model: TableModel, table: pd.DataFrame, source: str = "") ->
     if len(y) <= 2 * exog.shape[1] or clusters.max() < 1:
         raise TooFewRows(f"{model.table}.{model.model}: skipped, {len(y)} rows in "
                          f"{clusters.max() + 1} clusters for {exog.shape[1]} coefficients")
-    if model.family == "bernoulli":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            conventional = sm.Logit(y, exog).fit(disp=0)
-            clustered = sm.Logit(y, exog).fit(disp=0, cov_type="cluster",
-                                              cov_kwds={"groups": clusters})
-        adj_r2, pseudo_r2 = np.nan, float(conventional.prsquared)
-    else:
-        conventional = sm.OLS(y, exog).fit()
-        clustered = conventional.get_robustcov_results(cov_type="cluster", groups=clusters)
-        adj_r2, pseudo_r2 = float(conventional.rsquared_adj), np.nan
+    conventional, clustered, adj_r2, pseudo_r2 = _single_equation_fit(model, y, exog, clusters)
+    k = exog.shape[1]  # NB and beta add a dispersion or precision parameter after the terms
     names = [INTERCEPT, *terms]
     return pd.DataFrame({
         "table": model.table,
         "model": model.model,
         "term": names,
         "published_term": [published_term(t, model.rename) for t in names],
-        "estimate": conventional.params,
-        "std_error": conventional.bse,
-        "cluster_std_error": clustered.bse,
-        "p_value": conventional.pvalues,
-        "cluster_p_value": clustered.pvalues,
-        "stars": [stars(p) for p in conventional.pvalues],
+        "estimate": conventional.params[:k],
+        "std_error": conventional.bse[:k],
+        "cluster_std_error": clustered.bse[:k],
+        "p_value": conventional.pvalues[:k],
+        "cluster_p_value": clustered.pvalues[:k],
+        "stars": [stars(p) for p in conventional.pvalues[:k]],
         "n": len(y),
         "n_clusters": int(clusters.max() + 1),
         "cluster": model.cluster,
         "adj_r2": adj_r2,
         "pseudo_r2": pseudo_r2,
-        "method": "logit" if model.family == "bernoulli" else "ols",
+        "method": METHODS[model.family],
     })
+
+
+METHODS = {"gaussian": "ols", "student_t": "ols", "bernoulli": "logit",
+           "negative_binomial": "negative binomial (NB2)", "beta": "beta regression"}
+
+
+def _single_equation_fit(model: TableModel, y: np.ndarray, exog: np.ndarray,
+                         clusters: np.ndarray) -> tuple[object, object, float, float]:
+    """(conventional fit, county-clustered fit, adjusted R2, pseudo R2) for the family."""
+    cluster = {"cov_type": "cluster", "cov_kwds": {"groups": clusters}}
+    if model.family == "gaussian" or model.family == "student_t":
+        conventional = sm.OLS(y, exog).fit()
+        clustered = conventional.get_robustcov_results(cov_type="cluster", groups=clusters)
+        return conventional, clustered, float(conventional.rsquared_adj), np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        if model.family == "bernoulli":
+            conventional = sm.Logit(y, exog).fit(disp=0)
+            clustered = sm.Logit(y, exog).fit(disp=0, **cluster)
+            return conventional, clustered, np.nan, float(conventional.prsquared)
+        if model.family == "negative_binomial":
+            fitted = sm.NegativeBinomial(y, exog, loglike_method="nb2")
+            conventional = fitted.fit(disp=0, maxiter=200)
+            clustered = fitted.fit(disp=0, maxiter=200, start_params=conventional.params,
+                                   **cluster)
+            return conventional, clustered, np.nan, float(conventional.prsquared)
+        share = squeeze_share(y, f"{model.table}.{model.model} ({model.response})")
+        fitted = BetaModel(share, exog)
+        conventional = fitted.fit(disp=0, maxiter=500)
+        clustered = fitted.fit(disp=0, maxiter=500, start_params=conventional.params, **cluster)
+        # betareg's pseudo R2 (Ferrari and Cribari-Neto): squared correlation of the
+        # logit response and the linear predictor
+        eta = exog @ conventional.params[:exog.shape[1]]
+        pseudo_r2 = float(np.corrcoef(np.log(share / (1 - share)), eta)[0, 1] ** 2)
+        return conventional, clustered, np.nan, pseudo_r2
 
 
 def table_models(spec: ModelSpec) -> list[TableModel]:

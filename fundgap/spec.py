@@ -30,8 +30,9 @@ KNOWN_KEYS = {"name", "description", "exposure", "outcome", "mediators", "terms"
 SAMPLER_KEYS = ("draws", "tune", "chains")
 TABLE_MODEL_KEYS = {"table", "model", "formula", "equation", "filter", "family", "cluster",
                     "rename", "posterior_effect"}
-# The frequentist side fits gaussian (and student_t) equations by OLS, bernoulli ones by logit.
-FREQUENTIST_FAMILIES = ("gaussian", "student_t", "bernoulli")
+# The frequentist side fits gaussian (and student_t) equations by OLS, bernoulli ones by logit,
+# negative_binomial ones by NB2 maximum likelihood, beta ones by beta regression.
+FREQUENTIST_FAMILIES = ("gaussian", "student_t", "bernoulli", "negative_binomial", "beta")
 
 
 @dataclass(frozen=True)
