@@ -169,8 +169,8 @@ def _frequentist(args: argparse.Namespace) -> int:
         print(f"{out}: {spec.name}: {result.ols.groupby(['table', 'model']).ngroups} "
               f"single-equation models, KHB {'yes' if not result.khb.empty else 'no'}, "
               f"MixedLM {result.mixedlm['equation'].nunique() if not result.mixedlm.empty else 0}"
-              f" equations; {len(comparison)} published figures compared, {flagged} outside "
-              "our frequentist interval")
+              f" equations; {int(comparison['published_estimate'].notna().sum())} published "
+              f"figures compared, {flagged} outside our frequentist interval")
     return 0
 
 

@@ -156,6 +156,39 @@ def _ols_rows(result: FrequentistResult, published: dict,
     return rows
 
 
+def _equation_rows(result: FrequentistResult, published: dict,
+                   posterior: Posterior | None) -> list[dict]:
+    """Equations no published table covers (a spec's own `spec.equation` models): the
+    exposure's and the mediators' coefficients, frequentist beside posterior."""
+    spec, rows = result.spec, []
+    covered = {m.equation for m in spec.tables if m.equation}
+    for name in spec.equations:
+        if name in covered or published_entry(published, spec.name, name) is not None:
+            continue
+        ours = result.ols[(result.ols["table"] == spec.name) & (result.ols["model"] == name)]
+        wanted = ours["term"].map(lambda t: spec.exposure in t.split(":")[0]
+                                  or t in spec.mediators)
+        for _, ols in ours[wanted].iterrows():
+            row = {"table": spec.name, "model": name, "term": ols["term"],
+                   "kind": "coefficient", "n": int(ols["n"]),
+                   "frequentist_estimate": ols["estimate"],
+                   "frequentist_std_error": ols["std_error"],
+                   "frequentist_cluster_std_error": ols["cluster_std_error"],
+                   "frequentist_stars": ols["stars"],
+                   "frequentist_ci_lower": ols["estimate"] - Z95 * ols["cluster_std_error"],
+                   "frequentist_ci_upper": ols["estimate"] + Z95 * ols["cluster_std_error"]}
+            mixed = result.mixedlm
+            if not mixed.empty:
+                hit = mixed[(mixed["equation"] == name) & (mixed["term"] == ols["term"])]
+                if not hit.empty:
+                    row.update({"mixedlm_estimate": hit["estimate"].iloc[0],
+                                "mixedlm_std_error": hit["std_error"].iloc[0],
+                                "mixedlm_stars": hit["stars"].iloc[0]})
+            row.update(_posterior_columns(posterior, f"coefficients_{name}[{ols['term']}]"))
+            rows.append(row)
+    return rows
+
+
 def _khb_rows(result: FrequentistResult, published: dict,
               posterior: Posterior | None) -> list[dict]:
     table = result.spec.khb_table
@@ -215,9 +248,11 @@ COLUMNS = [
 
 def comparison_frame(result: FrequentistResult, posterior: Posterior | None = None,
                      published: dict | None = None) -> pd.DataFrame:
-    """One row per published term or effect of the spec, with every column side by side."""
+    """One row per published term or effect of the spec, then the exposure and mediator
+    coefficients of equations no published table covers, with every column side by side."""
     published = published if published is not None else published_tables()
-    rows = _ols_rows(result, published, posterior) + _khb_rows(result, published, posterior)
+    rows = (_ols_rows(result, published, posterior) + _khb_rows(result, published, posterior)
+            + _equation_rows(result, published, posterior))
     frame = pd.DataFrame(rows).reindex(columns=COLUMNS)
     if frame.empty:
         return frame
@@ -264,7 +299,7 @@ def display_frame(frame: pd.DataFrame) -> pd.DataFrame:
     out["published"] = [
         _cell(r.published_estimate, r.published_std_error, r.published_stars) + flag
         for r, flag in zip(frame.itertuples(), flags, strict=True)]
-    out["OLS, logit or KHB (se) [cluster se]"] = [
+    out["frequentist: OLS, logit, NB, beta or KHB (se) [cluster se]"] = [
         _cell(r.frequentist_estimate, r.frequentist_std_error, r.frequentist_stars)
         + (f" [{_number(r.frequentist_cluster_std_error)}]"
            if not pd.isna(r.frequentist_cluster_std_error) else "")

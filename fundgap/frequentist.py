@@ -250,9 +250,10 @@ def mixed_model(design: Design, equation: str) -> pd.DataFrame:
 
 
 def mixed_table(design: Design, equations: str = "outcome") -> pd.DataFrame:
-    """MixedLM of the outcome equation ("outcome") or of every Gaussian equation ("all")
+    """MixedLM of the Gaussian outcome equations ("outcome") or of every Gaussian equation ("all")
     that has random intercepts; "none" skips it."""
-    wanted = {"outcome": [design.spec.outcome], "all": list(design.equations),
+    wanted = {"outcome": list(design.spec.outcomes or (design.spec.outcome,)),
+              "all": list(design.equations),
               "none": []}[equations]
     frames = [mixed_model(design, name) for name in wanted
               if design.equations[name].family == "gaussian" and design.equations[name].groups]
