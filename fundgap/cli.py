@@ -92,6 +92,37 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    from fundgap.batch import run_batch, summary_text
+
+    models = sorted(Path(args.models).glob("*.toml")) if Path(args.models).is_dir() \
+        else [Path(args.models)]
+    if not models:
+        raise FundgapError(f"{args.models}: no model specifications (*.toml)")
+    settings = {"draws": args.draws, "tune": args.tune, "chains": args.chains,
+                "seed": args.seed, "backend": args.backend, "replicates": args.replicates}
+    client = cluster = None
+    if args.scheduler or args.workers:
+        from distributed import Client, LocalCluster
+
+        if args.scheduler:
+            client = Client(args.scheduler)
+        else:
+            cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1,
+                                   processes=True, dashboard_address=None)
+            client = Client(cluster)
+    try:
+        result = run_batch(args.data, models, args.out, settings, args.force, client,
+                           progress=not args.quiet)
+    finally:
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+    print(summary_text(result))
+    return EXIT_PROBLEMS if result.failed else 0
+
+
 def _describe(args: argparse.Namespace) -> int:
     from fundgap.describe import summary_text
 
@@ -279,6 +310,29 @@ def build_parser() -> argparse.ArgumentParser:
     rob.add_argument("--seed", type=int, default=20250)
     rob.add_argument("--quiet", action="store_true", help="no progress bar")
     rob.set_defaults(run=_robustness)
+
+    run = commands.add_parser(
+        "run", help="validate, prepare and fit every spec (Bayesian and frequentist) on one "
+                    "or more data sets; resumable, locally or on a Dask cluster")
+    run.add_argument("--data", action="append", required=True,
+                     help="data folder, or a folder of data folders; may be given again")
+    run.add_argument("--models", default="models", help="folder of specs, or one spec")
+    run.add_argument("--out", default="fits",
+                     help="fits land in OUT/<data name>/<spec>/, the index in "
+                          "OUT/index.parquet")
+    run.add_argument("--force", action="store_true", help="refit even what is current")
+    where = run.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, help="start a local Dask cluster of N workers")
+    where.add_argument("--scheduler", help="address of a running Dask scheduler "
+                                           "(tcp://HOST:PORT)")
+    run.add_argument("--draws", type=int, help="per chain (default: each spec's own)")
+    run.add_argument("--tune", type=int)
+    run.add_argument("--chains", type=int)
+    run.add_argument("--seed", type=int)
+    run.add_argument("--backend", choices=("nutpie", "pymc", "numpyro"))
+    run.add_argument("--replicates", type=int, help="KHB bootstrap replicates (999)")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.set_defaults(run=_run)
 
     desc = commands.add_parser("describe", help="summarise a data folder or prepared table")
     desc.add_argument("source", help="data folder or prepared table")

@@ -400,11 +400,11 @@ def posterior_for(result: FrequentistResult, table: pd.DataFrame,
 
 def write_frequentist(result: FrequentistResult, table: pd.DataFrame, out: str | Path,
                       fits: str | Path | None = None, replicates: int | None = None,
-                      seed: int | None = None) -> pd.DataFrame:
+                      seed: int | None = None, record: dict | None = None) -> pd.DataFrame:
     """Write a spec's frequentist tables and their comparison into `out`, atomically:
     ols.csv, khb.csv, mixedlm.csv (where they apply), comparison.csv/.md/.html and
-    frequentist.json (spec, data fingerprint, settings, versions, notes). Returns the
-    comparison frame."""
+    frequentist.json (spec, data fingerprint, settings, versions, notes, and `record`).
+    Returns the comparison frame."""
     posterior, reason = posterior_for(result, table, fits)
     notes = [*result.notes, *([reason] if reason else [])]
     if posterior is not None and not posterior.passed:
@@ -426,6 +426,6 @@ def write_frequentist(result: FrequentistResult, table: pd.DataFrame, out: str |
                     "bootstrap_replicates": replicates, "bootstrap_seed": seed,
                     "khb_identity_gap": result.khb.attrs.get("identity_gap"),
                     "posterior": posterior.path if posterior else None,
-                    "notes": notes, "versions": package_versions()},
+                    "notes": notes, "versions": package_versions(), **(record or {})},
                    folder / "frequentist.json")
     return comparison

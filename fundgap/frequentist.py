@@ -249,14 +249,25 @@ def mixed_model(design: Design, equation: str) -> pd.DataFrame:
     return frame
 
 
-def mixed_table(design: Design, equations: str = "outcome") -> pd.DataFrame:
-    """MixedLM of the Gaussian outcome equations ("outcome") or of every Gaussian equation ("all")
-    that has random intercepts; "none" skips it."""
+def mixed_table(design: Design, equations: str = "outcome",
+                notes: list[str] | None = None) -> pd.DataFrame:
+    """MixedLM of the Gaussian outcome equations ("outcome") or of every Gaussian equation
+    ("all") that has random intercepts; "none" skips it. An equation statsmodels cannot fit
+    (a singular information matrix on small data) is left out with a line in `notes`."""
     wanted = {"outcome": list(design.spec.outcomes or (design.spec.outcome,)),
               "all": list(design.equations),
               "none": []}[equations]
-    frames = [mixed_model(design, name) for name in wanted
-              if design.equations[name].family == "gaussian" and design.equations[name].groups]
+    frames = []
+    for name in wanted:
+        if design.equations[name].family != "gaussian" or not design.equations[name].groups:
+            continue
+        try:
+            frames.append(mixed_model(design, name))
+        except (np.linalg.LinAlgError, ValueError) as error:
+            if notes is None:
+                raise
+            notes.append(f"MixedLM of {name} failed ({type(error).__name__}: {error}); "
+                         "left out")
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -298,5 +309,5 @@ def run_frequentist(spec: ModelSpec, table: pd.DataFrame,
                             f"{abs(result.khb.attrs['identity_gap']):.1e}")
     elif spec.mediators:
         result.notes.append("KHB skipped: it is defined here for Gaussian equations only")
-    result.mixedlm = mixed_table(design, mixed_equations)
+    result.mixedlm = mixed_table(design, mixed_equations, result.notes)
     return result

@@ -1,0 +1,393 @@
+"""Batch refits: every spec on every data set, resumable, on this machine or a Dask cluster.
+
+`run_batch` validates and prepares each data folder, then fits every spec in models/: the
+joint Bayesian model (`fits/<data>/<spec>/`) and the frequentist tables with their comparison
+(`fits/<data>/frequentist/<spec>/`, after the Bayesian fit, whose posterior it joins). A task
+whose run key (spec text, prepared-data fingerprint, settings, package versions) matches the
+folder already there is skipped, so an interrupted batch resumes and a finished one costs
+nothing. Every folder is written atomically; `index.parquet` at the top of `fits/` holds one
+row per fit folder, rebuilt from the folders after each batch.
+
+Tasks run one after another here (each sampler already uses the cores) or, given a Dask
+`Client`, as tasks on its cluster; the layout is the same either way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import shutil
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from fundgap.errors import FundgapError
+from fundgap.store import (
+    atomic_path,
+    frame_fingerprint,
+    package_versions,
+    to_json,
+    write_json,
+    write_table,
+)
+
+INDEX_COLUMNS = ("data", "spec", "kind", "backend", "form", "status", "data_fingerprint",
+                 "run_key", "wall_seconds", "divergences", "max_r_hat", "min_ess_bulk",
+                 "folder", "finished_at")
+KINDS = ("bayesian", "frequentist")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One fit to run: a spec on a prepared data set, Bayesian or frequentist."""
+
+    data: str                  # the data set's name (its folder's name)
+    spec_path: str
+    spec_name: str
+    kind: str
+    prepared: str              # the prepared table (parquet)
+    folder: str                # where the fit lands
+    fits: str                  # the data set's fits folder (the posterior for comparisons)
+    log: str
+    key: str
+    settings: dict = field(default_factory=dict)
+
+
+def run_key(spec_text: str, data_fingerprint: str, kind: str, settings: dict) -> str:
+    """What decides a fit's result; an unchanged key means the folder can be kept."""
+    versions = package_versions()
+    return hashlib.sha256(to_json({"spec": spec_text, "data": data_fingerprint, "kind": kind,
+                                   "settings": settings, "versions": versions})
+                          .encode()).hexdigest()
+
+
+def _record_file(folder: Path, kind: str) -> Path:
+    return folder / ("fit.json" if kind == "bayesian" else "frequentist.json")
+
+
+def current_key(folder: str | Path, kind: str) -> str | None:
+    """The run key recorded in a complete fit folder, or None."""
+    path = _record_file(Path(folder), kind)
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text("utf-8")).get("run_key")
+
+
+# ---------------------------------------------------------------- one task (on any worker)
+
+
+@contextlib.contextmanager
+def _logged(path: str) -> Iterator[logging.Logger]:
+    """Everything a task prints or logs (PyMC, nutpie, warnings) goes to its log file."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, mode="w", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    logging.captureWarnings(True)
+    try:
+        with open(path, "a", encoding="utf-8") as stream, \
+                contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
+            yield logging.getLogger("fundgap.batch")
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def run_task(task: Task, after: object = None) -> dict:
+    """Run one task and write its folder; returns its row for the run summary. Errors are
+    caught and reported in the row (and the log), never raised: one failing fit must not
+    stop the others. `after` only orders tasks on a Dask cluster."""
+    from fundgap.prepare import read_prepared
+    from fundgap.spec import load_spec
+
+    started = time.perf_counter()
+    row = {"data": task.data, "spec": task.spec_name, "kind": task.kind,
+           "folder": task.folder, "log": task.log, "action": "fitted"}
+    with _logged(task.log) as log:
+        try:
+            log.info("%s %s on %s -> %s", task.kind, task.spec_path, task.prepared,
+                     task.folder)
+            spec = load_spec(task.spec_path)
+            table = read_prepared(task.prepared).table
+            if task.kind == "bayesian":
+                row.update(_bayesian(spec, table, task))
+            else:
+                row.update(_frequentist(spec, table, task))
+            log.info("finished: %s", row["status"])
+        except Exception as error:  # reported in the summary; the traceback is in the log
+            log.error("failed:\n%s", traceback.format_exc())
+            row.update({"status": "error", "message": f"{type(error).__name__}: {error}"})
+    row["wall_seconds"] = time.perf_counter() - started
+    return row
+
+
+def _bayesian(spec, table: pd.DataFrame, task: Task) -> dict:
+    from fundgap.fit import fit_model, settings_for, write_fit
+
+    settings = settings_for(spec, progress=False, **task.settings)
+    result = fit_model(spec, table, settings)
+    result.record["run_key"] = task.key
+    write_fit(result, task.folder)
+    d = result.diagnostics
+    return {"status": "passed" if d["passed"] else "failed",
+            "message": "; ".join(d["reasons"])}
+
+
+def _frequentist(spec, table: pd.DataFrame, task: Task) -> dict:
+    from fundgap.compare import write_frequentist
+    from fundgap.frequentist import run_frequentist
+
+    replicates = int(task.settings.get("replicates", 999))
+    seed = int(task.settings.get("seed", 20250))
+    result = run_frequentist(spec, table, replicates, seed)
+    write_frequentist(result, table, task.folder, task.fits, replicates, seed,
+                      record={"run_key": task.key})
+    return {"status": "done", "message": ""}
+
+
+# ---------------------------------------------------------------- planning
+
+
+def data_folders(sources: Iterable[str | Path]) -> list[Path]:
+    """Data folders from the arguments: a folder with campaigns.csv is one; a folder of such
+    folders gives each of them."""
+    found: list[Path] = []
+    for source in map(Path, sources):
+        if (source / "campaigns.csv").is_file():
+            found.append(source)
+        elif source.is_dir():
+            inner = sorted(p for p in source.iterdir() if (p / "campaigns.csv").is_file())
+            if not inner:
+                raise FundgapError(f"{source}: neither a data folder (no campaigns.csv) nor a "
+                                   "folder of data folders")
+            found.extend(inner)
+        else:
+            raise FundgapError(f"{source}: no such data folder")
+    names = [p.name for p in found]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise FundgapError(f"data sets with the same name would share a fits folder: "
+                           f"{', '.join(twice)}")
+    return found
+
+
+def _input_fingerprint(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*.csv")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def prepare_data(folder: Path, fits: Path) -> tuple[Path, str]:
+    """Validate and prepare a data folder into `fits/prepared.parquet` (reused while the
+    input files are unchanged); returns the prepared table's path and fingerprint."""
+    from fundgap.contract import load_dataset
+    from fundgap.prepare import prepare, read_prepared
+
+    target = fits / "prepared.parquet"
+    sidecar = fits / "prepared.diagnostics.json"
+    fingerprint = _input_fingerprint(folder)
+    recorded = (json.loads(sidecar.read_text("utf-8")).get("input_fingerprint")
+                if target.is_file() and sidecar.is_file() else None)
+    if recorded != fingerprint:
+        prepared = prepare(load_dataset(folder))
+        write_table(prepared.table, target)
+        write_json({**prepared.diagnostics, "input_fingerprint": fingerprint,
+                    "source": str(folder)}, sidecar)
+    # the fingerprint of the table as the fits read it back (what fit.json records)
+    return target, frame_fingerprint(read_prepared(target).table)
+
+
+def plan(data: Iterable[str | Path], models: Iterable[str | Path], out: str | Path,
+         settings: dict | None = None, force: bool = False,
+         prepare_failed: Callable[[Path, Exception], None] | None = None
+         ) -> tuple[list[Task], list[dict]]:
+    """The tasks to run and the rows of those skipped (their folders are current)."""
+    from fundgap.spec import load_spec
+
+    settings = {k: v for k, v in (settings or {}).items() if v is not None}
+    specs = [load_spec(path) for path in models]
+    tasks, skipped = [], []
+    for folder in data_folders(data):
+        fits = Path(out) / folder.name
+        try:
+            prepared, fingerprint = prepare_data(folder, fits)
+        except FundgapError as error:
+            if prepare_failed is None:
+                raise
+            prepare_failed(folder, error)
+            continue
+        _clean_leftovers(fits)
+        for spec in specs:
+            for kind in KINDS:
+                if kind == "bayesian" and not spec.is_bayesian:
+                    continue
+                wanted = ({k: v for k, v in settings.items() if k != "replicates"}
+                          if kind == "bayesian" else
+                          {k: v for k, v in settings.items() if k in ("replicates", "seed")})
+                key = run_key(spec.text, fingerprint, kind, wanted)
+                target = (fits / spec.name if kind == "bayesian"
+                          else fits / "frequentist" / spec.name)
+                task = Task(folder.name, spec.source, spec.name, kind, str(prepared),
+                            str(target), str(fits), str(fits / "logs" / f"{spec.name}.{kind}.log"),
+                            key, wanted)
+                if not force and current_key(target, kind) == key and not _stale(task, tasks):
+                    skipped.append({"data": folder.name, "spec": spec.name, "kind": kind,
+                                    "folder": str(target), "action": "skipped",
+                                    "status": _status(target, kind), "message": "",
+                                    "wall_seconds": 0.0})
+                else:
+                    tasks.append(task)
+    return tasks, skipped
+
+
+def _stale(task: Task, planned: list[Task]) -> bool:
+    """A comparison is redone when the Bayesian fit it joins is being redone."""
+    return task.kind == "frequentist" and any(
+        t.kind == "bayesian" and t.spec_name == task.spec_name and t.data == task.data
+        for t in planned)
+
+
+def _status(folder: Path, kind: str) -> str:
+    if kind == "frequentist":
+        return "done"
+    diagnostics = json.loads((folder / "diagnostics.json").read_text("utf-8"))
+    return "passed" if diagnostics["passed"] else "failed"
+
+
+def _clean_leftovers(fits: Path) -> None:
+    """Remove the temporary folders and files an interrupted run left beside its targets."""
+    if not fits.is_dir():
+        return
+    for path in [*fits.glob(".*.tmp"), *fits.glob(".*.old"), *fits.glob("*/.*.tmp"),
+                 *fits.glob("*/.*.old")]:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- running
+
+
+def run_tasks(tasks: list[Task], client=None, progress: bool = True) -> list[dict]:
+    """Run the tasks here, in order, or on a Dask cluster (`client`); a frequentist task
+    runs after the Bayesian fit of its spec and data set. Returns one row per task."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(tasks), desc="fits", unit="fit", disable=not progress)
+    rows: list[dict] = []
+    if client is None:
+        for task in tasks:
+            bar.set_postfix_str(f"{task.data}/{task.spec_name} ({task.kind})")
+            rows.append(run_task(task))
+            bar.update()
+        bar.close()
+        return rows
+    from distributed import as_completed
+
+    futures, bayesian = [], {}
+    for task in tasks:
+        before = bayesian.get((task.data, task.spec_name)) if task.kind == "frequentist" \
+            else None
+        future = client.submit(run_task, task, before, pure=False,
+                               key=f"{task.kind}-{task.data}-{task.spec_name}-{task.key[:8]}")
+        if task.kind == "bayesian":
+            bayesian[(task.data, task.spec_name)] = future
+        futures.append(future)
+    for future in as_completed(futures):
+        rows.append(future.result())
+        bar.update()
+    bar.close()
+    return rows
+
+
+def build_index(out: str | Path) -> pd.DataFrame:
+    """One row per complete fit folder under `out` (every data set), from the folders."""
+    rows = []
+    for record in sorted(Path(out).glob("*/*/fit.json")):
+        folder = record.parent
+        fit = json.loads(record.read_text("utf-8"))
+        diagnostics = json.loads((folder / "diagnostics.json").read_text("utf-8"))
+        rows.append({"data": folder.parent.name, "spec": fit["spec_name"],
+                     "kind": "bayesian", "backend": diagnostics.get("backend"),
+                     "form": fit.get("form"),
+                     "status": "passed" if diagnostics["passed"] else "failed",
+                     "data_fingerprint": fit["data_fingerprint"],
+                     "run_key": fit.get("run_key"),
+                     "wall_seconds": diagnostics.get("wall_seconds"),
+                     "divergences": diagnostics.get("divergences"),
+                     "max_r_hat": diagnostics.get("max_r_hat"),
+                     "min_ess_bulk": diagnostics.get("min_ess_bulk"),
+                     "folder": str(folder), "finished_at": record.stat().st_mtime})
+    for record in sorted(Path(out).glob("*/frequentist/*/frequentist.json")):
+        folder = record.parent
+        freq = json.loads(record.read_text("utf-8"))
+        rows.append({"data": folder.parent.parent.name, "spec": freq["spec_name"],
+                     "kind": "frequentist", "backend": "statsmodels", "form": None,
+                     "status": "done", "data_fingerprint": freq["data_fingerprint"],
+                     "run_key": freq.get("run_key"), "folder": str(folder),
+                     "finished_at": record.stat().st_mtime})
+    frame = pd.DataFrame(rows).reindex(columns=list(INDEX_COLUMNS))
+    frame["finished_at"] = pd.to_datetime(frame["finished_at"], unit="s", utc=True)
+    return frame.sort_values(["data", "spec", "kind"], ignore_index=True)
+
+
+def write_index(out: str | Path) -> Path:
+    """Rebuild `out/index.parquet` from the fit folders, atomically."""
+    target = Path(out) / "index.parquet"
+    with atomic_path(target) as temporary:
+        build_index(out).to_parquet(temporary, index=False)
+    return target
+
+
+@dataclass
+class BatchResult:
+    """What a batch did: one row per task run or skipped, and where the index is."""
+
+    rows: pd.DataFrame
+    index: Path
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.rows["status"].isin(["failed", "error"]).any())
+
+
+def run_batch(data: Iterable[str | Path], models: Iterable[str | Path], out: str | Path,
+              settings: dict | None = None, force: bool = False, client=None,
+              progress: bool = True) -> BatchResult:
+    """Plan, run what is not current, and rebuild the index (see the module docstring)."""
+    failures: list[dict] = []
+
+    def prepare_failed(folder: Path, error: Exception) -> None:
+        failures.append({"data": folder.name, "spec": "", "kind": "data", "action": "prepare",
+                         "status": "error", "message": str(error), "wall_seconds": 0.0,
+                         "folder": str(folder)})
+
+    tasks, skipped = plan(data, models, out, settings, force, prepare_failed)
+    rows = failures + skipped + run_tasks(tasks, client, progress)
+    index = write_index(out)
+    frame = pd.DataFrame(rows).reindex(columns=["data", "spec", "kind", "action", "status",
+                                                "wall_seconds", "message", "folder"])
+    return BatchResult(frame.sort_values(["data", "spec", "kind"], ignore_index=True), index)
+
+
+def summary_text(result: BatchResult) -> str:
+    """The run summary: what passed, failed or was skipped, per data set and spec."""
+    frame = result.rows.copy()
+    frame["wall_seconds"] = frame["wall_seconds"].map(lambda v: f"{v:.0f}")
+    frame["message"] = frame["message"].fillna("").str.slice(0, 90)
+    counts = frame.groupby("status").size().to_dict()
+    return (frame.drop(columns=["folder"]).to_string(index=False) + "\n"
+            + ", ".join(f"{n} {status}" for status, n in counts.items())
+            + f"; index: {result.index}")
+
+
