@@ -94,7 +94,9 @@ def _logged(path: str) -> Iterator[logging.Logger]:
     try:
         with open(path, "a", encoding="utf-8") as stream, \
                 contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
-            yield logging.getLogger("fundgap.batch")
+            log = logging.getLogger("fundgap.batch")
+            log.setLevel(logging.INFO)
+            yield log
     finally:
         root.removeHandler(handler)
         handler.close()
@@ -384,10 +386,15 @@ def summary_text(result: BatchResult) -> str:
     """The run summary: what passed, failed or was skipped, per data set and spec."""
     frame = result.rows.copy()
     frame["wall_seconds"] = frame["wall_seconds"].map(lambda v: f"{v:.0f}")
-    frame["message"] = frame["message"].fillna("").str.slice(0, 90)
+    messages = frame["message"].fillna("")
+    frame["message"] = messages.map(lambda m: m.splitlines()[0][:90] if m else "")
     counts = frame.groupby("status").size().to_dict()
-    return (frame.drop(columns=["folder"]).to_string(index=False) + "\n"
-            + ", ".join(f"{n} {status}" for status, n in counts.items())
-            + f"; index: {result.index}")
+    # errors in full below the table (a data problem names its file, row and column)
+    errors = [f"{row.data} {row.spec} {row.kind}: {message}"
+              for row, message in zip(result.rows.itertuples(), messages, strict=True)
+              if row.status == "error"]
+    return "\n".join([frame.drop(columns=["folder"]).to_string(index=False),
+                      ", ".join(f"{n} {status}" for status, n in counts.items())
+                      + f"; index: {result.index}", *errors])
 
 

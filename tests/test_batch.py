@@ -1,0 +1,152 @@
+"""Batch refits (`fundgap run`): resuming, atomic folders under a kill, a Dask cluster,
+bad data among good, and the index."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fundgap.batch import build_index, run_batch
+from fundgap.cli import main
+from fundgap.simulate import simulate, write_simulation
+
+from conftest import edit_cell
+
+TINY = """name = "{name}"
+exposure = "development"
+outcome = "log_amount_raised"
+[equations.log_amount_raised]
+formula = "log_amount_raised ~ development + male + {extra}(1|prefecture) + (1|county)"
+"""
+FAST = {"draws": 150, "tune": 150, "chains": 2, "replicates": 9}
+FIT_FILES = ("posterior.nc", "summary.csv", "effects.csv", "diagnostics.json", "fit.json",
+             "spec.toml")
+
+
+@pytest.fixture(scope="module")
+def batch_inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("batch")
+    for name, seed in (("first", 3), ("second", 4)):
+        write_simulation(simulate(n_campaigns=250, seed=seed), root / "data" / name)
+    models = root / "models"
+    models.mkdir()
+    (models / "tiny.toml").write_text(TINY.format(name="tiny", extra=""))
+    (models / "tiny_age.toml").write_text(TINY.format(name="tiny_age", extra="age + "))
+    return root
+
+
+def _complete_or_absent(fits: Path) -> list[str]:
+    """Visible fit folders that are not complete (an empty list is what atomic writes give)."""
+    broken = []
+    for folder in fits.glob("*/*"):
+        if folder.name.startswith(".") or folder.name in ("logs", "frequentist") \
+                or not folder.is_dir():
+            continue
+        missing = [f for f in FIT_FILES if not (folder / f).is_file()]
+        if missing:
+            broken.append(f"{folder}: {missing}")
+    return broken
+
+
+def test_batch_fits_everything_then_resumes_and_forces(batch_inputs: Path,
+                                                       tmp_path: Path) -> None:
+    data = [batch_inputs / "data" / "first"]
+    models = sorted((batch_inputs / "models").glob("*.toml"))
+    out = tmp_path / "fits"
+    first = run_batch(data, models, out, FAST, progress=False)
+    assert set(first.rows["action"]) == {"fitted"} and len(first.rows) == 4
+    assert not _complete_or_absent(out)
+    assert (out / "first" / "frequentist" / "tiny" / "comparison.csv").is_file()
+    assert (out / "first" / "logs" / "tiny.bayesian.log").stat().st_size > 0
+    index = pd.read_parquet(first.index)
+    assert list(index[["spec", "kind"]].itertuples(index=False, name=None)) == [
+        ("tiny", "bayesian"), ("tiny", "frequentist"), ("tiny_age", "bayesian"),
+        ("tiny_age", "frequentist")]
+    assert index.loc[index["kind"] == "bayesian", "max_r_hat"].notna().all()
+    # nothing changed: every task is skipped and the folders are untouched
+    stamp = (out / "first" / "tiny" / "fit.json").stat().st_mtime_ns
+    again = run_batch(data, models, out, FAST, progress=False)
+    assert set(again.rows["action"]) == {"skipped"}
+    assert (out / "first" / "tiny" / "fit.json").stat().st_mtime_ns == stamp
+    # a changed spec refits that spec (and its comparison) only
+    changed = tmp_path / "models"
+    shutil.copytree(batch_inputs / "models", changed)
+    (changed / "tiny.toml").write_text(TINY.format(name="tiny", extra="") + "# edited\n")
+    third = run_batch(data, sorted(changed.glob("*.toml")), out, FAST, progress=False)
+    fitted = third.rows[third.rows["action"] == "fitted"]
+    assert set(fitted["spec"]) == {"tiny"} and len(fitted) == 2
+    forced = run_batch(data, models[:1], out, FAST, force=True, progress=False)
+    assert set(forced.rows["action"]) == {"fitted"}
+
+
+def test_killed_run_leaves_complete_folders_and_resumes(batch_inputs: Path,
+                                                        tmp_path: Path) -> None:
+    out = tmp_path / "fits"
+    command = [sys.executable, "-m", "fundgap.cli", "run", "--data",
+               str(batch_inputs / "data" / "first"), "--models", str(batch_inputs / "models"),
+               "--out", str(out), "--quiet", "--draws", "150", "--tune", "150", "--chains",
+               "2", "--replicates", "9"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (out / "first" / "tiny" / "fit.json").exists():
+        time.sleep(0.2)
+    time.sleep(1.0)  # into the next task
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert (out / "first" / "tiny" / "fit.json").exists(), "the first fit never finished"
+    assert not _complete_or_absent(out)
+    resumed = run_batch([batch_inputs / "data" / "first"],
+                        sorted((batch_inputs / "models").glob("*.toml")), out, FAST,
+                        progress=False)
+    done = resumed.rows.set_index(["spec", "kind"])["action"]
+    assert done[("tiny", "bayesian")] == "skipped"
+    assert done[("tiny_age", "bayesian")] == "fitted"
+    assert not list((out / "first").glob(".*.tmp")), "leftovers of the killed run remain"
+
+
+def test_two_worker_dask_cluster_gives_the_same_layout(batch_inputs: Path,
+                                                       tmp_path: Path) -> None:
+    from distributed import Client, LocalCluster
+
+    out = tmp_path / "fits"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        result = run_batch([batch_inputs / "data"], [batch_inputs / "models" / "tiny.toml"],
+                           out, FAST, client=client, progress=False)
+    assert len(result.rows) == 4 and set(result.rows["action"]) == {"fitted"}
+    assert not result.rows["status"].eq("error").any(), result.rows["message"].tolist()
+    index = build_index(out)
+    assert sorted(index["data"].unique()) == ["first", "second"]
+    assert not _complete_or_absent(out)
+    for data in ("first", "second"):
+        assert (out / data / "frequentist" / "tiny" / "comparison.html").is_file()
+
+
+def test_bad_data_is_reported_and_the_rest_still_runs(batch_inputs: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(batch_inputs / "data" / "first", data / "good")
+    shutil.copytree(batch_inputs / "data" / "first", data / "bad")
+    edit_cell(data / "bad", "campaigns.csv", 4, "amount_raised", "-5")
+    models = tmp_path / "models"
+    models.mkdir()
+    # a frequentist-only spec keeps this test quick
+    (models / "ols.toml").write_text(
+        'name = "ols"\n[[frequentist.ols]]\ntable = "t"\nmodel = "m"\n'
+        'formula = "log_amount_raised ~ development + male"\n')
+    code = main(["run", "--data", str(data), "--models", str(models), "--out",
+                 str(tmp_path / "fits"), "--quiet", "--replicates", "9"])
+    printed = capsys.readouterr().out
+    assert code == 1
+    assert "bad" in printed and "campaigns.csv" in printed and "amount_raised" in printed
+    assert (tmp_path / "fits" / "good" / "frequentist" / "ols" / "ols.csv").is_file()
+    assert not (tmp_path / "fits" / "bad" / "frequentist").exists()
