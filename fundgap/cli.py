@@ -123,6 +123,15 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_PROBLEMS if result.failed else 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from fundgap.report import build_report, write_report
+
+    out = Path(args.out) if args.out else Path(args.fits) / "report.html"
+    html, markdown = write_report(build_report(args.fits), out)
+    print(f"report: {html} (and {markdown})")
+    return 0
+
+
 def _describe(args: argparse.Namespace) -> int:
     from fundgap.describe import summary_text
 
@@ -333,6 +342,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--replicates", type=int, help="KHB bootstrap replicates (999)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(run=_run)
+
+    rep = commands.add_parser(
+        "report", help="one self-contained HTML page (and Markdown) of a data set's fits")
+    rep.add_argument("fits", help="a data set's fits folder (fits/<data name>)")
+    rep.add_argument("--out", help="HTML file (default FITS/report.html); the .md beside it")
+    rep.set_defaults(run=_report)
 
     desc = commands.add_parser("describe", help="summarise a data folder or prepared table")
     desc.add_argument("source", help="data folder or prepared table")

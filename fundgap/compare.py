@@ -354,10 +354,9 @@ def _cell_styles(column: pd.Series, flagged: pd.Series, failed: pd.Series) -> li
     return [""] * len(column)
 
 
-def to_html(frame: pd.DataFrame, title: str, notes: list[str]) -> str:
-    """The comparison as one self-contained HTML page (flagged cells highlighted)."""
-    from jinja2 import Template
-
+def html_sections(frame: pd.DataFrame) -> list[dict[str, str]]:
+    """The comparison as one HTML table per published table (flagged cells highlighted,
+    a failed posterior in red): [{"table": name, "html": ...}]."""
     sections = []
     display = display_frame(frame) if not frame.empty else pd.DataFrame()
     for table, part in (display.groupby("table", sort=False) if not display.empty else []):
@@ -367,7 +366,15 @@ def to_html(frame: pd.DataFrame, title: str, notes: list[str]) -> str:
         styler = part.drop(columns="table").style.hide(axis="index")
         styler = styler.apply(_cell_styles, flagged=flagged, failed=failed, axis=0)
         sections.append({"table": table, "html": styler.to_html()})
-    return Template(PAGE).render(title=title, sections=sections, legend=LEGEND, notes=notes)
+    return sections
+
+
+def to_html(frame: pd.DataFrame, title: str, notes: list[str]) -> str:
+    """The comparison as one self-contained HTML page."""
+    from jinja2 import Template
+
+    return Template(PAGE).render(title=title, sections=html_sections(frame), legend=LEGEND,
+                                 notes=notes)
 
 
 PAGE = """<!doctype html>

@@ -1,0 +1,458 @@
+"""The report a reviewer reads: one self-contained HTML page (and a Markdown twin) per data set.
+
+`build_report(fits/<data>)` reads what `fundgap run` wrote there (prepared data, fit folders,
+frequentist folders) and lays out, per analysis: the diagnostics status (a failed fit is shown
+failed, in red, with its reasons and without its numbers), the effects with a forest plot of
+posterior and frequentist intervals on one axis, the channel contrasts, the county-intercept
+shrinkage and a posterior predictive check, and the side-by-side table of published figure,
+OLS/KHB, MixedLM and posterior. Figures are ArviZ/matplotlib PNGs embedded in the page.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display: figures are only saved
+import arviz as az
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from fundgap import __version__
+from fundgap.compare import LEGEND, html_sections
+from fundgap.describe import descriptives, occupancy
+from fundgap.errors import FundgapError
+from fundgap.prepare import read_prepared
+from fundgap.spec import parse_spec
+from fundgap.store import atomic_directory, atomic_path
+
+Z95 = 1.959964
+POSTERIOR_COLOUR, FREQUENTIST_COLOUR = "#1f5fa8", "#d9731a"
+MAIN_EFFECTS = ("total", "direct", "indirect")
+
+
+@dataclass
+class Figure:
+    """A rendered figure: its name (for the Markdown twin's file) and PNG bytes."""
+
+    name: str
+    caption: str
+    png: bytes
+
+    @property
+    def data_uri(self) -> str:
+        return "data:image/png;base64," + base64.b64encode(self.png).decode()
+
+
+@dataclass
+class Analysis:
+    """What the report shows of one spec."""
+
+    name: str
+    description: str
+    status: str                       # passed, FAILED, or "no Bayesian fit"
+    reasons: list[str]
+    diagnostics: dict
+    effects: pd.DataFrame = field(default_factory=pd.DataFrame)
+    contrasts: pd.DataFrame = field(default_factory=pd.DataFrame)
+    comparison: pd.DataFrame = field(default_factory=pd.DataFrame)
+    comparison_notes: list[str] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
+
+
+def _png(figure: plt.Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def _label(row: pd.Series, qualifiers: list[str]) -> str:
+    parts = [str(row[q]) for q in qualifiers if str(row.get(q, "") or "")]
+    name = row["effect"] + (f": {row['mediator']}" if row.get("mediator") else "")
+    return name + (f" ({', '.join(parts)})" if parts else "")
+
+
+def frequentist_intervals(folder: Path, spec_text: str) -> pd.DataFrame:
+    """Frequentist counterparts of effects.csv rows: KHB components, and table models whose
+    spec entry names a `posterior_effect` (e.g. Table 5's per-channel slopes)."""
+    rows = []
+    khb = folder / "khb.csv"
+    if khb.is_file():
+        for _, k in pd.read_csv(khb, keep_default_na=False).iterrows():
+            if k["component"] in MAIN_EFFECTS:
+                se = k["cluster_std_error"] if k["cluster_std_error"] != "" else k["std_error"]
+                rows.append({"effect": k["component"], "mediator": k["mediator"],
+                             "estimate": float(k["estimate"]), "se": float(se),
+                             "source": "KHB"})
+    ols = folder / "ols.csv"
+    if ols.is_file():
+        spec = parse_spec(spec_text, "spec.toml", columns=None)
+        fitted = pd.read_csv(ols)
+        for model in spec.tables:
+            if not model.posterior_effect:
+                continue
+            hit = fitted[(fitted["table"] == model.table) & (fitted["model"] == model.model)
+                         & (fitted["term"] == spec.exposure)]
+            if not hit.empty:
+                rows.append({"mediator": "", **model.posterior_effect,
+                             "estimate": float(hit["estimate"].iloc[0]),
+                             "se": float(hit["cluster_std_error"].iloc[0]),
+                             "source": f"{model.table} {model.model}"})
+    return pd.DataFrame(rows)
+
+
+def forest_figures(effects: pd.DataFrame, frequentist: pd.DataFrame,
+                   title: str) -> list[Figure]:
+    """Forest plots of total, direct and indirect effects: the posterior's 95% interval and,
+    where one exists, the frequentist 95% interval just below it. One panel per outcome
+    (their scales differ)."""
+    main = effects[effects["effect"].isin(MAIN_EFFECTS)].copy()
+    if main.empty:
+        return []
+    qualifiers = [c for c in main.columns if c in ("channel", "moderator")]
+    outcomes = main["outcome"].unique() if "outcome" in main else [None]
+    figures = []
+    for outcome in outcomes:
+        part = main if outcome is None else main[main["outcome"] == outcome]
+        part = part.iloc[::-1].reset_index(drop=True)
+        height = 0.45 * len(part) + 1.2
+        figure, axis = plt.subplots(figsize=(7.5, height))
+        for position, row in part.iterrows():
+            axis.plot([row["ci_lower"], row["ci_upper"]], [position, position],
+                      color=POSTERIOR_COLOUR, lw=2.2)
+            axis.plot(row["mean"], position, "o", color=POSTERIOR_COLOUR, ms=5)
+            match = _matching(frequentist, row, qualifiers)
+            if match is not None:
+                low = match["estimate"] - Z95 * match["se"]
+                high = match["estimate"] + Z95 * match["se"]
+                axis.plot([low, high], [position - 0.25, position - 0.25],
+                          color=FREQUENTIST_COLOUR, lw=1.6)
+                axis.plot(match["estimate"], position - 0.25, "s",
+                          color=FREQUENTIST_COLOUR, ms=4)
+        axis.axvline(0, color="#888", lw=0.8, ls="--")
+        axis.set_yticks(range(len(part)))
+        axis.set_yticklabels([_label(r, qualifiers) for _, r in part.iterrows()])
+        scale = f" ({outcome})" if outcome is not None else ""
+        axis.set_title(f"{title}{scale}: posterior (blue) and frequentist (orange), 95%",
+                       fontsize=9)
+        axis.set_xlabel("effect per unit of the exposure")
+        figures.append(Figure(f"forest{'_' + str(outcome) if outcome else ''}",
+                              f"Effects{scale}", _png(figure)))
+    return figures
+
+
+def _matching(frequentist: pd.DataFrame, row: pd.Series,
+              qualifiers: list[str]) -> pd.Series | None:
+    if frequentist.empty:
+        return None
+    match = frequentist[(frequentist["effect"] == row["effect"])
+                        & (frequentist["mediator"].fillna("") == (row.get("mediator") or ""))]
+    for column in qualifiers:
+        if column in match:
+            match = match[match[column].fillna("") == str(row[column])]
+        elif str(row[column]):
+            return None
+    return None if match.empty else match.iloc[0]
+
+
+def contrast_figure(contrasts: pd.DataFrame) -> list[Figure]:
+    """The moderator contrasts of total, direct and indirect effects with 95% intervals."""
+    main = contrasts[contrasts["effect"].isin(MAIN_EFFECTS)]
+    if main.empty:
+        return []
+    main = main.iloc[::-1].reset_index(drop=True)
+    figure, axis = plt.subplots(figsize=(7.5, 0.4 * len(main) + 1.2))
+    qualifiers = [c for c in ("outcome",) if c in main]
+    for position, row in main.iterrows():
+        axis.plot([row["ci_lower"], row["ci_upper"]], [position] * 2, color=POSTERIOR_COLOUR,
+                  lw=2.2)
+        axis.plot(row["mean"], position, "o", color=POSTERIOR_COLOUR, ms=5)
+    axis.axvline(0, color="#888", lw=0.8, ls="--")
+    axis.set_yticks(range(len(main)))
+    axis.set_yticklabels([_label(r, qualifiers) for _, r in main.iterrows()])
+    axis.set_title(f"{main['contrast'].iloc[0]}: posterior contrasts, 95%", fontsize=9)
+    return [Figure("contrasts", "Contrasts between the moderator's levels", _png(figure))]
+
+
+def shrinkage_figure(shrinkage: pd.DataFrame, equation: str) -> list[Figure]:
+    """County intercepts (posterior means) against their campaign counts, beside the
+    no-pooling estimates: sparse counties are pulled to zero, well-observed ones are not."""
+    county = shrinkage[(shrinkage["equation"] == equation) & (shrinkage["level"] == "county")]
+    if county.empty:
+        return []
+    rng = np.random.default_rng(0)
+    jitter = county["campaigns"] * np.exp(rng.uniform(-0.08, 0.08, len(county)))
+    figure, axis = plt.subplots(figsize=(7.5, 4))
+    axis.scatter(jitter, county["no_pooling"], s=9, color="#bbbbbb",
+                 label="no pooling (county mean residual)")
+    axis.scatter(jitter, county["intercept_mean"], s=9, color=POSTERIOR_COLOUR,
+                 label="partial pooling (posterior mean)")
+    axis.axhline(0, color="#888", lw=0.8, ls="--")
+    axis.set_xscale("log")
+    axis.set_xlabel("campaigns in the county (log scale)")
+    axis.set_ylabel(f"county intercept, {equation}")
+    axis.legend(fontsize=8)
+    return [Figure(f"shrinkage_{equation}", f"County intercepts of {equation} against their "
+                   "campaign counts", _png(figure))]
+
+
+def ppc_figure(posterior_file: Path, outcome: str) -> list[Figure]:
+    """ArviZ's posterior predictive check of the outcome (thinned draws saved with the fit)."""
+    idata = az.from_netcdf(posterior_file)
+    if "posterior_predictive" not in idata.groups() or \
+            outcome not in idata.posterior_predictive:
+        return []
+    axes = az.plot_ppc(idata, var_names=[outcome], num_pp_samples=100, random_seed=0,
+                       figsize=(7.5, 3.5), textsize=9)
+    figure = np.atleast_1d(axes).ravel()[0].figure
+    return [Figure(f"ppc_{outcome}", f"Posterior predictive check of {outcome}", _png(figure))]
+
+
+def _analysis(fits: Path, name: str) -> Analysis:
+    folder = fits / name
+    frequentist = fits / "frequentist" / name
+    spec_text = ((folder / "spec.toml") if (folder / "spec.toml").is_file() else None)
+    comparison = pd.DataFrame()
+    notes: list[str] = []
+    if (frequentist / "comparison.csv").is_file():
+        comparison = pd.read_csv(frequentist / "comparison.csv")
+        notes = json.loads((frequentist / "frequentist.json").read_text("utf-8"))["notes"]
+    if spec_text is None:
+        return Analysis(name, "", "no Bayesian fit", [], {}, comparison=comparison,
+                        comparison_notes=notes)
+    text = spec_text.read_text("utf-8")
+    spec = parse_spec(text, str(spec_text), columns=None)
+    diagnostics = json.loads((folder / "diagnostics.json").read_text("utf-8"))
+    passed = diagnostics["passed"]
+    analysis = Analysis(name, spec.description.strip(), "passed" if passed else "FAILED",
+                        diagnostics["reasons"], diagnostics, comparison=comparison,
+                        comparison_notes=notes)
+    if not passed:
+        return analysis  # a failed fit's numbers are never shown
+    analysis.effects = pd.read_csv(folder / "effects.csv", keep_default_na=False)
+    analysis.figures += forest_figures(analysis.effects, frequentist_intervals(
+        frequentist, text) if frequentist.is_dir() else pd.DataFrame(), name)
+    if (folder / "contrasts.csv").is_file():
+        analysis.contrasts = pd.read_csv(folder / "contrasts.csv", keep_default_na=False)
+        analysis.figures += contrast_figure(analysis.contrasts)
+    if (folder / "shrinkage.csv").is_file():
+        analysis.figures += shrinkage_figure(pd.read_csv(folder / "shrinkage.csv"),
+                                             spec.outcome)
+    analysis.figures += ppc_figure(folder / "posterior.nc", spec.outcome)
+    return analysis
+
+
+def data_summary(fits: Path) -> tuple[dict, pd.DataFrame]:
+    """Counts, county occupancy and factor diagnostics; and the descriptives table."""
+    prepared = read_prepared(fits / "prepared.parquet")
+    table, diagnostics = prepared.table, prepared.diagnostics
+    occ = occupancy(table)
+    factor = diagnostics.get("development_factor", {})
+    facts = {
+        "campaigns": len(table),
+        "counties": occ["n_counties"],
+        "prefectures": int(table["prefecture_code"].nunique()),
+        "campaigns in counties seen once": f"{occ['share_campaigns_in_counties_seen_once']:.1%}",
+        "campaigns in counties seen twice":
+            f"{occ['share_campaigns_in_counties_seen_twice']:.1%}",
+        "counties seen 3+ times": occ["counties_seen_3plus"],
+        "channels": ", ".join(f"{k} {v}" for k, v in
+                              table["channel"].value_counts().items()),
+    }
+    if factor:
+        facts["development factor"] = (
+            f"{factor['variance_explained']:.1%} of variance; loadings "
+            + ", ".join(f"{k} {v:.2f}" for k, v in factor["loadings"].items())
+            + f"; KMO {factor['kmo']:.2f}; Bartlett chi2({factor['bartlett_df']}) = "
+            f"{factor['bartlett_chi2']:.0f}")
+    if diagnostics.get("rating_icc"):
+        facts["rating ICC(1)"] = ", ".join(f"{k} {v:.3f}"
+                                           for k, v in diagnostics["rating_icc"].items())
+    return facts, descriptives(table)
+
+
+@dataclass
+class Report:
+    """Everything on the page, before it is rendered."""
+
+    data: str
+    facts: dict
+    descriptives: pd.DataFrame
+    index: pd.DataFrame
+    analyses: list[Analysis]
+
+
+def build_report(fits: str | Path) -> Report:
+    """Read a data set's fits folder (`fits/<data>/`, as `fundgap run` writes it)."""
+    fits = Path(fits)
+    if not (fits / "prepared.parquet").is_file():
+        raise FundgapError(f"{fits}: no prepared.parquet; run `fundgap run` for this data set "
+                           "first")
+    names = sorted({p.parent.name for p in fits.glob("*/fit.json")}
+                   | {p.parent.name for p in fits.glob("frequentist/*/frequentist.json")})
+    if not names:
+        raise FundgapError(f"{fits}: no fits to report")
+    from fundgap.batch import build_index
+
+    index = build_index(fits.parent)
+    index = index[index["data"] == fits.name]
+    facts, table = data_summary(fits)
+    return Report(fits.name, facts, table, index, [_analysis(fits, n) for n in names])
+
+
+def _effects_table(effects: pd.DataFrame) -> pd.DataFrame:
+    main = effects[effects["effect"].isin((*MAIN_EFFECTS, "share"))]
+    keep = [c for c in main.columns if c not in ("sd", "p_positive")]
+    return main[keep]
+
+
+def _frame_html(frame: pd.DataFrame) -> str:
+    return frame.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0,
+                         classes="grid")
+
+
+def render_html(report: Report) -> str:
+    """The report as one self-contained HTML page."""
+    from jinja2 import Template
+
+    index = report.index.drop(columns=["run_key", "data_fingerprint", "folder"],
+                              errors="ignore")
+    analyses = []
+    for analysis in report.analyses:
+        analyses.append({
+            "a": analysis,
+            "effects": _frame_html(_effects_table(analysis.effects))
+            if not analysis.effects.empty else "",
+            "contrasts": _frame_html(analysis.contrasts) if not analysis.contrasts.empty
+            else "",
+            "comparison": html_sections(analysis.comparison)
+            if not analysis.comparison.empty else [],
+        })
+    return Template(PAGE).render(
+        report=report, analyses=analyses, index=_status_html(index),
+        descriptives=report.descriptives.to_html(float_format=lambda v: f"{v:.3f}",
+                                                 border=0, classes="grid"),
+        legend=LEGEND, version=__version__,
+        generated=pd.Timestamp.now(tz="UTC").strftime("%Y-%m-%d %H:%M UTC"))
+
+
+def _status_html(index: pd.DataFrame) -> str:
+    def colour(value: object) -> str:
+        return {"failed": "color:#b00020;font-weight:bold",
+                "passed": "color:#1b7a2f"}.get(str(value), "")
+
+    index = index.assign(
+        finished_at=pd.to_datetime(index["finished_at"]).dt.strftime("%Y-%m-%d %H:%M"),
+        divergences=index["divergences"].astype("Int64"))
+    styler = index.style.hide(axis="index").map(colour, subset=["status"]).format(
+        precision=3, na_rep="")
+    return styler.to_html()
+
+
+def render_markdown(report: Report, figures_folder: str) -> str:
+    """The report as Markdown; figures are files in `figures_folder` (relative)."""
+    lines = [f"# fundgap report: {report.data}", ""]
+    lines += [f"- **{k}**: {v}" for k, v in report.facts.items()] + [""]
+    index = report.index.drop(columns=["run_key", "data_fingerprint", "folder"],
+                              errors="ignore")
+    lines += ["## Fits", "", index.to_markdown(index=False), ""]
+    for analysis in report.analyses:
+        lines += [f"## {analysis.name}", "", analysis.description, ""]
+        if analysis.status == "FAILED":
+            lines += [f"**FAILED diagnostics**: {'; '.join(analysis.reasons)}. Its results "
+                      "are not shown.", ""]
+        elif analysis.status == "passed":
+            d = analysis.diagnostics
+            lines += [f"Diagnostics passed: {d['divergences']} divergences, max R-hat "
+                      f"{d['max_r_hat']:.3f}, min bulk ESS {d['min_ess_bulk']:.0f}, "
+                      f"{d['wall_seconds']:.0f} s ({d['form']} form).", "",
+                      _effects_table(analysis.effects).to_markdown(index=False,
+                                                                   floatfmt=".4g"), ""]
+            if not analysis.contrasts.empty:
+                lines += [analysis.contrasts.to_markdown(index=False, floatfmt=".4g"), ""]
+            lines += [f"![{f.caption}]({figures_folder}/{f.name}.png)"
+                      for f in analysis.figures] + [""]
+        if not analysis.comparison.empty:
+            from fundgap.compare import display_frame
+
+            lines += ["### Published, frequentist and Bayesian side by side", "",
+                      display_frame(analysis.comparison).to_markdown(index=False), ""]
+    return "\n".join(lines)
+
+
+def write_report(report: Report, out: str | Path) -> tuple[Path, Path]:
+    """Write `out` (HTML, self-contained) and its Markdown twin beside it (`.md`, figures in
+    `<stem>_figures/`), each atomically."""
+    out = Path(out)
+    markdown = out.with_suffix(".md")
+    figures = out.parent / f"{out.stem}_figures"
+    with atomic_directory(figures) as folder:
+        for analysis in report.analyses:
+            for figure in analysis.figures:
+                (folder / f"{analysis.name}_{figure.name}.png").write_bytes(figure.png)
+    for analysis in report.analyses:  # the Markdown names files per analysis
+        for figure in analysis.figures:
+            figure.name = f"{analysis.name}_{figure.name}"
+    with atomic_path(out) as temporary:
+        temporary.write_text(render_html(report), "utf-8")
+    with atomic_path(markdown) as temporary:
+        temporary.write_text(render_markdown(report, figures.name), "utf-8")
+    return out, markdown
+
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>fundgap report: {{ report.data }}</title>
+<style>
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 72rem; color: #222; }
+table { border-collapse: collapse; margin: 0.5rem 0 1.5rem; font-size: 0.85rem; }
+th, td { border-bottom: 1px solid #ddd; padding: 0.25rem 0.55rem; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+.status { padding: 0.5rem 0.8rem; border-radius: 4px; display: inline-block; }
+.passed { background: #e3f4e6; color: #1b5e20; }
+.failed { background: #fde2e1; color: #b00020; font-weight: bold; }
+.missing { background: #eee; color: #555; }
+figure { margin: 1rem 0; } figcaption { font-size: 0.8rem; color: #555; }
+.legend, .notes, .meta { font-size: 0.8rem; color: #555; }
+dl { display: grid; grid-template-columns: max-content auto; gap: 0.2rem 1rem; }
+dt { font-weight: 600; }
+</style></head><body>
+<h1>fundgap report: {{ report.data }}</h1>
+<p class="meta">fundgap {{ version }}, {{ generated }}</p>
+<h2>Data</h2>
+<dl>{% for key, value in report.facts.items() %}
+<dt>{{ key }}</dt><dd>{{ value }}</dd>{% endfor %}</dl>
+<details><summary>Descriptives (Table 1's variables)</summary>{{ descriptives }}</details>
+<h2>Fits</h2>
+{{ index }}
+{% for item in analyses %}{% set a = item.a %}
+<h2 id="{{ a.name }}">{{ a.name }}</h2>
+<p>{{ a.description }}</p>
+{% if a.status == "passed" %}
+<p class="status passed">Diagnostics passed: {{ a.diagnostics.divergences }} divergences,
+max R-hat {{ "%.3f"|format(a.diagnostics.max_r_hat) }}, min bulk ESS
+{{ "%.0f"|format(a.diagnostics.min_ess_bulk) }}, {{ "%.0f"|format(a.diagnostics.wall_seconds) }} s
+({{ a.diagnostics.form }} form, {{ a.diagnostics.backend }})</p>
+<h3>Effects</h3>
+{{ item.effects }}
+{% for f in a.figures %}<figure><img alt="{{ f.caption }}" src="{{ f.data_uri }}">
+<figcaption>{{ f.caption }}</figcaption></figure>{% endfor %}
+{% if item.contrasts %}<h3>Contrasts</h3>{{ item.contrasts }}{% endif %}
+{% elif a.status == "FAILED" %}
+<p class="status failed">FAILED diagnostics: {{ a.reasons|join("; ") }}. The fit's results are
+not shown.</p>
+{% else %}<p class="status missing">No Bayesian fit for this spec.</p>{% endif %}
+{% if item.comparison %}<h3>Published, frequentist and Bayesian side by side</h3>
+{% for section in item.comparison %}<h4>{{ section.table }}</h4>{{ section.html }}{% endfor %}
+<ul class="notes">{% for note in a.comparison_notes %}<li>{{ note }}</li>{% endfor %}</ul>
+{% endif %}
+{% endfor %}
+<p class="legend">{{ legend }}</p>
+</body></html>
+"""
