@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from jinja2 import Environment
+from markupsafe import Markup
 from scipy.stats import norm
 
 from fundgap.frequentist import FrequentistResult, stars
@@ -365,16 +367,14 @@ def html_sections(frame: pd.DataFrame) -> list[dict[str, str]]:
         failed = frame.loc[part.index, "posterior_passed"].eq(False)
         styler = part.drop(columns="table").style.hide(axis="index")
         styler = styler.apply(_cell_styles, flagged=flagged, failed=failed, axis=0)
-        sections.append({"table": table, "html": styler.to_html()})
+        sections.append({"table": table, "html": Markup(styler.to_html())})
     return sections
 
 
 def to_html(frame: pd.DataFrame, title: str, notes: list[str]) -> str:
     """The comparison as one self-contained HTML page."""
-    from jinja2 import Template
-
-    return Template(PAGE).render(title=title, sections=html_sections(frame), legend=LEGEND,
-                                 notes=notes)
+    page = Environment(autoescape=True).from_string(PAGE)
+    return page.render(title=title, sections=html_sections(frame), legend=LEGEND, notes=notes)
 
 
 PAGE = """<!doctype html>

@@ -23,6 +23,8 @@ import arviz as az
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from jinja2 import Environment
+from markupsafe import Markup
 
 from fundgap import __version__
 from fundgap.compare import LEGEND, html_sections
@@ -320,25 +322,25 @@ def _frame_html(frame: pd.DataFrame) -> str:
 
 def render_html(report: Report) -> str:
     """The report as one self-contained HTML page."""
-    from jinja2 import Template
-
     index = report.index.drop(columns=["run_key", "data_fingerprint", "folder"],
                               errors="ignore")
     analyses = []
     for analysis in report.analyses:
         analyses.append({
             "a": analysis,
-            "effects": _frame_html(_effects_table(analysis.effects))
+            "effects": Markup(_frame_html(_effects_table(analysis.effects)))
             if not analysis.effects.empty else "",
-            "contrasts": _frame_html(analysis.contrasts) if not analysis.contrasts.empty
+            "contrasts": Markup(_frame_html(analysis.contrasts))
+            if not analysis.contrasts.empty
             else "",
             "comparison": html_sections(analysis.comparison)
             if not analysis.comparison.empty else [],
         })
-    return Template(PAGE).render(
-        report=report, analyses=analyses, index=_status_html(index),
-        descriptives=report.descriptives.to_html(float_format=lambda v: f"{v:.3f}",
-                                                 border=0, classes="grid"),
+    # autoescaped: spec descriptions and notes are text; the tables are HTML already
+    return Environment(autoescape=True).from_string(PAGE).render(
+        report=report, analyses=analyses, index=Markup(_status_html(index)),
+        descriptives=Markup(report.descriptives.to_html(float_format=lambda v: f"{v:.3f}",
+                                                        border=0, classes="grid")),
         legend=LEGEND, version=__version__,
         generated=pd.Timestamp.now(tz="UTC").strftime("%Y-%m-%d %H:%M UTC"))
 

@@ -10,6 +10,7 @@ import xarray as xr
 from fundgap.design import build_design
 from fundgap.effects import effect_draws, summarise_effects
 from fundgap.errors import SpecError
+from fundgap.predictive import linear_predictor
 from fundgap.spec import parse_spec
 
 SPEC = """
@@ -90,13 +91,35 @@ def test_log_link_mediator_uses_g_computation(family: str) -> None:
             expected)
 
 
-def test_non_identity_outcome_is_refused() -> None:
+def test_count_mediator_of_a_non_identity_outcome_is_refused() -> None:
+    # g-computation moves a mediator by its a path, which needs an identity-link mediator
+    text = SPEC.replace("FAMILY", "negative_binomial").replace(
+        '[equations.log_amount_raised]\n', '[equations.log_amount_raised]\nfamily = "lognormal"\n')
+    data = table().assign(log_amount_raised=lambda f: np.exp(f["log_amount_raised"]))
+    design = build_design(parse_spec(text, columns=set(data.columns)), data)
+    with pytest.raises(SpecError, match="needs gaussian or student_t mediators; "
+                                        "verifier_count are not"):
+        effect_draws(posterior(design, np.zeros((1, 3))), design)
+
+
+def test_lognormal_outcome_effects_are_g_computation_on_the_mean() -> None:
     text = SPEC.replace("FAMILY", "gaussian").replace(
         '[equations.log_amount_raised]\n', '[equations.log_amount_raised]\nfamily = "lognormal"\n')
     data = table().assign(log_amount_raised=lambda f: np.exp(f["log_amount_raised"]))
     design = build_design(parse_spec(text, columns=set(data.columns)), data)
-    with pytest.raises(SpecError, match="needs a gaussian or student_t outcome"):
-        effect_draws(posterior(design, np.zeros((1, 3))), design)
+    draws = posterior(design, np.zeros((1, 3))).assign(
+        sigma_log_amount_raised=xr.DataArray(np.full((1, 3), 0.5), dims=("chain", "draw")))
+    effects = effect_draws(draws, design)
+    # with one unit more of development the mean exp(eta + sigma^2 / 2) rises by the factor
+    # exp(c + sum a b): total = mean over campaigns of mu (that factor - 1)
+    coefficients = draws["coefficients_log_amount_raised"]
+    c = coefficients.sel(term_log_amount_raised="development")
+    ab = sum(draws[f"coefficients_{m}"].sel({f"term_{m}": "development"})
+             * coefficients.sel(term_log_amount_raised=m)
+             for m in ("verifier_count", "log_reposts"))
+    mu = np.exp(linear_predictor(draws, design, "log_amount_raised") + 0.125)
+    np.testing.assert_allclose(effects["total"], (mu * (np.exp(c + ab) - 1)).mean("campaign"))
+    np.testing.assert_allclose(effects["direct"], (mu * (np.exp(c) - 1)).mean("campaign"))
 
 
 MODERATED = """
