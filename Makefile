@@ -8,12 +8,12 @@ COUNTIES ?= ../shared/data/china_counties.csv
 DEFAULT_DATA := data/default
 FITS := fits/default
 COUNTIES_ARG := $(if $(wildcard $(COUNTIES)),--counties $(COUNTIES),)
-PYTEST_ARGS ?= -n 2 --dist loadfile --durations=15
+PYTEST_ARGS ?= -n 2 --dist loadgroup --durations=15
 # `make test` runs everything but the tests marked slow (cross-checks against other engines,
 # repeated-simulation coverage); `make test-slow` runs those; CI runs both.
 FAST := -m "not slow"
 
-.PHONY: install browser demo test test-slow lint clean
+.PHONY: install browser demo notebooks test test-slow lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,16 @@ demo: install
 	$(BIN)/fundgap report $(FITS) --out $(FITS)/report.html || status=1; \
 	echo "report: $(FITS)/report.html (and report.md); fits: $(FITS)/<spec>/; index: fits/index.parquet"; \
 	exit $$status
+
+# notebooks/*.py (percent scripts) -> .ipynb, executed with full settings (reading the
+# demo's fits where they exist), -> HTML beside the report.
+notebooks: install
+	@for source in notebooks/[0-9]*.py; do \
+		name=$$(basename $$source .py); \
+		$(BIN)/jupytext --to ipynb --output notebooks/$$name.ipynb $$source || exit 1; \
+		$(BIN)/jupyter nbconvert --to html --execute --ExecutePreprocessor.timeout=3600 \
+			--output-dir $(FITS)/notebooks notebooks/$$name.ipynb || exit 1; \
+	done; echo "notebooks: $(FITS)/notebooks/*.html"
 
 # The report's browser check renders the page in Debian's chromium: installed here where
 # apt-get can (as root, as on CI); elsewhere that one test is skipped and says why.
