@@ -8,7 +8,7 @@ COUNTIES ?= ../shared/data/china_counties.csv
 DEFAULT_DATA := data/default
 FITS := fits/default
 COUNTIES_ARG := $(if $(wildcard $(COUNTIES)),--counties $(COUNTIES),)
-PYTEST_ARGS ?= -n 2 --dist loadgroup --durations=15
+PYTEST_ARGS ?= -n 2 --dist loadfile --durations=15
 # `make test` runs everything but the tests marked slow (cross-checks against other engines,
 # repeated-simulation coverage); `make test-slow` runs those; CI runs both.
 FAST := -m "not slow"

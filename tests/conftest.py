@@ -131,18 +131,6 @@ def edit_cell(folder: Path, file: str, row: int, column: str, value: str) -> Non
     frame.to_csv(path, index=False)
 
 
-# Test files run whole on one xdist worker (like --dist loadfile), except that these share
-# a worker with another file, so an expensive session fixture is computed once.
-SHARED_WORKER = {"test_report": "test_fit"}
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(SHARED_WORKER.get(item.path.stem,
-                                                                  item.path.stem)))
-
-
 @pytest.fixture(scope="session")
 def small_simulation(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small simulated data set (generated counties) written to disk."""
