@@ -220,17 +220,17 @@ def ppc_figure(posterior_file: Path, outcome: str) -> list[Figure]:
 def _analysis(fits: Path, name: str) -> Analysis:
     folder = fits / name
     frequentist = fits / "frequentist" / name
-    spec_text = ((folder / "spec.toml") if (folder / "spec.toml").is_file() else None)
+    spec_file = folder / "spec.toml" if (folder / "spec.toml").is_file() else None
     comparison = pd.DataFrame()
     notes: list[str] = []
     if (frequentist / "comparison.csv").is_file():
         comparison = pd.read_csv(frequentist / "comparison.csv")
         notes = json.loads((frequentist / "frequentist.json").read_text("utf-8"))["notes"]
-    if spec_text is None:
+    if spec_file is None:
         return Analysis(name, "", "no Bayesian fit", [], {}, comparison=comparison,
                         comparison_notes=notes)
-    text = spec_text.read_text("utf-8")
-    spec = parse_spec(text, str(spec_text), columns=None)
+    text = spec_file.read_text("utf-8")
+    spec = parse_spec(text, str(spec_file), columns=None)
     diagnostics = json.loads((folder / "diagnostics.json").read_text("utf-8"))
     passed = diagnostics["passed"]
     analysis = Analysis(name, spec.description.strip(), "passed" if passed else "FAILED",
@@ -238,17 +238,28 @@ def _analysis(fits: Path, name: str) -> Analysis:
                         comparison_notes=notes)
     if not passed:
         return analysis  # a failed fit's numbers are never shown
+    analysis.figures = _named(name, _figures(folder, frequentist, text, spec, analysis))
+    return analysis
+
+
+def _named(prefix: str, figures: list[Figure]) -> list[Figure]:
+    """File names unique over the report: the analysis, then the figure."""
+    return [Figure(f"{prefix}_{f.name}", f.caption, f.png) for f in figures]
+
+
+def _figures(folder: Path, frequentist: Path, text: str, spec, analysis: Analysis
+             ) -> list[Figure]:
+    """Read a passed fit's tables into `analysis` and draw its figures."""
+    figures: list[Figure] = []
     analysis.effects = pd.read_csv(folder / "effects.csv", keep_default_na=False)
-    analysis.figures += forest_figures(analysis.effects, frequentist_intervals(
-        frequentist, text) if frequentist.is_dir() else pd.DataFrame(), name)
+    figures += forest_figures(analysis.effects, frequentist_intervals(
+        frequentist, text) if frequentist.is_dir() else pd.DataFrame(), analysis.name)
     if (folder / "contrasts.csv").is_file():
         analysis.contrasts = pd.read_csv(folder / "contrasts.csv", keep_default_na=False)
-        analysis.figures += contrast_figure(analysis.contrasts)
+        figures += contrast_figure(analysis.contrasts)
     if (folder / "shrinkage.csv").is_file():
-        analysis.figures += shrinkage_figure(pd.read_csv(folder / "shrinkage.csv"),
-                                             spec.outcome)
-    analysis.figures += ppc_figure(folder / "posterior.nc", spec.outcome)
-    return analysis
+        figures += shrinkage_figure(pd.read_csv(folder / "shrinkage.csv"), spec.outcome)
+    return figures + ppc_figure(folder / "posterior.nc", spec.outcome)
 
 
 def data_summary(fits: Path) -> tuple[dict, pd.DataFrame]:
@@ -398,10 +409,7 @@ def write_report(report: Report, out: str | Path) -> tuple[Path, Path]:
     with atomic_directory(figures) as folder:
         for analysis in report.analyses:
             for figure in analysis.figures:
-                (folder / f"{analysis.name}_{figure.name}.png").write_bytes(figure.png)
-    for analysis in report.analyses:  # the Markdown names files per analysis
-        for figure in analysis.figures:
-            figure.name = f"{analysis.name}_{figure.name}"
+                (folder / f"{figure.name}.png").write_bytes(figure.png)
     with atomic_path(out) as temporary:
         temporary.write_text(render_html(report), "utf-8")
     with atomic_path(markdown) as temporary:

@@ -123,6 +123,23 @@ def _intercepts(codes: pd.Series, sd: float, rng: np.random.Generator) -> pd.Ser
     return pd.Series(rng.normal(0, sd, len(levels)), index=levels)
 
 
+def group_intercepts(table: pd.DataFrame, equations: dict[str, dict],
+                     rng: np.random.Generator) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
+    """County and prefecture intercepts of each equation (`county_sd`, `prefecture_sd` in its
+    parameters), drawn in order: their sum per campaign, and the draws as truth_intercepts
+    rows (level, code, equation, value)."""
+    random_part, rows = {}, []
+    for name, spec in equations.items():
+        county = _intercepts(table["county_code"], spec["county_sd"], rng)
+        prefecture = _intercepts(table["prefecture_code"], spec["prefecture_sd"], rng)
+        random_part[name] = (table["county_code"].map(county).to_numpy()
+                             + table["prefecture_code"].map(prefecture).to_numpy())
+        for level, values in (("county", county), ("prefecture", prefecture)):
+            rows.append(pd.DataFrame({"level": level, "code": values.index,
+                                      "equation": name, "value": values.to_numpy()}))
+    return random_part, pd.concat(rows, ignore_index=True)
+
+
 def simulate_campaigns(n_campaigns: int, counties: pd.DataFrame | None, params: dict,
                        rng_h: np.random.Generator, rng_place: np.random.Generator,
                        rng_cov: np.random.Generator, rng_rate: np.random.Generator,
@@ -180,16 +197,8 @@ def simulate(n_campaigns: int = DEFAULT_N, seed: int = DEFAULT_SEED,
     d = table["development"].to_numpy()
 
     channel = (table["channel"] == "mixed").to_numpy().astype(int)  # 0 acquaintance, 1 mixed
-    intercept_draws, random_part = [], {}
-    for name in (*MEDIATORS, OUTCOME):
-        spec = equations[name]
-        county = _intercepts(table["county_code"], spec["county_sd"], rng_re)
-        prefecture = _intercepts(table["prefecture_code"], spec["prefecture_sd"], rng_re)
-        random_part[name] = (table["county_code"].map(county).to_numpy()
-                             + table["prefecture_code"].map(prefecture).to_numpy())
-        for level, values in (("county", county), ("prefecture", prefecture)):
-            intercept_draws.append(pd.DataFrame({"level": level, "code": values.index,
-                                                 "equation": name, "value": values.to_numpy()}))
+    random_part, intercepts = group_intercepts(
+        table, {name: equations[name] for name in (*MEDIATORS, OUTCOME)}, rng_re)
 
     control_means: dict[str, dict[str, float]] = {}
     correlation = np.asarray(params["residual_correlation"]["matrix"], dtype=float)
@@ -266,7 +275,6 @@ def simulate(n_campaigns: int = DEFAULT_N, seed: int = DEFAULT_SEED,
                    measured["derived_capacity_rule"].value_counts().to_dict(), icc,
                    factor)
     truth["settings"] = settings
-    intercepts = pd.concat(intercept_draws, ignore_index=True)
     return Simulation(campaigns, counties, donations, ratings, truth, intercepts)
 
 

@@ -36,8 +36,8 @@ from fundgap.simulate import (
     CHANNELS,
     Simulation,
     _control_matrix,
-    _intercepts,
     default_parameters,
+    group_intercepts,
     simulate_campaigns,
     simulation_settings,
 )
@@ -149,15 +149,8 @@ def simulate_ses(n_campaigns: int | None = None, seed: int | None = None,
     ses = table["ses_index"].to_numpy()
     ses_centred = ses - ses.mean()
 
-    intercept_rows, random_part = [], {}
-    for name, spec in (*params["mediators"].items(), *params["outcomes"].items()):
-        county = _intercepts(table["county_code"], spec["county_sd"], rng_re)
-        prefecture = _intercepts(table["prefecture_code"], spec["prefecture_sd"], rng_re)
-        random_part[name] = (table["county_code"].map(county).to_numpy()
-                             + table["prefecture_code"].map(prefecture).to_numpy())
-        for level, values in (("county", county), ("prefecture", prefecture)):
-            intercept_rows.append(pd.DataFrame({"level": level, "code": values.index,
-                                                "equation": name, "value": values.to_numpy()}))
+    random_part, intercepts = group_intercepts(
+        table, {**params["mediators"], **params["outcomes"]}, rng_re)
 
     def controls(spec: dict) -> np.ndarray:
         matrix = _control_matrix(table, list(spec["controls"]))
@@ -248,7 +241,6 @@ def simulate_ses(n_campaigns: int | None = None, seed: int | None = None,
             "separate equations with correlated residuals; they are not forced to add up.",
         ],
     }
-    intercepts = pd.concat(intercept_rows, ignore_index=True)
     return Simulation(campaigns, counties, donations, ratings, truth, intercepts)
 
 
