@@ -50,6 +50,10 @@ class SufficientStatistics:
     inner_y: np.ndarray        # (levels,) sums of y per inner level
     inner_parent: np.ndarray   # outer level of each inner level (empty without one)
     n_outer: int
+    # the distinct inner level sizes and how many levels have each: the log-determinant
+    # needs one log1p per distinct size (about 20), not one per county (thousands)
+    size_values: np.ndarray
+    size_counts: np.ndarray
 
     def as_dict(self) -> dict[str, np.ndarray]:
         return {k: np.asarray(v) for k, v in self.__dict__.items()}
@@ -75,13 +79,16 @@ def sufficient_statistics(design: Design, name: str) -> SufficientStatistics:
     if groups:
         np.add.at(inner_Z, index, Z)
     nested = len(groups) == 2
+    inner_n = np.bincount(index, minlength=levels).astype(float)
+    size_values, size_counts = np.unique(inner_n, return_counts=True)
     return SufficientStatistics(
         n=len(y), ZtZ=Z.T @ Z, Zty=Z.T @ y, yty=float(y @ y),
-        inner_n=np.bincount(index, minlength=levels).astype(float),
+        inner_n=inner_n,
         inner_Z=inner_Z,
         inner_y=np.bincount(index, weights=y, minlength=levels) if groups else np.zeros(0),
         inner_parent=design.parent(groups[-1], groups[0]) if nested else np.zeros(0, int),
-        n_outer=len(design.levels[groups[0]]) if nested else 0)
+        n_outer=len(design.levels[groups[0]]) if nested else 0,
+        size_values=size_values, size_counts=size_counts.astype(float))
 
 
 def marginal_loglik(stats: SufficientStatistics, theta, sigma, tau_inner=None,
@@ -101,7 +108,8 @@ def marginal_loglik(stats: SufficientStatistics, theta, sigma, tau_inner=None,
         inner2 = tau_inner**2
         sums = stats.inner_y - lib.dot(stats.inner_Z, theta)
         weight = 1.0 / (sigma2 + stats.inner_n * inner2)
-        logdet = logdet + lib.sum(lib.log1p(stats.inner_n * inner2 / sigma2))
+        logdet = logdet + lib.sum(stats.size_counts
+                                  * lib.log1p(stats.size_values * inner2 / sigma2))
         quad = quad - inner2 * lib.sum(weight * sums**2) / sigma2
         if tau_outer is not None:
             outer2 = tau_outer**2
