@@ -154,16 +154,43 @@ def _load_prepared(data: str):
     raise FundgapError(f"{source}: no such data folder or prepared table")
 
 
-def _fit(args: argparse.Namespace) -> int:
-    from fundgap.fit import fit_model, settings_for, write_fit
-    from fundgap.spec import load_spec
+def _reduce(spec, data: str, choice: str) -> bool:
+    """Whether to fit from sufficient statistics read in chunks (fundgap.reduce)."""
+    from fundgap.reduce import REDUCE_ROWS, parquet_rows
 
+    path = Path(data)
+    parquet = path.is_file() and path.suffix.lower() == ".parquet"
+    if choice == "never":
+        return False
+    if not parquet:
+        if choice == "always":
+            raise FundgapError(f"{path}: fitting from sufficient statistics reads a "
+                               "prepared .parquet table (write one with `fundgap prepare`)")
+        return False
+    gaussian = all(e.family == "gaussian" for e in spec.equations.values())
+    return choice == "always" or (gaussian and parquet_rows(path) > REDUCE_ROWS)
+
+
+def _fit(args: argparse.Namespace) -> int:
+    import time
+
+    from fundgap.fit import fit_design, fit_model, settings_for, write_fit
+    from fundgap.spec import load_spec
+    from fundgap.store import file_fingerprint
+
+    started = time.perf_counter()
     spec = load_spec(args.spec)
-    table = _load_prepared(args.data).table
     settings = settings_for(spec, draws=args.draws, tune=args.tune, chains=args.chains,
                             seed=args.seed, backend=args.backend, form=args.form,
-                            progress=not args.quiet, full_summary=args.full_summary)
-    result = fit_model(spec, table, settings)
+                            progress=not args.quiet, full_summary=args.full_summary,
+                            per_campaign=args.per_campaign)
+    if _reduce(spec, args.data, args.statistics):
+        from fundgap.reduce import reduce_prepared
+
+        design = reduce_prepared(spec, args.data)
+        result = fit_design(design, settings, file_fingerprint(args.data), started)
+    else:
+        result = fit_model(spec, _load_prepared(args.data).table, settings)
     write_fit(result, args.out)
     diagnostics = result.diagnostics
     effects = result.effects[~result.effects["effect"].isin(["share", "a", "b"])]
@@ -288,6 +315,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="auto: intercepts integrated out of every gaussian equation")
     fit.add_argument("--full-summary", action="store_true",
                      help="ArviZ diagnostics for every county and prefecture intercept too")
+    fit.add_argument("--statistics", choices=("auto", "always", "never"), default="auto",
+                     help="fit from sufficient statistics read from a prepared .parquet in "
+                          "chunks (bounded memory, no per-campaign quantities); auto: when "
+                          "every equation is gaussian and the table has over 200,000 rows")
+    fit.add_argument("--per-campaign", choices=("auto", "thinned", "skip"), default=None,
+                     help="posterior predictive and pointwise log likelihood: thinned "
+                          "draws, or skipped (auto: skipped when fitting from statistics)")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
     fit.set_defaults(run=_fit)
 

@@ -37,6 +37,11 @@ GATE: dict[str, float] = {"max_divergences": 0, "max_r_hat": 1.01, "min_ess_bulk
 # Per-campaign draws (posterior predictive, pointwise log likelihood) are kept for this many
 # draws, thinned evenly over the chains; the posterior itself is kept whole.
 PREDICTIVE_DRAWS = 500
+# ...but at most this many values in all (campaigns x equations x draws, about 400 MB in
+# float64 per group), so a large data set keeps fewer draws, and none below
+# PREDICTIVE_MIN_DRAWS: then per-campaign quantities are skipped (and the fit records it).
+PER_CAMPAIGN_VALUES = 50_000_000
+PREDICTIVE_MIN_DRAWS = 20
 
 # The dimension names every posterior uses.
 DIMS = {

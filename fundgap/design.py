@@ -38,7 +38,11 @@ def level_codes(rows: pd.DataFrame, column: str) -> np.ndarray:
 
 @dataclass
 class EquationDesign:
-    """One equation's response, fixed-effects design (no intercept column) and groups."""
+    """One equation's response, fixed-effects design (no intercept column) and groups.
+
+    A design reduced to sufficient statistics (fundgap.reduce) keeps no rows: `y` and `X`
+    are empty and the moments below come from its column sums instead.
+    """
 
     name: str
     family: str
@@ -47,15 +51,19 @@ class EquationDesign:
     terms: list[str]
     groups: tuple[str, ...]
     priors: dict[str, float] = field(default_factory=dict)
+    x_mean: np.ndarray | None = None
+    x_sd: np.ndarray | None = None
+    # response mean and sd (population), for the default priors
+    y_moments: tuple[float, float] | None = None
 
-    @property
-    def x_mean(self) -> np.ndarray:
-        return self.X.mean(axis=0)
-
-    @property
-    def x_sd(self) -> np.ndarray:
-        sd = self.X.std(axis=0)
-        return np.where(sd > 0, sd, 1.0)
+    def __post_init__(self) -> None:
+        if self.x_mean is None:
+            self.x_mean = self.X.mean(axis=0)
+        if self.x_sd is None:
+            sd = self.X.std(axis=0)
+            self.x_sd = np.where(sd > 0, sd, 1.0)
+        if self.y_moments is None:
+            self.y_moments = (float(self.y.mean()), float(self.y.std()))
 
     def link_scale(self) -> tuple[float, float]:
         """Location and scale of the response on the link scale (for the default priors)."""
@@ -68,7 +76,8 @@ class EquationDesign:
         if self.family in LOGIT_FAMILIES:
             share = float(np.clip(y.mean(), 0.01, 0.99))
             return float(logit(share)), 1.0
-        return float(y.mean()), float(y.std() or 1.0)
+        mean, sd = self.y_moments
+        return mean, sd or 1.0
 
 
 @dataclass
@@ -81,9 +90,24 @@ class Design:
     levels: dict[str, np.ndarray]        # group column -> codes (the coordinate)
     index: dict[str, np.ndarray]         # group column -> level index of each row
     dropped: dict[str, int]
+    # set by fundgap.reduce: each equation's sufficient statistics, computed in chunks; the
+    # design then keeps no rows (`table` holds one row per group and moderator level)
+    statistics: dict | None = None
+    n_rows: int | None = None
+
+    @property
+    def reduced(self) -> bool:
+        """Whether the rows were reduced to sufficient statistics (no per-campaign data)."""
+        return self.statistics is not None
+
+    @property
+    def rows(self) -> int:
+        return self.n_rows if self.reduced else len(self.table)
 
     @property
     def campaigns(self) -> np.ndarray:
+        if self.reduced:
+            return np.zeros(0, dtype=str)
         return self.table["campaign_id"].to_numpy()
 
     def coordinates(self) -> dict[str, list]:
@@ -104,9 +128,10 @@ class Design:
 
 
 def select_rows(table: pd.DataFrame, row_filter: str | None, variables: list[str],
-                source: str) -> tuple[pd.DataFrame, dict[str, int]]:
+                source: str, allow_empty: bool = False) -> tuple[pd.DataFrame, dict[str, int]]:
     """Rows passing `row_filter` (a pandas query) with every one of `variables` present,
-    and how many each step dropped."""
+    and how many each step dropped. No row left is an error unless `allow_empty` (a chunk
+    of a larger table)."""
     missing_columns = [c for c in variables if c not in table.columns]
     if missing_columns:
         raise SpecError(f"{source}: the data have no column(s) {', '.join(missing_columns)}")
@@ -122,7 +147,7 @@ def select_rows(table: pd.DataFrame, row_filter: str | None, variables: list[str
     complete = rows[variables].notna().all(axis=1)
     dropped["missing"] = int((~complete).sum())
     rows = rows[complete].reset_index(drop=True)
-    if rows.empty:
+    if rows.empty and not allow_empty:
         raise SpecError(f"{source}: no rows left after the filter and missing values")
     return rows, dropped
 

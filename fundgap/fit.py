@@ -19,7 +19,13 @@ import pymc as pm
 import xarray as xr
 
 from fundgap.build import build_model
-from fundgap.defaults import GATE, PREDICTIVE_DRAWS, SAMPLER
+from fundgap.defaults import (
+    GATE,
+    PER_CAMPAIGN_VALUES,
+    PREDICTIVE_DRAWS,
+    PREDICTIVE_MIN_DRAWS,
+    SAMPLER,
+)
 from fundgap.design import GROUP_DIMS, Design, build_design
 from fundgap.effects import (
     contrast_draws,
@@ -36,6 +42,10 @@ from fundgap.spec import ModelSpec
 from fundgap.store import atomic_directory, frame_fingerprint, package_versions, write_json
 
 FORMS = ("auto", "marginal", "explicit")
+# Per-campaign quantities (posterior predictive, pointwise log likelihood, observed data):
+# "thinned" keeps them for about `predictive_draws` draws, "skip" leaves them out (a design
+# reduced to sufficient statistics has no rows to compute them on); "auto" picks.
+PER_CAMPAIGN = ("auto", "thinned", "skip")
 # Variables the gate checks besides the effects (the latent intercepts are not reported).
 REPORTED_PREFIXES = ("coefficients_", "intercept_", "sigma_", "county_sd_", "prefecture_sd_",
                      "province_sd_", "nu_", "dispersion_", "precision_")
@@ -58,6 +68,7 @@ class FitSettings:
     # (batches, simulation studies); a one-off fit compiles faster without. A model kept
     # earlier in the process is reused either way.
     reuse_compiled: bool = False
+    per_campaign: str = "auto"
 
 
 def settings_for(spec: ModelSpec, **overrides: object) -> FitSettings:
@@ -194,14 +205,64 @@ def _diagnostics(idata: az.InferenceData, effects: pd.DataFrame, summary: pd.Dat
     }
 
 
+def _per_campaign(design: Design, requested: str, keep: int) -> tuple[str, int]:
+    """The per-campaign option in force and the draws to keep: "auto" thins to the value
+    budget of fundgap/defaults.py and skips when that leaves too few draws."""
+    if requested not in PER_CAMPAIGN:
+        raise FundgapError(f"unknown per-campaign option {requested!r}: use "
+                           f"{', '.join(PER_CAMPAIGN)}")
+    if design.reduced and requested == "thinned":
+        raise FundgapError("a design reduced to sufficient statistics keeps no rows: "
+                           "per-campaign quantities cannot be computed (use skip)")
+    if requested == "skip" or (requested == "auto" and design.reduced):
+        return "skip", 0
+    affordable = PER_CAMPAIGN_VALUES // max(design.rows * len(design.equations), 1)
+    if requested == "thinned":
+        return "thinned", keep
+    if affordable < PREDICTIVE_MIN_DRAWS:
+        return "skip", 0
+    return "thinned", min(keep, affordable)
+
+
+def _per_campaign_groups(posterior: xr.Dataset, design: Design, keep: int,
+                         seed: int) -> dict[str, xr.Dataset]:
+    """Posterior predictive and pointwise log likelihood for about `keep` draws, with the
+    observed responses and group codes."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[0])
+    predictive, loglik = predictive_groups(posterior, design, keep, rng)
+    observed = xr.Dataset({name: xr.DataArray(e.y, dims="campaign",
+                                              coords={"campaign": design.campaigns})
+                           for name, e in design.equations.items()})
+    constant = xr.Dataset({column: xr.DataArray(design.table[column].astype(str).to_numpy(),
+                                                dims="campaign")
+                           for column in design.levels})
+    return {"posterior_predictive": predictive, "log_likelihood": loglik,
+            "observed_data": observed, "constant_data": constant}
+
+
 def fit_model(spec: ModelSpec, table: pd.DataFrame,
               settings: FitSettings | None = None) -> FitResult:
     """Fit a spec to a prepared table: sample, add intercepts and per-campaign draws,
     compute effects and diagnostics."""
-    settings = settings or FitSettings()
     started = time.perf_counter()
-    design = build_design(spec, table)
+    return fit_design(build_design(spec, table), settings, frame_fingerprint(table), started)
+
+
+def fit_design(design: Design, settings: FitSettings | None = None,
+               data_fingerprint: str | None = None,
+               started: float | None = None) -> FitResult:
+    """Fit a design (from `build_design`, or `fundgap.reduce.reduce_prepared` for data too
+    large to hold): sample, add intercepts and (unless skipped) per-campaign draws, compute
+    effects and diagnostics. `started` is when the wall-time clock began (default now)."""
+    settings = settings or FitSettings()
+    started = started if started is not None else time.perf_counter()
+    spec = design.spec
+    per_campaign, keep = _per_campaign(design, settings.per_campaign,
+                                       settings.predictive_draws)
     form, marginal = choose_form(design, settings.form)
+    if design.reduced and form != "marginal":
+        raise FundgapError("a design reduced to sufficient statistics needs the "
+                           "marginalised form (every equation gaussian)")
     model = build_model(design, marginal)
     key = ("marginal", *structure_key(design)) if form == "marginal" else None
     result = sample(model, settings.backend, settings.draws, settings.tune, settings.chains,
@@ -213,17 +274,9 @@ def fit_model(spec: ModelSpec, table: pd.DataFrame,
                                            if "_z_" in str(v) or str(v).endswith("__")])
     if marginal:
         posterior = _add_intercepts(posterior, design, marginal, settings.seed)
-    rng = np.random.default_rng(np.random.SeedSequence(settings.seed).spawn(2)[0])
-    predictive, loglik = predictive_groups(posterior, design, settings.predictive_draws, rng)
-    observed = xr.Dataset({name: xr.DataArray(e.y, dims="campaign",
-                                              coords={"campaign": design.campaigns})
-                           for name, e in design.equations.items()})
-    constant = xr.Dataset({column: xr.DataArray(design.table[column].astype(str).to_numpy(),
-                                                dims="campaign")
-                           for column in design.levels})
-    idata = az.InferenceData(posterior=posterior, sample_stats=idata.sample_stats,
-                             posterior_predictive=predictive, log_likelihood=loglik,
-                             observed_data=observed, constant_data=constant)
+    groups = (_per_campaign_groups(posterior, design, keep, settings.seed)
+              if per_campaign == "thinned" else {})
+    idata = az.InferenceData(posterior=posterior, sample_stats=idata.sample_stats, **groups)
 
     draws = effect_draws(posterior, design)
     effects = summarise_effects(draws)
@@ -244,10 +297,14 @@ def fit_model(spec: ModelSpec, table: pd.DataFrame,
         "form": form,
         "marginalised": list(marginal),
         "settings": asdict(settings),
-        "data_fingerprint": frame_fingerprint(table),
-        "rows_used": len(design.table),
+        "data_fingerprint": data_fingerprint,
+        "rows_used": design.rows,
         "rows_dropped": design.dropped,
-        "predictive_draws_kept": int(predictive.sizes["chain"] * predictive.sizes["draw"]),
+        "data_form": "sufficient statistics (chunked)" if design.reduced else "rows",
+        "per_campaign": per_campaign,
+        "predictive_draws_kept": (int(groups["posterior_predictive"].sizes["chain"]
+                                      * groups["posterior_predictive"].sizes["draw"])
+                                  if groups else 0),
         "versions": package_versions(),
     }
     idata.posterior.attrs.update({"spec": spec.name, "data_fingerprint":

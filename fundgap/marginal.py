@@ -66,7 +66,10 @@ def standardised_design(equation: EquationDesign) -> np.ndarray:
 
 
 def sufficient_statistics(design: Design, name: str) -> SufficientStatistics:
-    """Per-level sums and global cross-products of one equation (one pass over the rows)."""
+    """Per-level sums and global cross-products of one equation (one pass over the rows;
+    a design reduced in chunks by fundgap.reduce already holds them)."""
+    if design.reduced:
+        return design.statistics[name]
     equation = design.equations[name]
     Z, y = standardised_design(equation), equation.y
     groups = equation.groups

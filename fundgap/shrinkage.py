@@ -13,37 +13,44 @@ import pandas as pd
 import xarray as xr
 
 from fundgap.design import GROUP_DIMS, Design
+from fundgap.marginal import sufficient_statistics
 
 
 def shrinkage_table(posterior: xr.Dataset, design: Design) -> pd.DataFrame:
     """One row per equation, group level and group: `equation, level, code, campaigns,
     intercept_mean, intercept_sd, no_pooling` (mean residual of its campaigns from the
-    posterior-mean fixed part and, for counties, their prefecture's intercept)."""
+    posterior-mean fixed part and, for counties, their prefecture's intercept).
+
+    Computed from the per-level sums (fundgap.marginal), so a design reduced to sufficient
+    statistics has it too."""
     frames = []
     for name, equation in design.equations.items():
         if not equation.groups:
             continue
-        coefficients = posterior[f"coefficients_{name}"].mean(("chain", "draw")).values
-        fixed = posterior[f"intercept_{name}"].mean().item() + equation.X @ coefficients
-        residual = equation.y - fixed
-        means = {}
+        stats = sufficient_statistics(design, name)
+        theta = np.concatenate([[posterior[f"alpha_{name}"].mean().item()],
+                                posterior[f"beta_std_{name}"].mean(("chain", "draw")).values])
+        inner_residual = stats.inner_y - stats.inner_Z @ theta   # per inner level
+        inner_n = stats.inner_n
+        means = {column: posterior[f"{GROUP_DIMS[column]}_intercept_{name}"].mean(
+            ("chain", "draw")).values for column in equation.groups}
+        sums = {equation.groups[-1]: inner_residual}
+        counts = {equation.groups[-1]: inner_n}
+        if len(equation.groups) == 2:
+            outer, inner = equation.groups
+            # a county's raw deviation is measured within its prefecture
+            sums[inner] = inner_residual - inner_n * means[outer][stats.inner_parent]
+            sums[outer] = np.bincount(stats.inner_parent, weights=inner_residual,
+                                      minlength=stats.n_outer)
+            counts[outer] = np.bincount(stats.inner_parent, weights=inner_n,
+                                        minlength=stats.n_outer)
         for column in equation.groups:
             dim = GROUP_DIMS[column]
-            means[column] = posterior[f"{dim}_intercept_{name}"].mean(("chain", "draw")).values
-        for position, column in enumerate(equation.groups):
-            dim = GROUP_DIMS[column]
-            index = design.index[column]
-            adjusted = residual.copy()
-            # a county's raw deviation is measured within its prefecture
-            for outer in equation.groups[:position]:
-                adjusted = adjusted - means[outer][design.index[outer]]
-            counts = np.bincount(index, minlength=len(design.levels[column]))
-            raw = np.bincount(index, weights=adjusted, minlength=len(counts)) / np.maximum(
-                counts, 1)
             draws = posterior[f"{dim}_intercept_{name}"]
+            n = counts[column]
             frames.append(pd.DataFrame({
                 "equation": name, "level": dim, "code": design.levels[column],
-                "campaigns": counts, "intercept_mean": means[column],
+                "campaigns": n.astype(int), "intercept_mean": means[column],
                 "intercept_sd": draws.std(("chain", "draw")).values,
-                "no_pooling": np.where(counts > 0, raw, np.nan)}))
+                "no_pooling": np.where(n > 0, sums[column] / np.maximum(n, 1), np.nan)}))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
