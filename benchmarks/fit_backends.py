@@ -2,7 +2,8 @@
 
 Prints one row per (form, backend): compile and sampling seconds, wall seconds of the whole
 `fit_model`, minimum bulk ESS over every reported quantity, that ESS per second of sampling,
-divergences and max R-hat. Run from the repository root after `make demo`:
+divergences, max R-hat and the peak memory of the process that ran it (each run is a child
+process, its peak read by `os.wait4`). Run from the repository root after `make demo`:
 
     .venv/bin/python benchmarks/fit_backends.py [--data fits/default/prepared.parquet]
         [--runs marginal:nutpie explicit:nutpie marginal:pymc ...] [--draws 1000 --chains 4]
@@ -12,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import resource
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -36,22 +39,44 @@ def main() -> int:
     parser.add_argument("--tune", type=int, default=1000)
     parser.add_argument("--chains", type=int, default=4)
     parser.add_argument("--seed", type=int, default=20250)
+    parser.add_argument("--one", action="store_true",
+                        help="(internal) run the one --runs entry here, print it as JSON")
     args = parser.parse_args()
 
-    table = read_prepared(Path(args.data)).table
-    spec = load_spec(args.spec)
+    if args.one:
+        print(json.dumps(_run(args, args.runs[0])))
+        return 0
     rows = []
     for run in args.runs:
-        form, backend = run.split(":")
+        backend = run.split(":")[1]
         if backend == "numpyro" and importlib.util.find_spec("numpyro") is None:
             print(f"skipping {run}: numpyro is not installed", file=sys.stderr)
             continue
-        settings = FitSettings(draws=args.draws, tune=args.tune, chains=args.chains,
-                               seed=args.seed, backend=backend, form=form, progress=False)
-        result = fit_model(spec, table, settings)
-        d = result.diagnostics
-        rows.append({
-            "form": form, "backend": backend,
+        command = [sys.executable, __file__, "--one", "--runs", run, "--data", args.data,
+                   "--spec", args.spec, "--draws", str(args.draws), "--tune", str(args.tune),
+                   "--chains", str(args.chains), "--seed", str(args.seed)]
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        output = child.stdout.read()
+        _, status, usage = os.wait4(child.pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            sys.exit(f"{run} failed")
+        row = json.loads(output.strip().splitlines()[-1])
+        row["peak_MiB"] = round(usage.ru_maxrss / 1024)   # ru_maxrss is in KiB
+        rows.append(row)
+        print(pd.DataFrame(rows[-1:]).to_string(index=False), flush=True)
+    print(f"\n{args.chains} chains x {args.draws} draws (+{args.tune} tuning), seed {args.seed}")
+    print(pd.DataFrame(rows).to_markdown(index=False) if rows else "no runs")
+    return 0
+
+
+def _run(args: argparse.Namespace, run: str) -> dict:
+    """One (form, backend) fit in this process, as a table row."""
+    form, backend = run.split(":")
+    table = read_prepared(Path(args.data)).table
+    settings = FitSettings(draws=args.draws, tune=args.tune, chains=args.chains,
+                           seed=args.seed, backend=backend, form=form, progress=False)
+    d = fit_model(load_spec(args.spec), table, settings).diagnostics
+    return {"form": form, "backend": backend,
             "compile_s": round(d["compile_seconds"], 1),
             "sample_s": round(d["sample_seconds"], 1),
             "fit_wall_s": round(d["wall_seconds"], 1),
@@ -60,15 +85,7 @@ def main() -> int:
             "divergences": d["divergences"],
             "max_r_hat": round(d["max_r_hat"], 3),
             "passed": d["passed"],
-            "worst": d["min_ess_quantity"],
-        })
-        print(pd.DataFrame(rows[-1:]).to_string(index=False), flush=True)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"\n{len(table)} campaigns, {args.chains} chains x {args.draws} draws "
-          f"(+{args.tune} tuning), seed {args.seed}; peak memory of this process "
-          f"{peak:.0f} MiB")
-    print(pd.DataFrame(rows).to_string(index=False) if rows else "no runs")
-    return 0
+            "worst": d["min_ess_quantity"]}
 
 
 if __name__ == "__main__":
