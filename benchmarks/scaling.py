@@ -2,7 +2,7 @@
 
 Writes prepared tables (the columns models/regional_mediation.toml uses, mediators carried
 directly: no donation streams) over the real county table, ../shared/data/china_counties.csv
-(the 2,850 counties in 342 prefectures with complete 2020 census values; campaigns
+(the 2,852 counties in 341 prefectures with complete 2020 census values; campaigns
 placed by population), in chunks, then times
 `fundgap fit` on each as a separate process and reads its peak memory from the kernel
 (`os.wait4`'s resource usage of the child). Prints a Markdown table.
