@@ -9,7 +9,9 @@ benchmark), and one gradient then costs the same for 2,057 or 3.4 million campai
 Two passes over the file, each chunk by chunk: the first finds the groups, the levels of the
 categorical predictors and the moderator; the second expands each chunk with formulae's
 design learned from a template of rows holding every level (the same columns as
-`build_design` gives the whole table) and adds the chunk's sums on the raw design [1, X].
+`build_design` gives the whole table; one evaluation of the union of the equations' terms
+serves every equation whose columns it reproduces) and adds the chunk's sums on the raw
+design [1, X].
 The standardised statistics then follow by an affine map, Z = [1, X] A.
 """
 
@@ -110,19 +112,46 @@ def _template(spec: ModelSpec, rows: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([rows.head(50), *parts]).drop_duplicates()
 
 
-def _designs(spec: ModelSpec, template: pd.DataFrame) -> dict[str, object]:
-    """formulae's design of each equation, learned from the template."""
-    designs = {}
-    for name, equation in spec.equations.items():
-        designs[name] = design_matrices(equation.fixed_formula, template, na_action="error")
-    return designs
+class _Expansion:
+    """Each equation's columns of a chunk, from one formulae evaluation of the union of the
+    equations' terms where that gives the same columns (checked on the template), else from
+    the equation's own formula."""
 
+    def __init__(self, spec: ModelSpec, template: pd.DataFrame) -> None:
+        self.own = {name: design_matrices(e.fixed_formula, template, na_action="error")
+                    for name, e in spec.equations.items()}
+        self.columns = {name: [c for c in d.common.as_dataframe().columns if c != INTERCEPT]
+                        for name, d in self.own.items()}
+        terms = list(dict.fromkeys(t for d in self.own.values() for t in d.common.terms
+                                   if t != INTERCEPT))
+        self.union, self.from_union = None, set()
+        if not terms:
+            return
+        try:
+            # a response of its own: an equation's response may be another's predictor
+            self.union = design_matrices(f"union_response_ ~ {' + '.join(terms)}",
+                                         template.assign(union_response_=0.0),
+                                         na_action="error")
+        except Exception:  # formulae raises many types; the own formulas still work
+            return
+        union_frame = self.union.common.as_dataframe()
+        for name, design in self.own.items():
+            frame, wanted = design.common.as_dataframe(), self.columns[name]
+            if set(wanted) <= set(union_frame.columns) and np.array_equal(
+                    frame[wanted].to_numpy(float), union_frame[wanted].to_numpy(float)):
+                self.from_union.add(name)
 
-def _expand(design, rows: pd.DataFrame) -> np.ndarray:
-    """[1, X] of `rows` in the design's columns (intercept first)."""
-    frame = design.common.evaluate_new_data(rows).as_dataframe()
-    X = frame.drop(columns=[c for c in frame.columns if c == INTERCEPT]).to_numpy(float)
-    return np.column_stack([np.ones(len(X)), X])
+    def __call__(self, rows: pd.DataFrame) -> dict[str, np.ndarray]:
+        """{equation: [1, X] of `rows`} (intercept first)."""
+        out = {}
+        union = (self.union.common.evaluate_new_data(rows).as_dataframe()
+                 if self.from_union else None)
+        for name, design in self.own.items():
+            frame = (union if name in self.from_union
+                     else design.common.evaluate_new_data(rows).as_dataframe())
+            X = frame[self.columns[name]].to_numpy(float)
+            out[name] = np.column_stack([np.ones(len(X)), X])
+        return out
 
 
 def reduce_prepared(spec: ModelSpec, path: str | Path,
@@ -156,13 +185,13 @@ def reduce_prepared(spec: ModelSpec, path: str | Path,
     table = pd.concat(groups).drop_duplicates().reset_index(drop=True)
     template_rows = pd.concat(template).drop_duplicates().reset_index(drop=True)
     levels = {c: np.sort(table[c].unique()).astype(str) for c in group_columns}
-    designs = _designs(spec, template_rows)
+    expand = _Expansion(spec, template_rows)
 
     inner_column = {name: e.groups[-1] for name, e in spec.equations.items() if e.groups}
-    accumulators = {name: _Accumulator(_expand(d, template_rows.head(1)).shape[1],
+    accumulators = {name: _Accumulator(1 + len(expand.columns[name]),
                                        len(levels[inner_column[name]])
                                        if name in inner_column else 0)
-                    for name, d in designs.items()}
+                    for name in spec.equations}
     counts = {c: np.zeros(len(levels[c])) for c in group_columns}
     used = 0
     # pass 2: the sums
@@ -179,10 +208,11 @@ def reduce_prepared(spec: ModelSpec, path: str | Path,
                       for c in group_columns}
         for c in group_columns:
             counts[c] += np.bincount(index[c], minlength=len(levels[c]))
+        expanded = expand(rows)
         for name, equation in spec.equations.items():
             y = rows[equation.response].to_numpy(float)
             empty = sparse.csr_matrix((0, len(rows)))
-            accumulators[name].add(_expand(designs[name], rows), y,
+            accumulators[name].add(expanded[name], y,
                                    membership.get(inner_column.get(name), empty))
 
     design = Design(spec, table, {}, levels, {c: np.zeros(0, int) for c in levels},
@@ -196,7 +226,7 @@ def reduce_prepared(spec: ModelSpec, path: str | Path,
             design.parent(groups_of[-1], groups_of[0]) if nested else np.zeros(0, int),
             len(levels[groups_of[0]]) if nested else 0)
         design.statistics[name] = stats
-        terms = [c for c in designs[name].common.as_dataframe().columns if c != INTERCEPT]
+        terms = expand.columns[name]
         design.equations[name] = EquationDesign(
             name, equation.family, np.zeros(0), np.zeros((0, len(terms))), terms, groups_of,
             dict(equation.priors), x_mean=x_mean, x_sd=x_sd, y_moments=moments)
