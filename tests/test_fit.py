@@ -100,11 +100,11 @@ def test_write_fit_folder(regional_fit, tmp_path: Path):
 
 
 def test_same_seed_same_draws(default_table: pd.DataFrame, regional_fit):
-    """Two fits with one seed give identical draws (each compiles; the in-process reuse of a
-    compiled model is tested with the coverage study in test_crosschecks.py)."""
+    """Two fits with one seed give identical draws (the second reuses the compiled model)."""
     settings = FitSettings(draws=150, tune=150, chains=2, seed=3, progress=False,
-                           predictive_draws=20)
+                           predictive_draws=20, reuse_compiled=True)
     first, second = (fit_model(load_spec(REGIONAL), default_table, settings) for _ in "ab")
+    assert second.diagnostics["compile_seconds"] < 1.0
     for name in ("coefficients_log_amount_raised", "county_intercept_core_capacity"):
         np.testing.assert_array_equal(first.idata.posterior[name].values,
                                       second.idata.posterior[name].values)
