@@ -216,9 +216,9 @@ def _per_campaign(design: Design, requested: str, keep: int) -> tuple[str, int]:
                            "per-campaign quantities cannot be computed (use skip)")
     if requested == "skip" or (requested == "auto" and design.reduced):
         return "skip", 0
-    affordable = PER_CAMPAIGN_VALUES // max(design.rows * len(design.equations), 1)
     if requested == "thinned":
         return "thinned", keep
+    affordable = PER_CAMPAIGN_VALUES // max(design.rows * len(design.equations), 1)
     if affordable < PREDICTIVE_MIN_DRAWS:
         return "skip", 0
     return "thinned", min(keep, affordable)

@@ -59,6 +59,12 @@ class SufficientStatistics:
         return {k: np.asarray(v) for k, v in self.__dict__.items()}
 
 
+def size_table(inner_n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct inner level sizes and how many levels have each."""
+    values, counts = np.unique(inner_n, return_counts=True)
+    return values, counts.astype(float)
+
+
 def standardised_design(equation: EquationDesign) -> np.ndarray:
     """[1, (X - mean) / sd]: the design the model's alpha and beta_std multiply."""
     scaled = (equation.X - equation.x_mean) / equation.x_sd
@@ -83,7 +89,7 @@ def sufficient_statistics(design: Design, name: str) -> SufficientStatistics:
         np.add.at(inner_Z, index, Z)
     nested = len(groups) == 2
     inner_n = np.bincount(index, minlength=levels).astype(float)
-    size_values, size_counts = np.unique(inner_n, return_counts=True)
+    size_values, size_counts = size_table(inner_n)
     return SufficientStatistics(
         n=len(y), ZtZ=Z.T @ Z, Zty=Z.T @ y, yty=float(y @ y),
         inner_n=inner_n,
@@ -91,7 +97,7 @@ def sufficient_statistics(design: Design, name: str) -> SufficientStatistics:
         inner_y=np.bincount(index, weights=y, minlength=levels) if groups else np.zeros(0),
         inner_parent=design.parent(groups[-1], groups[0]) if nested else np.zeros(0, int),
         n_outer=len(design.levels[groups[0]]) if nested else 0,
-        size_values=size_values, size_counts=size_counts.astype(float))
+        size_values=size_values, size_counts=size_counts)
 
 
 def marginal_loglik(stats: SufficientStatistics, theta, sigma, tau_inner=None,

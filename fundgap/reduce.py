@@ -27,7 +27,7 @@ from scipy import sparse
 
 from fundgap.design import INTERCEPT, Design, EquationDesign, select_rows
 from fundgap.errors import SpecError
-from fundgap.marginal import MARGINAL_FAMILIES, SufficientStatistics
+from fundgap.marginal import MARGINAL_FAMILIES, SufficientStatistics, size_table
 from fundgap.spec import GROUPS, ModelSpec
 
 CHUNK_ROWS = 250_000
@@ -92,12 +92,12 @@ class _Accumulator:
         affine[1:, 1:] = np.diag(1 / x_sd)
         y_mean = mean[0]
         y_sd = float(np.sqrt(max(self.yty / n - y_mean**2, 0.0)))
-        size_values, size_counts = np.unique(inner_n, return_counts=True)
+        size_values, size_counts = size_table(inner_n)
         stats = SufficientStatistics(
             n=n, ZtZ=affine.T @ self.XtX @ affine, Zty=affine.T @ self.Xty, yty=self.yty,
             inner_n=inner_n, inner_Z=self.inner_X @ affine, inner_y=self.inner_y,
             inner_parent=parent, n_outer=n_outer, size_values=size_values,
-            size_counts=size_counts.astype(float))
+            size_counts=size_counts)
         return stats, x_mean, x_sd, (float(y_mean), y_sd)
 
 
