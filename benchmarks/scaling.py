@@ -29,7 +29,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
-COUNTIES = ROOT.parent / "shared" / "data" / "china_counties.csv"
+# FUNDGAP_COUNTIES points elsewhere, e.g. on a machine without ../shared
+COUNTIES = Path(os.environ.get("FUNDGAP_COUNTIES",
+                               ROOT.parent / "shared" / "data" / "china_counties.csv"))
 MEDIATORS = ("core_capacity", "derived_capacity", "verifier_count", "log_reposts")
 # truth: mediator = mean + a * development + ...; outcome = ... + direct * d + b . mediators
 TRUTH = {
@@ -62,8 +64,15 @@ def _counties() -> pd.DataFrame:
     return counties
 
 
-def write_table(n: int, path: Path, seed: int = 2026, chunk: int = 500_000) -> dict:
-    """Simulate `n` campaigns into a prepared Parquet table at `path`, chunk by chunk."""
+# the verifier count as a count (negative binomial, log link) for the explicit-form runs:
+# log mean = log(49) + 0.04 * development + ..., dispersion 2
+COUNT = {"log_mean": float(np.log(49.0)), "a": 0.04, "dispersion": 2.0, "sd": 0.5}
+
+
+def write_table(n: int, path: Path, seed: int = 2026, chunk: int = 500_000,
+                count_mediator: bool = False) -> dict:
+    """Simulate `n` campaigns into a prepared Parquet table at `path`, chunk by chunk;
+    with `count_mediator` the verifier count is a negative-binomial count."""
     counties = _counties()
     rng = np.random.default_rng(seed)
     prefectures = np.sort(counties["prefecture_code"].unique())
@@ -100,6 +109,12 @@ def write_table(n: int, path: Path, seed: int = 2026, chunk: int = 500_000) -> d
                     + 0.01 * frame["ses_index"] + 0.1 * frame["recommended"]
                     + 0.1 * frame["emotional_rating"]).to_numpy()
         for m in MEDIATORS:
+            if count_mediator and m == "verifier_count":
+                mean = np.exp(COUNT["log_mean"] + COUNT["a"] * d + 0.2 * controls
+                              + intercepts[m][county] * COUNT["sd"] / TRUTH["sd"][m])
+                alpha = COUNT["dispersion"]
+                frame[m] = rng.negative_binomial(alpha, alpha / (alpha + mean))
+                continue
             frame[m] = (TRUTH["mean"][m] + TRUTH["a"][m] * d + TRUTH["sd"][m] * 0.2 * controls
                         + intercepts[m][county] + 0.8 * TRUTH["sd"][m]
                         * rng.standard_normal(size))
@@ -115,17 +130,22 @@ def write_table(n: int, path: Path, seed: int = 2026, chunk: int = 500_000) -> d
     temporary.replace(path)
     truth = {"n": n, "seed": seed, **TRUTH,
              "indirect": {m: TRUTH["a"][m] * TRUTH["b"][m] for m in MEDIATORS}}
+    if count_mediator:
+        truth["count_mediator"] = COUNT
     path.with_suffix(".truth.json").write_text(json.dumps(truth, indent=1))
     return truth
 
 
-def _fit(table: Path, out: Path, extra: list[str]) -> dict:
-    command = [str(ROOT / ".venv" / "bin" / "fundgap"), "fit",
-               str(ROOT / "models" / "regional_mediation.toml"), "--data", str(table),
+def _fit(table: Path, out: Path, extra: list[str],
+         spec: Path = ROOT / "models" / "regional_mediation.toml",
+         env: dict | None = None) -> dict:
+    """`fundgap fit` as a child process (this interpreter's): wall, peak memory, records."""
+    command = [sys.executable, "-m", "fundgap.cli", "fit", str(spec), "--data", str(table),
                "--out", str(out), "--quiet", *extra]
     started = time.perf_counter()
     with open(out.with_suffix(".log"), "w") as log:
-        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                 env={**os.environ, **(env or {})})
         _, status, usage = os.wait4(child.pid, 0)
     wall = time.perf_counter() - started
     if os.waitstatus_to_exitcode(status) not in (0, 1):

@@ -7,7 +7,10 @@ For each equation:
     y ~ family(eta, ...)
 
 with standard-normal z (non-centred: sparse counties put no funnel in the sampler's way) and
-the data-scaled priors of fundgap/defaults.py. A Gaussian equation named in `marginal` gets
+the data-scaled priors of fundgap/defaults.py. A group named in `centred` has its intercepts
+drawn as Normal(0, sd) instead: where every level holds many campaigns (hundreds per county
+at platform scale) the data pin each intercept down and the non-centred z's would be the
+funnel. A Gaussian equation named in `marginal` gets
 its county and prefecture intercepts integrated out instead (fundgap.marginal): the sampler
 then sees only its coefficients and variances. Coefficients in the predictors' own units and
 the intercept are named Deterministics with dims, so every posterior variable reads as what
@@ -54,7 +57,7 @@ def _likelihood(equation: EquationDesign, eta: pt.TensorVariable,
         raise ValueError(f"unknown family {family!r}")
 
 
-def _equation(design: Design, name: str, marginal: bool) -> None:
+def _equation(design: Design, name: str, marginal: bool, centred: Collection[str]) -> None:
     """Add one equation's parameters and likelihood to the model in context.
 
     Every number that comes from the data enters as pm.Data, so a compiled model whose
@@ -84,15 +87,20 @@ def _equation(design: Design, name: str, marginal: bool) -> None:
     eta = alpha + pt.dot(X, beta_std)
     for column in equation.groups:
         dim = GROUP_DIMS[column]
-        z = pm.Normal(f"{dim}_z_{name}", 0.0, 1.0, dims=dim)
-        effect = pm.Deterministic(f"{dim}_intercept_{name}", sds[dim] * z, dims=dim)
+        if column in centred:
+            effect = pm.Normal(f"{dim}_intercept_{name}", 0.0, sds[dim], dims=dim)
+        else:
+            z = pm.Normal(f"{dim}_z_{name}", 0.0, 1.0, dims=dim)
+            effect = pm.Deterministic(f"{dim}_intercept_{name}", sds[dim] * z, dims=dim)
         eta = eta + effect[design.index[column]]
     _likelihood(equation, eta, scales[3])
 
 
-def build_model(design: Design, marginal: Collection[str] = ()) -> pm.Model:
+def build_model(design: Design, marginal: Collection[str] = (),
+                centred: Collection[str] = ()) -> pm.Model:
     """The joint model of every equation in `design`; the equations named in `marginal`
-    (Gaussian ones) with their intercepts integrated out, the others explicit."""
+    (Gaussian ones) with their intercepts integrated out, the others explicit, with the
+    intercepts of the group columns in `centred` centred and the rest non-centred."""
     coords = design.coordinates()
     if set(marginal) >= set(design.equations):
         # nothing per campaign or per level is left in the graph: drop those coordinates,
@@ -101,5 +109,5 @@ def build_model(design: Design, marginal: Collection[str] = ()) -> pm.Model:
                   if k not in (*GROUP_DIMS.values(), "campaign")}
     with pm.Model(coords=coords) as model:
         for name in design.equations:
-            _equation(design, name, name in marginal)
+            _equation(design, name, name in marginal, centred)
     return model

@@ -184,7 +184,7 @@ def _fit(args: argparse.Namespace) -> int:
     settings = settings_for(spec, draws=args.draws, tune=args.tune, chains=args.chains,
                             seed=args.seed, backend=args.backend, form=args.form,
                             progress=not args.quiet, full_summary=args.full_summary,
-                            per_campaign=args.per_campaign)
+                            per_campaign=args.per_campaign, centring=args.centring)
     if _reduce(spec, args.data, args.statistics):
         from fundgap.reduce import reduce_prepared
 
@@ -314,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--backend", choices=("nutpie", "pymc", "numpyro"), default="nutpie")
     fit.add_argument("--form", choices=("auto", "marginal", "explicit"), default="auto",
                      help="auto: intercepts integrated out of every gaussian equation")
+    fit.add_argument("--centring", choices=("auto", "noncentred", "centred"), default=None,
+                     help="explicit intercepts; auto: centred for a grouping whose median "
+                          "level holds 50 campaigns or more, else non-centred")
     fit.add_argument("--full-summary", action="store_true",
                      help="ArviZ diagnostics for every county and prefecture intercept too")
     fit.add_argument("--statistics", choices=("auto", "always", "never"), default="auto",

@@ -42,6 +42,13 @@ PREDICTIVE_DRAWS = 500
 # PREDICTIVE_MIN_DRAWS: then per-campaign quantities are skipped (and the fit records it).
 PER_CAMPAIGN_VALUES = 50_000_000
 PREDICTIVE_MIN_DRAWS = 20
+# g-computation effects average over campaigns in blocks of at most this many values
+# (draws x campaigns, 160 MB in float64), so a million campaigns fit in memory
+EFFECT_CHUNK_VALUES = 20_000_000
+# Explicit (non-Gaussian) equations centre a grouping's intercepts when its median level
+# holds this many campaigns: then the data, not the prior, pin each intercept down, and the
+# non-centred form's z's would put the funnel back (fundgap.fit.choose_centring)
+CENTRED_MIN_CAMPAIGNS = 50
 
 # The dimension names every posterior uses.
 DIMS = {

@@ -22,6 +22,8 @@ level minus each other level (acquaintance - mixed).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
+from typing import TypeVar
 
 import arviz as az
 import numpy as np
@@ -29,10 +31,12 @@ import pandas as pd
 import xarray as xr
 from scipy.special import expit
 
+from fundgap.defaults import EFFECT_CHUNK_VALUES
 from fundgap.design import Design
 from fundgap.errors import SpecError
 from fundgap.predictive import linear_predictor
 
+T = TypeVar("T", xr.DataArray, xr.Dataset)
 IDENTITY_LINK = ("gaussian", "student_t")
 EFFECTS = ("total", "direct", "indirect", "share", "a", "b")
 SAMPLE_DIMS = ("chain", "draw")
@@ -70,9 +74,9 @@ def slope(posterior: xr.Dataset, design: Design, equation: str, variable: str,
     return coefficients.sel({dim: names}).sum(dim)
 
 
-def _level_rows(design: Design, level: str | None) -> np.ndarray | None:
+def _level_rows(design: Design, equation: str, level: str | None) -> np.ndarray:
     if level is None:
-        return None
+        return np.arange(len(design.equations[equation].X))
     return np.flatnonzero(design.table[design.spec.moderator].astype(str).to_numpy() == level)
 
 
@@ -85,11 +89,22 @@ def _mean(posterior: xr.Dataset, family: str, equation: str, eta):
     return np.exp(eta)  # negative_binomial
 
 
-def _eta(posterior: xr.Dataset, design: Design, equation: str,
-         level: str | None) -> xr.DataArray:
-    eta = linear_predictor(posterior, design, equation)
-    rows = _level_rows(design, level)
-    return eta if rows is None else eta.isel(campaign=rows)
+def _campaign_average(posterior: xr.Dataset, design: Design, equation: str,
+                      level: str | None, contrast: Callable[[xr.DataArray], T]) -> T:
+    """The mean over campaigns (at a moderator level) of `contrast(eta)`, per draw.
+
+    Taken over blocks of campaigns, so that draws x campaigns stays within
+    EFFECT_CHUNK_VALUES: a million campaigns never hold 4,000 draws of eta at once.
+    """
+    rows = _level_rows(design, equation, level)
+    draws = posterior.sizes["chain"] * posterior.sizes["draw"]
+    step = max(1, EFFECT_CHUNK_VALUES // draws)
+    total = None
+    for start in range(0, len(rows), step):
+        eta = linear_predictor(posterior, design, equation, rows[start:start + step])
+        block = contrast(eta).sum("campaign")
+        total = block if total is None else total + block
+    return total / len(rows)
 
 
 def _exposure_path(posterior: xr.Dataset, design: Design, equation: str,
@@ -99,9 +114,10 @@ def _exposure_path(posterior: xr.Dataset, design: Design, equation: str,
     family = design.equations[equation].family
     if family in IDENTITY_LINK:
         return exposure_slope
-    eta = _eta(posterior, design, equation, level)
-    mean = _mean(posterior, family, equation, eta)
-    return (_mean(posterior, family, equation, eta + exposure_slope) - mean).mean("campaign")
+    return _campaign_average(
+        posterior, design, equation, level,
+        lambda eta: _mean(posterior, family, equation, eta + exposure_slope)
+        - _mean(posterior, family, equation, eta))
 
 
 def _outcome_effects(posterior: xr.Dataset, design: Design, outcome: str,
@@ -145,16 +161,21 @@ def _natural_effects(posterior: xr.Dataset, design: Design, outcome: str, level:
                         f"outcome {outcome} needs gaussian or student_t mediators; "
                         f"{', '.join(not_linear)} are not")
     family = design.equations[outcome].family
-    eta = _eta(posterior, design, outcome, level)
-    shifted = eta + slope(posterior, design, outcome, spec.exposure, level)
-    moved = _mean(posterior, family, outcome, shifted)
-    indirect = xr.concat(
-        [(_mean(posterior, family, outcome, shifted + a.sel(mediator=m) * b.sel(mediator=m))
-          - moved).mean("campaign") for m in spec.mediators],
-        dim="mediator").assign_coords(mediator=list(spec.mediators))
-    total = (_mean(posterior, family, outcome, shifted + (a * b).sum("mediator"))
-             - _mean(posterior, family, outcome, eta)).mean("campaign")
-    return indirect, total
+    direct_slope = slope(posterior, design, outcome, spec.exposure, level)
+
+    def contrasts(eta: xr.DataArray) -> xr.Dataset:
+        shifted = eta + direct_slope
+        moved = _mean(posterior, family, outcome, shifted)
+        indirect = xr.concat(
+            [_mean(posterior, family, outcome, shifted + a.sel(mediator=m) * b.sel(mediator=m))
+             - moved for m in spec.mediators],
+            dim="mediator").assign_coords(mediator=list(spec.mediators))
+        total = (_mean(posterior, family, outcome, shifted + (a * b).sum("mediator"))
+                 - _mean(posterior, family, outcome, eta))
+        return xr.Dataset({"indirect": indirect, "total": total})
+
+    averaged = _campaign_average(posterior, design, outcome, level, contrasts)
+    return averaged["indirect"], averaged["total"]
 
 
 def _effects_at(posterior: xr.Dataset, design: Design, level: str | None) -> xr.Dataset:

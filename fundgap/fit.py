@@ -20,6 +20,7 @@ import xarray as xr
 
 from fundgap.build import build_model
 from fundgap.defaults import (
+    CENTRED_MIN_CAMPAIGNS,
     GATE,
     PER_CAMPAIGN_VALUES,
     PREDICTIVE_DRAWS,
@@ -42,6 +43,9 @@ from fundgap.spec import ModelSpec
 from fundgap.store import atomic_directory, frame_fingerprint, package_versions, write_json
 
 FORMS = ("auto", "marginal", "explicit")
+# Explicit intercepts: non-centred (sparse groups), centred (every level data-rich), or
+# "auto": centred for a grouping whose median level holds CENTRED_MIN_CAMPAIGNS or more.
+CENTRINGS = ("auto", "noncentred", "centred")
 # Per-campaign quantities (posterior predictive, pointwise log likelihood, observed data):
 # "thinned" keeps them for about `predictive_draws` draws, "skip" leaves them out (a design
 # reduced to sufficient statistics has no rows to compute them on); "auto" picks.
@@ -69,6 +73,7 @@ class FitSettings:
     # earlier in the process is reused either way.
     reuse_compiled: bool = False
     per_campaign: str = "auto"
+    centring: str = "auto"
 
 
 def settings_for(spec: ModelSpec, **overrides: object) -> FitSettings:
@@ -108,6 +113,17 @@ def choose_form(design: Design, requested: str) -> tuple[str, tuple[str, ...]]:
     if requested == "explicit" or not gaussian:
         return "explicit", ()
     return ("marginal" if len(gaussian) == len(design.equations) else "mixed"), gaussian
+
+
+def choose_centring(design: Design, requested: str) -> tuple[str, ...]:
+    """The group columns (county, prefecture) whose explicit intercepts are centred."""
+    if requested not in CENTRINGS:
+        raise FundgapError(f"unknown centring {requested!r}: use {', '.join(CENTRINGS)}")
+    columns = tuple(dict.fromkeys(c for e in design.equations.values() for c in e.groups))
+    if requested != "auto":
+        return columns if requested == "centred" else ()
+    return tuple(c for c in columns
+                 if np.median(np.bincount(design.index[c])) >= CENTRED_MIN_CAMPAIGNS)
 
 
 def _add_intercepts(posterior: xr.Dataset, design: Design, marginal: tuple[str, ...],
@@ -263,7 +279,8 @@ def fit_design(design: Design, settings: FitSettings | None = None,
     if design.reduced and form != "marginal":
         raise FundgapError("a design reduced to sufficient statistics needs the "
                            "marginalised form (every equation gaussian)")
-    model = build_model(design, marginal)
+    centred = choose_centring(design, settings.centring) if form != "marginal" else ()
+    model = build_model(design, marginal, centred)
     key = ("marginal", *structure_key(design)) if form == "marginal" else None
     result = sample(model, settings.backend, settings.draws, settings.tune, settings.chains,
                     settings.seed, settings.progress, cache_key=key,
@@ -290,12 +307,14 @@ def fit_design(design: Design, settings: FitSettings | None = None,
     diagnostics = _diagnostics(idata, checked, summary, timing)
     diagnostics["form"] = form
     diagnostics["marginalised"] = list(marginal)
+    diagnostics["centred"] = list(centred)
     diagnostics["backend"] = settings.backend
     record = {
         "spec_name": spec.name,
         "spec_source": spec.source,
         "form": form,
         "marginalised": list(marginal),
+        "centred": list(centred),
         "settings": asdict(settings),
         "data_fingerprint": data_fingerprint,
         "rows_used": design.rows,

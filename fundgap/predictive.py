@@ -22,16 +22,19 @@ def thinned(posterior: xr.Dataset, keep: int) -> xr.Dataset:
     return posterior.isel(draw=slice(None, None, step))
 
 
-def linear_predictor(posterior: xr.Dataset, design: Design, name: str) -> xr.DataArray:
-    """eta = intercept + X coefficients + group intercepts, dims (chain, draw, campaign)."""
+def linear_predictor(posterior: xr.Dataset, design: Design, name: str,
+                     rows: np.ndarray | slice = slice(None)) -> xr.DataArray:
+    """eta = intercept + X coefficients + group intercepts, dims (chain, draw, campaign),
+    for the campaigns `rows` (default all)."""
     equation = design.equations[name]
-    X = xr.DataArray(equation.X, dims=("campaign", f"term_{name}"))
+    X = xr.DataArray(equation.X[rows], dims=("campaign", f"term_{name}"))
     eta = posterior[f"intercept_{name}"] + xr.dot(X, posterior[f"coefficients_{name}"],
                                                    dim=f"term_{name}")
     for column in equation.groups:
         dim = GROUP_DIMS[column]
         effect = posterior[f"{dim}_intercept_{name}"]
-        eta = eta + effect.isel({dim: xr.DataArray(design.index[column], dims="campaign")})
+        eta = eta + effect.isel({dim: xr.DataArray(design.index[column][rows],
+                                                   dims="campaign")})
     return eta.transpose("chain", "draw", "campaign")
 
 

@@ -76,6 +76,19 @@ def sample(model: pm.Model, backend: str = "nutpie", draws: int = 1000, tune: in
     with model:
         idata = pm.sample(draws=draws, tune=tune, chains=chains, random_seed=seed,
                           cores=min(chains, os.cpu_count() or 1), nuts_sampler=backend,
-                          progressbar=progress, compute_convergence_checks=False)
+                          progressbar=progress, compute_convergence_checks=False,
+                          **_jax_kwargs(backend, chains))
     # PyMC compiles inside pm.sample; its time is counted as sampling time.
     return SampleResult(idata, backend, 0.0, time.perf_counter() - start)
+
+
+def _jax_kwargs(backend: str, chains: int) -> dict:
+    """numpyro's chain method: one chain per device where there are enough (PyMC makes
+    100 CPU devices), else all chains vectorised on one device, as on a single GPU."""
+    if backend != "numpyro":
+        return {}
+    import jax
+    import pymc.sampling.jax  # noqa: F401  (sets the CPU device count before JAX starts)
+
+    method = "parallel" if jax.local_device_count() >= chains else "vectorized"
+    return {"nuts_sampler_kwargs": {"chain_method": method}}
