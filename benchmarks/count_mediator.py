@@ -34,7 +34,7 @@ import pandas as pd
 import xarray as xr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scaling import COUNT, ROOT, _fit, write_table  # noqa: E402
+from scaling import COUNT, ROOT, _fit, write_table
 
 COUNT_EQUATION = "verifier_count"
 
@@ -85,6 +85,8 @@ def main() -> None:
     parser.add_argument("--tune", type=int, default=1000)
     parser.add_argument("--work", type=Path, default=Path("/tmp/fundgap-count"))
     parser.add_argument("--results", type=Path, help="append each row here as JSON")
+    parser.add_argument("--progress", action="store_true",
+                        help="the sampler's progress bar in each fit's log")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     spec = count_spec(args.work / "regional_count.toml")
@@ -104,7 +106,7 @@ def main() -> None:
                     "--per-campaign", "skip", "--draws", str(args.draws),
                     "--tune", str(args.tune)], spec=spec,
                     env={"PYTENSOR_FLAGS": f"floatX={precision}",
-                         "XLA_PYTHON_CLIENT_PREALLOCATE": "false"})
+                         "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}, quiet=not args.progress)
             diagnostics = result["diagnostics"]
             slope_mean, slope_sd = _count_slope(out)
             row = {

@@ -138,10 +138,10 @@ def write_table(n: int, path: Path, seed: int = 2026, chunk: int = 500_000,
 
 def _fit(table: Path, out: Path, extra: list[str],
          spec: Path = ROOT / "models" / "regional_mediation.toml",
-         env: dict | None = None) -> dict:
+         env: dict | None = None, quiet: bool = True) -> dict:
     """`fundgap fit` as a child process (this interpreter's): wall, peak memory, records."""
     command = [sys.executable, "-m", "fundgap.cli", "fit", str(spec), "--data", str(table),
-               "--out", str(out), "--quiet", *extra]
+               "--out", str(out), *(["--quiet"] if quiet else []), *extra]
     started = time.perf_counter()
     with open(out.with_suffix(".log"), "w") as log:
         child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
