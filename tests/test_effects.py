@@ -176,3 +176,20 @@ def test_moderated_slopes_effects_and_contrasts() -> None:
     assert {"channel", "mediator"} <= set(summary.columns)
     assert set(summary.loc[summary["effect"] == "total", "channel"]) == {"acquaintance",
                                                                          "mixed"}
+
+
+def test_campaign_blocks_give_the_same_effects(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a million campaigns are averaged block by block; the blocks must not change the result
+    data = table(97).assign(log_amount_raised=lambda f: np.exp(f["log_amount_raised"]))
+    text = ('name = "b"\nexposure = "development"\nmediators = ["log_reposts"]\n'
+            'outcome = "log_amount_raised"\n'
+            '[equations.log_reposts]\nformula = "log_reposts ~ development"\n'
+            '[equations.log_amount_raised]\nfamily = "lognormal"\n'
+            'formula = "log_amount_raised ~ development + log_reposts + male"\n')
+    design = build_design(parse_spec(text, columns=set(data.columns)), data)
+    post = posterior(design, np.zeros((2, 5)))
+    whole = effect_draws(post, design)
+    monkeypatch.setattr("fundgap.effects.EFFECT_CHUNK_VALUES", 10 * 7)  # 7 campaigns a block
+    blocks = effect_draws(post, design)
+    for name in ("total", "direct", "indirect", "a"):
+        np.testing.assert_allclose(blocks[name], whole[name], rtol=1e-12)
