@@ -21,8 +21,7 @@ PUBLISHED = SHARED / "spec" / "published_tables.yaml"
 REGIONAL = REPO / "models" / "regional_mediation.toml"
 # Two chains (two cores) with enough draws for the gate: group sds mix at about 0.3 ESS per draw.
 # The compiled model is kept for the later fits of the same structure in the session.
-QUICK = FitSettings(draws=1500, tune=1000, chains=2, seed=11, progress=False,
-                    reuse_compiled=True)
+QUICK = FitSettings(draws=1500, tune=1000, chains=2, seed=11, progress=False)
 
 COUNTY_VALUES = {
     # code: (schooling, non-agricultural, urbanisation, population, aged60, minority, srb)

@@ -73,7 +73,7 @@ def test_pymc_backend_runs_and_is_seeded(small_table: pd.DataFrame):
 
 
 @pytest.mark.slow
-def test_interval_coverage_over_repeated_simulations(tmp_path: Path, regional_fit):
+def test_interval_coverage_over_repeated_simulations(tmp_path: Path):
     """Five data sets from different seeds, fitted with one compiled model (its data swapped
     in): the 95% intervals of total, direct and indirect effects cover the truth at close to
     the nominal rate."""
@@ -99,6 +99,7 @@ def test_interval_coverage_over_repeated_simulations(tmp_path: Path, regional_fi
             row = effects.loc[key]
             covered += row["ci_lower"] <= value <= row["ci_upper"]
             checked += 1
-    assert max(compile_seconds) < 1.0  # compiled once, for the regional_fit fixture
+    # compiled once, by the first replicate, and reused with each new data set
+    assert max(compile_seconds[1:]) < 1.0
     assert covered / checked >= 0.8, f"{covered} of {checked} intervals cover the truth"
 

@@ -48,15 +48,19 @@ def test_fit_passes_its_gate_and_recovers_the_truth(regional_fit, default_simula
 
 
 def test_random_intercept_sds_cover_the_truth(regional_fit, default_simulation: Path):
+    """Each group sd lies within 3 posterior sds of its truth, and at least 8 of the 10 lie in
+    their 95% intervals (all 10 would hold for only about 60% of seeds even if calibrated)."""
     truth = json.loads((default_simulation / "truth.json").read_text())["equations"]
     summary = regional_fit.summary
+    inside = 0
     for name, equation in truth.items():
         for level in ("county", "prefecture"):
-            row = summary.loc[f"{level}_sd_{name}"]
-            assert row["hdi_2.5%"] <= equation[f"{level}_sd"] <= row["hdi_97.5%"] + 0.02 * \
-                equation[f"{level}_sd"] / max(equation[f"{level}_sd"], 1e-9), (name, level)
+            row, value = summary.loc[f"{level}_sd_{name}"], equation[f"{level}_sd"]
+            assert abs(row["mean"] - value) <= 3 * row["sd"], (name, level, value)
+            inside += row["hdi_2.5%"] <= value <= row["hdi_97.5%"]
         sigma = summary.loc[f"sigma_{name}"]
         assert abs(sigma["mean"] - equation["residual_sd"]) < 0.15 * equation["residual_sd"]
+    assert inside >= 8, f"{inside} of 10 group sds inside their 95% intervals"
 
 
 def test_posterior_has_named_dims_and_intercepts(regional_fit):
@@ -100,11 +104,11 @@ def test_write_fit_folder(regional_fit, tmp_path: Path):
 
 
 def test_same_seed_same_draws(default_table: pd.DataFrame, regional_fit):
-    """Two fits with one seed give identical draws (the second reuses the compiled model)."""
+    """Two fits with one seed give identical draws (each compiles; the in-process reuse of a
+    compiled model is tested with the coverage study in test_crosschecks.py)."""
     settings = FitSettings(draws=150, tune=150, chains=2, seed=3, progress=False,
-                           predictive_draws=20, reuse_compiled=True)
+                           predictive_draws=20)
     first, second = (fit_model(load_spec(REGIONAL), default_table, settings) for _ in "ab")
-    assert second.diagnostics["compile_seconds"] < 1.0
     for name in ("coefficients_log_amount_raised", "county_intercept_core_capacity"):
         np.testing.assert_array_equal(first.idata.posterior[name].values,
                                       second.idata.posterior[name].values)

@@ -73,7 +73,6 @@ def test_fit_from_statistics_equals_the_fit_from_rows(default_table: pd.DataFram
     path = tmp_path / "prepared.parquet"
     default_table.to_parquet(path, row_group_size=500)
     result = fit_design(reduce_prepared(load_spec(REGIONAL), path, chunk_rows=300), QUICK)
-    assert result.diagnostics["compile_seconds"] < 1.0   # the regional_fit's compiled model
     assert result.record["per_campaign"] == "skip"
     assert "posterior_predictive" not in result.idata.groups()
     ours, theirs = result.idata.posterior, regional_fit.idata.posterior
