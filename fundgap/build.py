@@ -84,6 +84,10 @@ def _equation(design: Design, name: str, marginal: bool, centred: Collection[str
         return
     X = pm.Data(f"X_{name}", (equation.X - equation.x_mean) / equation.x_sd,
                 dims=("campaign", term_dim(name)))
+    if len(equation.groups) == 2 and set(equation.groups) <= set(centred):
+        eta = pt.dot(X, beta_std) + _nested_centred(design, name, alpha, sds)
+        _likelihood(equation, eta, scales[3])
+        return
     eta = alpha + pt.dot(X, beta_std)
     for column in equation.groups:
         dim = GROUP_DIMS[column]
@@ -94,6 +98,26 @@ def _equation(design: Design, name: str, marginal: bool, centred: Collection[str
             effect = pm.Deterministic(f"{dim}_intercept_{name}", sds[dim] * z, dims=dim)
         eta = eta + effect[design.index[column]]
     _likelihood(equation, eta, scales[3])
+
+
+def _nested_centred(design: Design, name: str, alpha: pt.TensorVariable,
+                    sds: dict[str, pt.TensorVariable]) -> pt.TensorVariable:
+    """County and prefecture levels centred hierarchically: each prefecture's level around
+    the equation's intercept, each county's around its prefecture's (Gelfand, Sahu and
+    Carlin 1995). With hundreds of campaigns per county, centring both around zero leaves a
+    ridge (the intercept against the mean of the intercepts) that no diagonal mass matrix
+    aligns; nested, each level is pinned by its own data. The intercepts are saved as the
+    same deviations as in the other parameterisations. Returns the level per campaign."""
+    outer, inner = design.equations[name].groups
+    outer_dim, inner_dim = GROUP_DIMS[outer], GROUP_DIMS[inner]
+    parent = design.parent(inner, outer)
+    outer_level = pm.Normal(f"{outer_dim}_level_{name}", alpha, sds[outer_dim], dims=outer_dim)
+    inner_level = pm.Normal(f"{inner_dim}_level_{name}", outer_level[parent], sds[inner_dim],
+                            dims=inner_dim)
+    pm.Deterministic(f"{outer_dim}_intercept_{name}", outer_level - alpha, dims=outer_dim)
+    pm.Deterministic(f"{inner_dim}_intercept_{name}", inner_level - outer_level[parent],
+                     dims=inner_dim)
+    return inner_level[design.index[inner]]
 
 
 def build_model(design: Design, marginal: Collection[str] = (),

@@ -286,9 +286,11 @@ def fit_design(design: Design, settings: FitSettings | None = None,
                     settings.seed, settings.progress, cache_key=key,
                     keep_compiled=settings.reuse_compiled)
     idata = result.idata
-    # The sampler's internals (non-centred z's, log-transformed sds) are not kept.
+    # The sampler's internals (non-centred z's, nested levels, log-transformed sds) are not
+    # kept: the intercepts are saved as deviations whatever the parameterisation.
     posterior = idata.posterior.drop_vars([v for v in idata.posterior.data_vars
-                                           if "_z_" in str(v) or str(v).endswith("__")])
+                                           if "_z_" in str(v) or "_level_" in str(v)
+                                           or str(v).endswith("__")])
     if marginal:
         posterior = _add_intercepts(posterior, design, marginal, settings.seed)
     groups = (_per_campaign_groups(posterior, design, keep, settings.seed)

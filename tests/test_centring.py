@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytensor
 import pytest
 
 from fundgap.build import build_model
@@ -50,26 +51,52 @@ def test_auto_centres_only_data_rich_groupings() -> None:
         choose_centring(rich, "sideways")
 
 
-def test_centred_intercepts_are_sampled_directly_with_the_same_names() -> None:
-    rich = design(8, 30)
-    noncentred = build_model(rich)
-    centred = build_model(rich, centred=("prefecture_code", "county_code"))
-    free = {v.name for v in centred.free_RVs}
-    assert {"county_intercept_verifier_count", "prefecture_intercept_verifier_count"} <= free
-    assert not any("_z_" in name for name in free)
-    assert {"county_z_verifier_count", "county_intercept_verifier_count"} <= (
-        {v.name for v in noncentred.free_RVs} | {v.name for v in noncentred.deterministics})
-    # the same density up to the Jacobian of u = sd * z: log N(u | 0, sd) = log N(z | 0, 1)
-    # - log sd per intercept (8 counties, 2 prefectures)
-    point = centred.initial_point()
-    rng = np.random.default_rng(1)
-    point["county_intercept_verifier_count"] = rng.normal(0, 0.2, 8)
-    point["prefecture_intercept_verifier_count"] = rng.normal(0, 0.2, 2)
+def _deviations(point: dict, rng: np.random.Generator) -> tuple[dict, dict]:
+    """County and prefecture deviations, and the log sds, at a model's initial point."""
+    deviations = {"county": rng.normal(0, 0.2, 8), "prefecture": rng.normal(0, 0.2, 2)}
     log_sd = {dim: float(point[f"{dim}_sd_verifier_count_log__"])
               for dim in ("county", "prefecture")}
-    z_point = {k: v for k, v in point.items() if "_intercept_" not in k}
-    for dim in ("county", "prefecture"):
-        z_point[f"{dim}_z_verifier_count"] = (point[f"{dim}_intercept_verifier_count"]
-                                              / np.exp(log_sd[dim]))
-    difference = centred.compile_logp()(point) - noncentred.compile_logp()(z_point)
-    assert difference == pytest.approx(-(8 * log_sd["county"] + 2 * log_sd["prefecture"]))
+    return deviations, log_sd
+
+
+def test_every_parameterisation_is_the_same_model() -> None:
+    """Non-centred, centred county only, and nested centring (both groupings) give the same
+    density at the same intercepts, up to the Jacobian of u = sd * z (log N(u | 0, sd) =
+    log N(z | 0, 1) - log sd), and save the intercepts under the same names."""
+    rich = design(8, 30)  # 8 counties in 2 prefectures
+    parent = rich.parent("county_code", "prefecture_code")
+    noncentred = build_model(rich)
+    county_only = build_model(rich, centred=("county_code",))
+    nested = build_model(rich, centred=("prefecture_code", "county_code"))
+    free = {v.name for v in nested.free_RVs}
+    assert {"county_level_verifier_count", "prefecture_level_verifier_count"} <= free
+    assert not any("_z_" in name or "_intercept_" in name for name in free)
+    for model in (noncentred, county_only, nested):
+        assert {"county_intercept_verifier_count", "prefecture_intercept_verifier_count"} <= (
+            {v.name for v in model.free_RVs} | {v.name for v in model.deterministics})
+
+    point = noncentred.initial_point()
+    deviations, log_sd = _deviations(point, np.random.default_rng(1))
+    common = {k: v for k, v in point.items() if "_z_" not in k}
+    z_point = common | {f"{dim}_z_verifier_count": deviations[dim] / np.exp(log_sd[dim])
+                        for dim in deviations}
+    reference = noncentred.compile_logp()(z_point)
+    county_point = common | {
+        "county_intercept_verifier_count": deviations["county"],
+        "prefecture_z_verifier_count": z_point["prefecture_z_verifier_count"]}
+    alpha = float(point["alpha_verifier_count"])
+    levels = alpha + deviations["prefecture"]
+    nested_point = common | {"prefecture_level_verifier_count": levels,
+                             "county_level_verifier_count": levels[parent]
+                             + deviations["county"]}
+    assert county_only.compile_logp()(county_point) - reference == pytest.approx(
+        -8 * log_sd["county"])
+    assert nested.compile_logp()(nested_point) - reference == pytest.approx(
+        -(8 * log_sd["county"] + 2 * log_sd["prefecture"]))
+    # and the saved deviations are the same numbers
+    outputs = nested.replace_rvs_by_values([nested["county_intercept_verifier_count"],
+                                            nested["prefecture_intercept_verifier_count"]])
+    saved = pytensor.function(nested.value_vars, outputs, on_unused_input="ignore")(
+        *[nested_point[v.name] for v in nested.value_vars])
+    np.testing.assert_allclose(saved[0], deviations["county"])
+    np.testing.assert_allclose(saved[1], deviations["prefecture"])
