@@ -8,11 +8,12 @@ For each equation:
 
 with standard-normal z (non-centred: sparse counties put no funnel in the sampler's way) and
 the data-scaled priors of fundgap/defaults.py. A group named in `centred` has its intercepts
-drawn as Normal(0, sd) instead: where every level holds many campaigns (hundreds per county
-at platform scale) the data pin each intercept down and the non-centred z's would be the
-funnel. A Gaussian equation named in `marginal` gets
-its county and prefecture intercepts integrated out instead (fundgap.marginal): the sampler
-then sees only its coefficients and variances. Coefficients in the predictors' own units and
+drawn as Normal(0, sd) instead, and with both groups centred each county's level is drawn
+around its prefecture's (`_nested_centred`): where levels hold many campaigns (hundreds per
+county at platform scale) the data pin each intercept down and the non-centred z's would be
+the funnel. A Gaussian equation named in `marginal` gets its county and prefecture
+intercepts integrated out instead (fundgap.marginal): the sampler then sees only its
+coefficients and variances. Coefficients in the predictors' own units and
 the intercept are named Deterministics with dims, so every posterior variable reads as what
 it holds.
 """
