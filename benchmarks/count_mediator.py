@@ -27,14 +27,13 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import xarray as xr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scaling import COUNT, ROOT, _fit, write_table
+from scaling import COUNT, ROOT, _fit, simulated_table
 
 COUNT_EQUATION = "verifier_count"
 
@@ -88,15 +87,10 @@ def main() -> None:
     parser.add_argument("--progress", action="store_true",
                         help="the sampler's progress bar in each fit's log")
     args = parser.parse_args()
-    args.work.mkdir(parents=True, exist_ok=True)
-    spec = count_spec(args.work / "regional_count.toml")
     rows = []
     for n in args.sizes:
-        table = args.work / f"campaigns_{n}_count.parquet"
-        started = time.perf_counter()
-        if not table.is_file():
-            write_table(n, table, count_mediator=True)
-        simulate_s = time.perf_counter() - started
+        table, simulate_s = simulated_table(n, args.work, count_mediator=True)
+        spec = count_spec(args.work / "regional_count.toml")
         for run in args.runs:
             form, precision = run.split(":")
             out = args.work / f"fit_{n}_{form}_{precision}"

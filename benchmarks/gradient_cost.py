@@ -20,7 +20,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from count_mediator import count_spec
-from scaling import write_table
+from scaling import simulated_table
 
 from fundgap.build import build_model
 from fundgap.design import build_design
@@ -42,10 +42,7 @@ def main() -> None:
     import pytensor
     from pymc.sampling.jax import get_jaxified_logp
 
-    args.work.mkdir(parents=True, exist_ok=True)
-    table = args.work / f"campaigns_{args.size}_count.parquet"
-    if not table.is_file():
-        write_table(args.size, table, count_mediator=True)
+    table, _ = simulated_table(args.size, args.work, count_mediator=True)
     design = build_design(load_spec(count_spec(args.work / "regional_count.toml")),
                           pd.read_parquet(table))
     form, marginal = choose_form(design, args.form)

@@ -136,6 +136,17 @@ def write_table(n: int, path: Path, seed: int = 2026, chunk: int = 500_000,
     return truth
 
 
+def simulated_table(n: int, work: Path, count_mediator: bool = False) -> tuple[Path, float]:
+    """The simulated table of `n` campaigns in `work` (written unless already there), and
+    the seconds that took."""
+    work.mkdir(parents=True, exist_ok=True)
+    table = work / f"campaigns_{n}{'_count' if count_mediator else ''}.parquet"
+    started = time.perf_counter()
+    if not table.is_file():
+        write_table(n, table, count_mediator=count_mediator)
+    return table, time.perf_counter() - started
+
+
 def _fit(table: Path, out: Path, extra: list[str],
          spec: Path = ROOT / "models" / "regional_mediation.toml",
          env: dict | None = None, quiet: bool = True) -> dict:
@@ -164,14 +175,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/fundgap-scaling"))
     parser.add_argument("--statistics", default="always", choices=("auto", "always", "never"))
     args = parser.parse_args()
-    args.work.mkdir(parents=True, exist_ok=True)
     rows = []
     for n in args.sizes:
-        table = args.work / f"campaigns_{n}.parquet"
-        started = time.perf_counter()
-        if not table.is_file():
-            write_table(n, table)
-        simulate_s = time.perf_counter() - started
+        table, simulate_s = simulated_table(n, args.work)
         result = _fit(table, args.work / f"fit_{n}", ["--statistics", args.statistics])
         diagnostics, record = result["diagnostics"], result["record"]
         total = result["effects"].loc["total", "mean"] if "total" in result["effects"].index \

@@ -51,14 +51,6 @@ def test_auto_centres_only_data_rich_groupings() -> None:
         choose_centring(rich, "sideways")
 
 
-def _deviations(point: dict, rng: np.random.Generator) -> tuple[dict, dict]:
-    """County and prefecture deviations, and the log sds, at a model's initial point."""
-    deviations = {"county": rng.normal(0, 0.2, 8), "prefecture": rng.normal(0, 0.2, 2)}
-    log_sd = {dim: float(point[f"{dim}_sd_verifier_count_log__"])
-              for dim in ("county", "prefecture")}
-    return deviations, log_sd
-
-
 def test_every_parameterisation_is_the_same_model() -> None:
     """Non-centred, centred county only, and nested centring (both groupings) give the same
     density at the same intercepts, up to the Jacobian of u = sd * z (log N(u | 0, sd) =
@@ -76,7 +68,9 @@ def test_every_parameterisation_is_the_same_model() -> None:
             {v.name for v in model.free_RVs} | {v.name for v in model.deterministics})
 
     point = noncentred.initial_point()
-    deviations, log_sd = _deviations(point, np.random.default_rng(1))
+    rng = np.random.default_rng(1)
+    deviations = {"county": rng.normal(0, 0.2, 8), "prefecture": rng.normal(0, 0.2, 2)}
+    log_sd = {dim: float(point[f"{dim}_sd_verifier_count_log__"]) for dim in deviations}
     common = {k: v for k, v in point.items() if "_z_" not in k}
     z_point = common | {f"{dim}_z_verifier_count": deviations[dim] / np.exp(log_sd[dim])
                         for dim in deviations}
