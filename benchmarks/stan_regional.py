@@ -29,7 +29,6 @@ import numpy as np
 import pandas as pd
 import stan
 
-from fundgap.defaults import PRIOR_SCALES
 from fundgap.design import build_design
 from fundgap.marginal import standardised_design, sufficient_statistics
 from fundgap.spec import load_spec
@@ -113,20 +112,13 @@ model {
 """.replace("PARAMETERS", PARAMETERS).replace("PRIORS", PRIORS)
 
 
-def _scales(equation) -> list[float]:
-    priors = {**PRIOR_SCALES, **equation.priors}
-    location, scale = equation.link_scale()
-    return [location, priors["intercept_scale"] * scale, priors["coefficient_scale"] * scale,
-            priors["sigma_scale"] * scale, priors["group_sd_scale"] * scale]
-
-
 def _data(design, name: str, form: str) -> dict:
     equation = design.equations[name]
     county, prefecture = equation.groups[-1], equation.groups[0]
     parent = design.parent(county, prefecture) + 1
     common = {"N": len(equation.y), "K": len(equation.terms),
               "C": len(design.levels[county]), "P": len(design.levels[prefecture]),
-              "parent": parent.tolist(), "scales": _scales(equation)}
+              "parent": parent.tolist(), "scales": equation.prior_scales().tolist()}
     if form == "explicit":
         return {**common, "Z": standardised_design(equation)[:, 1:], "y": equation.y,
                 "county": (design.index[county] + 1).tolist()}

@@ -22,11 +22,9 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
 
-from fundgap.defaults import PRIOR_SCALES
 from fundgap.design import GROUP_DIMS, Design, EquationDesign, term_dim
 from fundgap.marginal import add_marginal_likelihood
 
@@ -65,11 +63,7 @@ def _equation(design: Design, name: str, marginal: bool, centred: Collection[str
     equations are all marginal can be reused with another data set of the same structure.
     """
     equation = design.equations[name]
-    priors = {**PRIOR_SCALES, **equation.priors}
-    location, scale = equation.link_scale()
-    scales = pm.Data(f"prior_{name}", np.array([
-        location, priors["intercept_scale"] * scale, priors["coefficient_scale"] * scale,
-        priors["sigma_scale"] * scale, priors["group_sd_scale"] * scale]))
+    scales = pm.Data(f"prior_{name}", equation.prior_scales())
     x_mean = pm.Data(f"x_mean_{name}", equation.x_mean, dims=term_dim(name))
     x_sd = pm.Data(f"x_sd_{name}", equation.x_sd, dims=term_dim(name))
     alpha = pm.Normal(f"alpha_{name}", scales[0], scales[1])

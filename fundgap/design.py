@@ -14,7 +14,7 @@ import pandas as pd
 from formulae import design_matrices
 from scipy.special import logit
 
-from fundgap.defaults import DIMS
+from fundgap.defaults import DIMS, PRIOR_SCALES
 from fundgap.errors import SpecError
 from fundgap.spec import GROUPS, ModelSpec
 
@@ -64,6 +64,16 @@ class EquationDesign:
             self.x_sd = np.where(sd > 0, sd, 1.0)
         if self.y_moments is None:
             self.y_moments = (float(self.y.mean()), float(self.y.std()))
+
+    def prior_scales(self) -> np.ndarray:
+        """The priors' numbers, data-scaled: [intercept location, intercept scale,
+        coefficient scale, sigma scale, group sd scale] (fundgap/defaults.py, then the
+        equation's own [priors])."""
+        priors = {**PRIOR_SCALES, **self.priors}
+        location, scale = self.link_scale()
+        return np.array([location, priors["intercept_scale"] * scale,
+                         priors["coefficient_scale"] * scale, priors["sigma_scale"] * scale,
+                         priors["group_sd_scale"] * scale])
 
     def link_scale(self) -> tuple[float, float]:
         """Location and scale of the response on the link scale (for the default priors)."""
