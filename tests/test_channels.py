@@ -38,17 +38,24 @@ def _row(frame: pd.DataFrame, **keys: str) -> pd.Series:
 
 def test_channel_fit_passes_and_recovers_each_channel(channel_fit,
                                                       default_simulation: Path) -> None:
+    """Per channel, the total and direct effects and the four a paths: each within 3
+    posterior sds of its truth, and at least 10 of the 12 inside their 95% intervals (all 12
+    would hold for only about 54% of seeds even if the intervals were exact)."""
     assert channel_fit.diagnostics["passed"], channel_fit.diagnostics["reasons"]
     truth = json.loads((default_simulation / "truth.json").read_text())
     by_channel = truth["effects_per_sd_development"]
     effects = channel_fit.effects
+    inside = checked = 0
     for channel in ("acquaintance", "mixed"):
         expected = by_channel[channel]
         checks = [("total", "", expected["total"]), ("direct", "", expected["direct"])]
         checks += [("a", m, v) for m, v in expected["a"].items()]
         for effect, mediator, value in checks:
             row = _row(effects, effect=effect, mediator=mediator, channel=channel)
-            assert row["ci_lower"] <= value <= row["ci_upper"], (effect, mediator, channel)
+            assert abs(row["mean"] - value) <= 3 * row["sd"], (effect, mediator, channel)
+            inside += row["ci_lower"] <= value <= row["ci_upper"]
+            checked += 1
+    assert checked == 12 and inside >= 10, f"{inside} of {checked} intervals cover the truth"
 
 
 def test_built_in_channel_difference_is_recovered(channel_fit,
