@@ -170,10 +170,30 @@ def parameter_summary(idata: az.InferenceData, full: bool = False) -> pd.DataFra
               and str(v).split("_intercept_")[0] in GROUP_DIMS.values()]
     parts = [az.summary(idata, var_names=reported, kind="all", round_to="none",
                         hdi_prob=0.95).assign(reported=True)]
-    if latent:
-        parts.append(az.summary(idata, var_names=latent, kind="all" if full else "stats",
-                                round_to="none", hdi_prob=0.95).assign(reported=False))
+    if latent and full:
+        parts.append(az.summary(idata, var_names=latent, kind="all", round_to="none",
+                                hdi_prob=0.95).assign(reported=False))
+    elif latent:
+        parts.append(_latent_statistics(posterior[latent]).assign(reported=False))
     return pd.concat(parts)
+
+
+def _latent_statistics(posterior: xr.Dataset) -> pd.DataFrame:
+    """Mean, sd and 95% HDI of every level of every variable, as az.summary(kind="stats")
+    gives them, computed per variable at once (az.summary builds its table series by series:
+    3.2 of its 3.9 s for the regional model's 8,550 intercepts)."""
+    mean = posterior.mean(("chain", "draw"))
+    sd = posterior.std(("chain", "draw"), ddof=1)
+    hdi = az.hdi(posterior, hdi_prob=0.95)
+    frames = []
+    for name in posterior.data_vars:
+        (dim,) = posterior[name].dims[2:]
+        labels = [f"{name}[{level}]" for level in posterior[name][dim].values]
+        frames.append(pd.DataFrame({
+            "mean": mean[name].values, "sd": sd[name].values,
+            "hdi_2.5%": hdi[name].sel(hdi="lower").values,
+            "hdi_97.5%": hdi[name].sel(hdi="higher").values}, index=labels))
+    return pd.concat(frames)
 
 
 def _effect_labels(effects: pd.DataFrame) -> pd.Series:
@@ -345,16 +365,18 @@ def prior_predictive(spec: ModelSpec, table: pd.DataFrame, draws: int = 500,
 
 def compact(idata: az.InferenceData) -> az.InferenceData:
     """float32 for the bulky per-level and per-campaign draws (7 significant digits are far
-    beyond their Monte Carlo error); coefficients and variances stay float64."""
-    out = idata.copy()
-    latent = [v for v in out.posterior.data_vars if out.posterior[v].ndim > 2
+    beyond their Monte Carlo error); coefficients and variances stay float64. Returns a new
+    InferenceData; `idata` is not changed (its other arrays are shared, not copied)."""
+    posterior = idata.posterior
+    latent = [v for v in posterior.data_vars if posterior[v].ndim > 2
               and str(v).split("_intercept_")[0] in GROUP_DIMS.values()]
-    out.posterior = out.posterior.assign({v: out.posterior[v].astype("float32")
-                                          for v in latent})
+    groups = {group: getattr(idata, group) for group in idata.groups()}
+    groups["posterior"] = posterior.assign({v: posterior[v].astype("float32")
+                                            for v in latent})
     for group in ("posterior_predictive", "log_likelihood"):
-        if group in out.groups():
-            setattr(out, group, getattr(out, group).astype("float32"))
-    return out
+        if group in groups:
+            groups[group] = groups[group].astype("float32")
+    return az.InferenceData(**groups)
 
 
 def write_fit(result: FitResult, folder: str | Path) -> Path:
@@ -362,7 +384,9 @@ def write_fit(result: FitResult, folder: str | Path) -> Path:
     diagnostics.json, spec.toml, fit.json into `folder`, atomically."""
     folder = Path(folder)
     with atomic_directory(folder) as temporary:
-        compact(result.idata).to_netcdf(str(temporary / "posterior.nc"))
+        # uncompressed: zlib saved 7 % of the regional fit's 186 MB and took 5.6 s of
+        # the 7 s write (draws are close to incompressible)
+        compact(result.idata).to_netcdf(str(temporary / "posterior.nc"), compress=False)
         result.summary.rename_axis("parameter").to_csv(temporary / "summary.csv")
         result.effects.to_csv(temporary / "effects.csv", index=False)
         if not result.contrasts.empty:

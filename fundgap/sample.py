@@ -14,6 +14,7 @@ import arviz as az
 import pymc as pm
 from pymc.model.transform.optimization import freeze_dims_and_data
 
+from fundgap.callbacks import loop_copy_callbacks
 from fundgap.errors import FundgapError
 
 BACKENDS = ("nutpie", "pymc", "numpyro")
@@ -55,12 +56,13 @@ def sample(model: pm.Model, backend: str = "nutpie", draws: int = 1000, tune: in
         import nutpie
 
         start = time.perf_counter()
-        if cache_key is not None and cache_key in _COMPILED:
-            compiled = _COMPILED[cache_key].with_data(**_data_values(model))
-        elif cache_key is not None and keep_compiled:
-            compiled = _COMPILED[cache_key] = nutpie.compile_pymc_model(model)
-        else:
-            compiled = nutpie.compile_pymc_model(freeze_dims_and_data(model))
+        with loop_copy_callbacks():
+            if cache_key is not None and cache_key in _COMPILED:
+                compiled = _COMPILED[cache_key].with_data(**_data_values(model))
+            elif cache_key is not None and keep_compiled:
+                compiled = _COMPILED[cache_key] = nutpie.compile_pymc_model(model)
+            else:
+                compiled = nutpie.compile_pymc_model(freeze_dims_and_data(model))
         compiled_at = time.perf_counter()
         idata = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=seed,
                               progress_bar=progress, save_warmup=False)

@@ -18,7 +18,14 @@ import statsmodels.formula.api as smf
 
 from fundgap.cli import main
 from fundgap.compare import write_frequentist
-from fundgap.fit import FitSettings, fit_model, prior_predictive, write_fit
+from fundgap.fit import (
+    FitSettings,
+    _latent_statistics,
+    compact,
+    fit_model,
+    prior_predictive,
+    write_fit,
+)
 from fundgap.frequentist import run_frequentist
 from fundgap.report import build_report, write_report
 from fundgap.spec import load_spec, parse_spec
@@ -101,6 +108,26 @@ def test_write_fit_folder(regional_fit, tmp_path: Path):
     diagnostics = json.loads((folder / "diagnostics.json").read_text())
     assert {"passed", "divergences", "max_r_hat", "min_ess_bulk", "tree_depth_hits",
             "wall_seconds"} <= set(diagnostics)
+
+
+def test_latent_statistics_equal_arviz_summary(regional_fit):
+    posterior = regional_fit.idata.posterior
+    latent = ["county_intercept_core_capacity", "prefecture_intercept_log_amount_raised"]
+    ours = _latent_statistics(posterior[latent])
+    arviz = az.summary(regional_fit.idata, var_names=latent, kind="stats", round_to="none",
+                       hdi_prob=0.95)
+    assert list(ours.index) == list(arviz.index)
+    np.testing.assert_allclose(ours.to_numpy(), arviz[ours.columns].to_numpy(), rtol=1e-12)
+
+
+def test_compact_leaves_the_fit_alone(regional_fit):
+    small = compact(regional_fit.idata)
+    name = "county_intercept_log_amount_raised"
+    assert small.posterior[name].dtype == np.float32
+    assert regional_fit.idata.posterior[name].dtype == np.float64
+    assert small.posterior["sigma_log_amount_raised"].dtype == np.float64
+    assert small.log_likelihood["log_amount_raised"].dtype == np.float32
+    assert set(small.groups()) == set(regional_fit.idata.groups())
 
 
 def test_same_seed_same_draws(default_table: pd.DataFrame, regional_fit):
