@@ -7,6 +7,7 @@ stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import tomllib
 import warnings
@@ -18,6 +19,10 @@ from fundgap.errors import FundgapError
 
 EXIT_PROBLEMS = 1
 EXIT_INTERRUPTED = 130
+# A fit builds and drops millions of small objects (PyTensor rewriting its graphs): at
+# CPython's default thresholds (700, 10, 10) the cyclic collector ran 2,450 times in one
+# `fundgap fit` of the regional model, 2.3 s; at these about 130 times, 0.7 s.
+GC_THRESHOLDS = (10_000, 20, 50)
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -398,6 +403,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # nutpie samples through numba, which needs no BLAS; PyTensor's C backend warns anyway
     warnings.filterwarnings("ignore", message="PyTensor could not link to a BLAS")
+    thresholds = gc.get_threshold()
+    gc.set_threshold(*GC_THRESHOLDS)
     try:
         return args.run(args)
     except FundgapError as error:
@@ -410,6 +417,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"fundgap {args.command}: interrupted; nothing was written", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        gc.set_threshold(*thresholds)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 from pathlib import Path
@@ -178,5 +179,8 @@ def test_cli_prepare_writes_nothing_on_bad_input(tiny: Path, tmp_path: Path) -> 
 
 
 def test_cli_reports_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    thresholds = gc.get_threshold()
     assert main(["validate", str(tmp_path / "nowhere")]) == 1
     assert "is not a folder" in capsys.readouterr().err
+    # the command's collector thresholds do not outlive it (tests call main in-process)
+    assert gc.get_threshold() == thresholds
