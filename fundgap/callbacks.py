@@ -22,6 +22,8 @@ import numpy as np
 # nutpie.compile_pymc's factories and the arguments they take (nutpie 0.13-0.16)
 _LOGP_ARGS = ["n_dim", "logp_fn", "user_data", "shared_logp", "shared_data"]
 _EXPAND_ARGS = ["n_dim", "n_expanded", "expand_fn", "user_data", "shared_vars", "shared_data"]
+# nutpie's factories, while loop_copy_callbacks has replaced them
+_STOCK: dict = {}
 
 
 def _module():
@@ -42,12 +44,10 @@ def supported() -> bool:
 
 
 def _logp_callback(n_dim, logp_fn, user_data, shared_logp, shared_data):
+    # nutpie's own factory gives the C signature its sampler calls; its function is dropped
+    _, signature = _STOCK["logp"](n_dim, logp_fn, user_data, shared_logp, shared_data)
     extract = _module().make_extraction_fn(logp_fn, shared_data, shared_logp,
                                            user_data.dtype)
-    signature = numba.types.int64(numba.types.uint64, numba.types.CPointer(numba.types.double),
-                                  numba.types.CPointer(numba.types.double),
-                                  numba.types.CPointer(numba.types.double),
-                                  numba.types.voidptr)
 
     def logp_callback(dim, x_, out_, logp_, user_data_):
         if dim != n_dim:
@@ -72,12 +72,10 @@ def _logp_callback(n_dim, logp_fn, user_data, shared_logp, shared_data):
 
 
 def _expand_callback(n_dim, n_expanded, expand_fn, user_data, shared_vars, shared_data):
+    _, signature = _STOCK["expand"](n_dim, n_expanded, expand_fn, user_data, shared_vars,
+                                    shared_data)
     extract = _module().make_extraction_fn(expand_fn, shared_data, shared_vars,
                                            user_data.dtype)
-    signature = numba.types.int64(numba.types.uint64, numba.types.uint64,
-                                  numba.types.CPointer(numba.types.double),
-                                  numba.types.CPointer(numba.types.double),
-                                  numba.types.voidptr)
 
     def expand_callback(dim, expanded, x_, out_, user_data_):
         if dim != n_dim or expanded != n_expanded:
@@ -102,9 +100,9 @@ def loop_copy_callbacks(enabled: bool = True) -> Iterator[bool]:
         yield False
         return
     module = _module()
-    saved = module._make_c_logp_func, module._make_c_expand_func
+    _STOCK.update(logp=module._make_c_logp_func, expand=module._make_c_expand_func)
     module._make_c_logp_func, module._make_c_expand_func = _logp_callback, _expand_callback
     try:
         yield True
     finally:
-        module._make_c_logp_func, module._make_c_expand_func = saved
+        module._make_c_logp_func, module._make_c_expand_func = _STOCK["logp"], _STOCK["expand"]
