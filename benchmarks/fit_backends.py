@@ -1,9 +1,11 @@
 """Benchmark: the regional model on the default data, by model form and sampler backend.
 
-Prints one row per (form, backend): compile and sampling seconds, wall seconds of the whole
-`fit_model`, minimum bulk ESS over every reported quantity, that ESS per second of sampling,
-divergences, max R-hat and the peak memory of the process that ran it (each run is a child
-process, its peak read by `os.wait4`). Run from the repository root after `make demo`:
+Prints one row per (form, backend): compile and sampling seconds, whether the compiled model
+came from the compile cache (fundgap.compile_cache; FUNDGAP_COMPILE_CACHE= switches it
+off), wall seconds of the whole `fit_model`, minimum bulk ESS over every reported quantity,
+that ESS per second of sampling, divergences, max R-hat and the peak memory of the process
+that ran it (each run is a child process, its peak read by `os.wait4`). Run from the
+repository root after `make demo`:
 
     .venv/bin/python benchmarks/fit_backends.py [--data fits/default/prepared.parquet]
         [--runs marginal:nutpie explicit:nutpie marginal:pymc ...] [--draws 1000 --chains 4]
@@ -78,6 +80,7 @@ def _run(args: argparse.Namespace, run: str) -> dict:
     d = fit_model(load_spec(args.spec), table, settings).diagnostics
     return {"form": form, "backend": backend,
             "compile_s": round(d["compile_seconds"], 1),
+            "compile_cache": d.get("compile_cache", "off"),
             "sample_s": round(d["sample_seconds"], 1),
             "fit_wall_s": round(d["wall_seconds"], 1),
             "min_ess_bulk": round(d["min_ess_bulk"]),

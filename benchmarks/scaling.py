@@ -188,6 +188,7 @@ def main() -> None:
             "data": record["data_form"], "simulate_s": round(simulate_s, 1),
             "fit_wall_s": round(result["wall"], 1),
             "compile_s": round(diagnostics["compile_seconds"], 1),
+            "compile_cache": diagnostics.get("compile_cache", "off"),
             "sample_s": round(diagnostics["sample_seconds"], 1),
             "peak_GB": round(result["peak_gb"], 2),
             "min_bulk_ESS": round(diagnostics["min_ess_bulk"]),

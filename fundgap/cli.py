@@ -211,13 +211,19 @@ def _fit(args: argparse.Namespace) -> int:
           f"{diagnostics['divergences']} divergences, max R-hat {diagnostics['max_r_hat']:.3f}, "
           f"min bulk ESS {diagnostics['min_ess_bulk']:.0f}, "
           f"{diagnostics['wall_seconds']:.0f} s wall "
-          f"({diagnostics['compile_seconds']:.0f} s compiling, "
+          f"({diagnostics['compile_seconds']:.0f} s compiling{_cached(diagnostics)}, "
           f"{diagnostics['sample_seconds']:.0f} s sampling)")
     if not diagnostics["passed"]:
         print(f"fundgap fit: FAILED diagnostics: {'; '.join(diagnostics['reasons'])} "
               f"(the fit is written, marked failed)", file=sys.stderr)
         return EXIT_PROBLEMS
     return 0
+
+
+def _cached(diagnostics: dict) -> str:
+    """How the compiled model was found, where a cache served it."""
+    return {"hit": " (from the compile cache)", "in process": " (reused in this process)"
+            }.get(diagnostics.get("compile_cache", "off"), "")
 
 
 def _frequentist(args: argparse.Namespace) -> int:

@@ -301,10 +301,11 @@ def fit_design(design: Design, settings: FitSettings | None = None,
                            "marginalised form (every equation gaussian)")
     centred = choose_centring(design, settings.centring) if form != "marginal" else ()
     model = build_model(design, marginal, centred)
-    key = ("marginal", *structure_key(design)) if form == "marginal" else None
+    structure = (form, marginal, tuple(centred), *structure_key(design))
     result = sample(model, settings.backend, settings.draws, settings.tune, settings.chains,
-                    settings.seed, settings.progress, cache_key=key,
-                    keep_compiled=settings.reuse_compiled)
+                    settings.seed, settings.progress,
+                    cache_key=structure if form == "marginal" else None,
+                    keep_compiled=settings.reuse_compiled, structure=structure)
     idata = result.idata
     # The sampler's internals (non-centred z's, nested levels, log-transformed sds) are not
     # kept: the intercepts are saved as deviations whatever the parameterisation.
@@ -323,6 +324,7 @@ def fit_design(design: Design, settings: FitSettings | None = None,
                  if spec.moderator else pd.DataFrame())
     summary = parameter_summary(idata, settings.full_summary)
     timing = {"compile_seconds": result.compile_seconds,
+              "compile_cache": result.compile_cache,
               "sample_seconds": result.sample_seconds,
               "wall_seconds": time.perf_counter() - started}
     checked = pd.concat([effects, contrasts], ignore_index=True)

@@ -15,6 +15,7 @@ import pymc as pm
 from pymc.model.transform.optimization import freeze_dims_and_data
 
 from fundgap.callbacks import loop_copy_callbacks
+from fundgap.compile_cache import cache_dir, cached_functions, model_key
 from fundgap.errors import FundgapError
 
 BACKENDS = ("nutpie", "pymc", "numpyro")
@@ -28,6 +29,8 @@ class SampleResult:
     backend: str
     compile_seconds: float
     sample_seconds: float
+    # what the compile cache did: "hit", "stored", "in process", "off" (fundgap.compile_cache)
+    compile_cache: str = "off"
 
 
 # nutpie models compiled in this process, by structure: a batch of refits or a repeated
@@ -41,14 +44,18 @@ def _data_values(model: pm.Model) -> dict[str, object]:
 
 def sample(model: pm.Model, backend: str = "nutpie", draws: int = 1000, tune: int = 1000,
            chains: int = 4, seed: int = 20250, progress: bool = True,
-           cache_key: tuple | None = None, keep_compiled: bool = False) -> SampleResult:
+           cache_key: tuple | None = None, keep_compiled: bool = False,
+           structure: tuple | None = None) -> SampleResult:
     """Sample `model` with the chosen backend.
 
     A model whose data all enter as pm.Data has a `cache_key`: nutpie then reuses a model
     compiled earlier in this process for the same key, with this model's data. Otherwise,
     with `keep_compiled` it compiles the model as it is and keeps it for later fits; without,
     it freezes the data into the graph first: a one-off fit compiles several times faster
-    that way (about 24 s against 110 s for the regional model), and numba caches it on disk.
+    that way (about 24 s against 110 s for the regional model), and a model with a
+    `structure` (what fixes its graph, given fundgap's code) is kept in the compile cache on
+    disk (fundgap.compile_cache), so a later process fitting the same model on the same
+    data does not compile it again.
     """
     if backend not in BACKENDS:
         raise FundgapError(f"unknown backend {backend!r}: use {', '.join(BACKENDS)}")
@@ -56,18 +63,19 @@ def sample(model: pm.Model, backend: str = "nutpie", draws: int = 1000, tune: in
         import nutpie
 
         start = time.perf_counter()
-        with loop_copy_callbacks():
-            if cache_key is not None and cache_key in _COMPILED:
-                compiled = _COMPILED[cache_key].with_data(**_data_values(model))
-            elif cache_key is not None and keep_compiled:
+        if cache_key is not None and cache_key in _COMPILED:
+            compiled, cache = _COMPILED[cache_key].with_data(**_data_values(model)), "in process"
+        elif cache_key is not None and keep_compiled:
+            with loop_copy_callbacks():
                 compiled = _COMPILED[cache_key] = nutpie.compile_pymc_model(model)
-            else:
-                compiled = nutpie.compile_pymc_model(freeze_dims_and_data(model))
+            cache = "off"
+        else:
+            compiled, cache = _compile_frozen(model, structure)
         compiled_at = time.perf_counter()
         idata = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=seed,
                               progress_bar=progress, save_warmup=False)
         return SampleResult(idata, backend, compiled_at - start,
-                            time.perf_counter() - compiled_at)
+                            time.perf_counter() - compiled_at, cache)
     if backend == "numpyro":
         try:
             import numpyro  # noqa: F401
@@ -82,6 +90,23 @@ def sample(model: pm.Model, backend: str = "nutpie", draws: int = 1000, tune: in
                           **_jax_kwargs(backend, chains))
     # PyMC compiles inside pm.sample; its time is counted as sampling time.
     return SampleResult(idata, backend, 0.0, time.perf_counter() - start)
+
+
+def _compile_frozen(model: pm.Model, structure: tuple | None) -> tuple[object, str]:
+    """Compile `model` with its data frozen into the graph; with a `structure`, through the
+    compile cache on disk. Returns the compiled model and what the cache did."""
+    import nutpie
+
+    folder = cache_dir() if structure is not None else None
+    key = model_key(model, structure) if folder is not None else None
+    frozen = freeze_dims_and_data(model)
+    with (loop_copy_callbacks(cache_dir=folder and folder / "callbacks") as ours,
+          cached_functions(key, folder) as outcome):
+        # numba caches our callbacks only; nutpie's own would be cached under a new key
+        # in every process
+        options = {"cache": True} if ours and folder is not None else {}
+        compiled = nutpie.compile_pymc_model(frozen, **options)
+    return compiled, outcome["compile_cache"]
 
 
 def _jax_kwargs(backend: str, chains: int) -> dict:

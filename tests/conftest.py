@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,19 @@ COUNTY_VALUES = {
     "120102": (7.5, 0.35, 0.30, 0.20, 0.14, 0.60, 1.15),
     "120103": (11.0, 0.70, 0.80, 0.90, 0.19, 0.01, 1.06),
 }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compile_cache(tmp_path_factory: pytest.TempPathFactory):
+    """The tests' own compile cache (fundgap.compile_cache), not the user's: fits of the
+    same data within the session share it, and none is left behind."""
+    before = os.environ.get("FUNDGAP_COMPILE_CACHE")
+    os.environ["FUNDGAP_COMPILE_CACHE"] = str(tmp_path_factory.mktemp("compile_cache"))
+    yield
+    if before is None:
+        del os.environ["FUNDGAP_COMPILE_CACHE"]
+    else:
+        os.environ["FUNDGAP_COMPILE_CACHE"] = before
 
 
 def tiny_counties() -> pd.DataFrame:

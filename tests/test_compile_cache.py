@@ -1,0 +1,124 @@
+"""fundgap.compile_cache: a model compiled once is loaded, not compiled, by a later fit."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pymc as pm
+import pytest
+
+import fundgap.compile_cache as compile_cache
+from fundgap.sample import _compile_frozen, sample
+
+STRUCTURE = ("test", "one equation")
+
+
+def _model(shift: float = 0.0, group: np.ndarray | None = None) -> pm.Model:
+    """A small model with data as pm.Data (as the marginalised form's), observed values
+    and group indices as constants (as the explicit form's)."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=40)
+    group = np.repeat([0, 1], 20) if group is None else group
+    with pm.Model(coords={"term": ["a", "b"], "group": [0, 1]}) as model:
+        x_data = pm.Data("x", x)
+        beta = pm.Normal("beta", 0.0, 1.0, dims="term")
+        sigma = pm.HalfNormal("sigma", 1.0)
+        effect = pm.Normal("effect", 0.0, 0.1, dims="group")
+        pm.Deterministic("scaled", beta * 2.0, dims="term")
+        pm.Normal("y_obs", beta[0] + beta[1] * x_data + effect[group], sigma,
+                  observed=1.0 + 0.5 * x + rng.normal(0.0, 0.3, size=40) + shift)
+    return model
+
+
+@pytest.fixture
+def folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("FUNDGAP_COMPILE_CACHE", str(tmp_path))
+    return tmp_path
+
+
+def _fit(model: pm.Model):
+    return sample(model, draws=100, tune=100, chains=2, seed=5, progress=False,
+                  structure=STRUCTURE)
+
+
+def test_second_compile_is_loaded_with_the_same_draws(folder) -> None:
+    first = _fit(_model())
+    assert first.compile_cache == "stored"
+    assert len(list(folder.glob("*.pkl"))) == 1
+    assert list((folder / "callbacks").glob("*logp_callback*.nbc"))
+    # a model built afresh, as a new process builds it
+    compiled, outcome = _compile_frozen(_model(), STRUCTURE)
+    assert outcome == "hit"
+    assert compiled.compiled_logp_func.cache_hits  # numba loaded the callback too
+    second = _fit(_model())
+    assert second.compile_cache == "hit"
+    for name in ("beta", "sigma", "scaled"):
+        np.testing.assert_array_equal(first.idata.posterior[name].values,
+                                      second.idata.posterior[name].values)
+
+
+def test_other_data_is_another_entry(folder) -> None:
+    assert compile_cache.model_key(_model(), STRUCTURE) == compile_cache.model_key(
+        _model(), STRUCTURE)
+    assert compile_cache.model_key(_model(), STRUCTURE) != compile_cache.model_key(
+        _model(shift=1e-9), STRUCTURE)
+    assert compile_cache.model_key(_model(), STRUCTURE) != compile_cache.model_key(
+        _model(), ("another structure",))
+    swapped = np.repeat([1, 0], 20)
+    assert compile_cache.model_key(_model(), STRUCTURE) != compile_cache.model_key(
+        _model(group=swapped), STRUCTURE)
+    first, moved = _fit(_model()), _fit(_model(shift=2.0))
+    assert (first.compile_cache, moved.compile_cache) == ("stored", "stored")
+    # the shifted data moved the intercept: the second fit did not reuse the first's graph
+    shift = (moved.idata.posterior["beta"].sel(term="a").mean()
+             - first.idata.posterior["beta"].sel(term="a").mean())
+    assert 1.8 < float(shift) < 2.2
+
+
+def test_a_broken_entry_is_compiled_again(folder) -> None:
+    key = compile_cache.model_key(_model(), STRUCTURE)
+    (folder / f"{key}.pkl").write_bytes(b"not a pickle")
+    assert _fit(_model()).compile_cache == "stored"
+    assert _fit(_model()).compile_cache == "hit"
+
+
+def test_switched_off_or_without_a_key(folder, monkeypatch) -> None:
+    assert sample(_model(), draws=50, tune=50, chains=1, progress=False).compile_cache == "off"
+    monkeypatch.setenv("FUNDGAP_COMPILE_CACHE", "")
+    assert compile_cache.cache_dir() is None
+    assert _fit(_model()).compile_cache == "off"
+    assert not list(folder.iterdir())
+
+
+def test_a_folder_that_cannot_be_written_costs_only_time(tmp_path, monkeypatch) -> None:
+    (tmp_path / "a file").write_text("")
+    monkeypatch.setenv("FUNDGAP_COMPILE_CACHE", str(tmp_path / "a file" / "cache"))
+    result = _fit(_model())
+    assert result.compile_cache == "not stored (NotADirectoryError)"
+    assert result.idata.posterior["beta"].sizes == {"chain": 2, "draw": 100, "term": 2}
+
+
+def test_only_the_newest_entries_are_kept(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(compile_cache, "MAX_ENTRIES", 2)
+    for number in range(3):
+        compile_cache._store(tmp_path / f"{number}.pkl", (number,))
+        os.utime(tmp_path / f"{number}.pkl", (number + 1.0, number + 1.0))
+    assert sorted(p.name for p in tmp_path.glob("*.pkl")) == ["1.pkl", "2.pkl"]
+    assert compile_cache._load(tmp_path / "2.pkl") == (2,)
+    # numba's callback files: an index and its data per key, two keys per model
+    callbacks = tmp_path / "callbacks"
+    callbacks.mkdir()
+    for number in range(5):
+        for suffix in ("nbi", "1.nbc"):
+            file = callbacks / f"string.logp_callback-key{number}.py311.{suffix}"
+            file.write_bytes(b"")
+            os.utime(file, (number + 1.0, number + 1.0))
+    compile_cache._prune(tmp_path)
+    kept = sorted(p.name.split(".py")[0] for p in callbacks.iterdir())
+    assert kept == [f"string.logp_callback-key{n}" for n in (1, 1, 2, 2, 3, 3, 4, 4)]
+
+
+def test_installed_nutpie_is_supported() -> None:
+    # otherwise every fit silently compiles afresh
+    assert compile_cache.supported()
