@@ -83,8 +83,9 @@ class _CallbackLocator(_CacheLocator):
 
     registered: ClassVar[WeakKeyDictionary] = WeakKeyDictionary()
 
-    def __init__(self, folder: Path, key: str) -> None:
-        self._folder, self._key = folder, key
+    def __init__(self, py_file: str, folder: Path, key: str) -> None:
+        # numba names the file in its warning when code cannot be cached
+        self._py_file, self._folder, self._key = py_file, folder, key
 
     def ensure_cache_path(self) -> None:
         self._folder.mkdir(parents=True, exist_ok=True)
@@ -101,7 +102,7 @@ class _CallbackLocator(_CacheLocator):
     @classmethod
     def from_function(cls, py_func, py_file):
         entry = cls.registered.get(py_func)
-        return None if entry is None else cls(*entry)
+        return None if entry is None else cls(py_file, *entry)
 
 
 CacheImpl._locator_classes.insert(0, _CallbackLocator)

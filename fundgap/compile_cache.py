@@ -63,7 +63,12 @@ def model_key(model: pm.Model, structure: tuple) -> str:
     observed values and the other constants of its log density and deterministics),
     coordinates, free variables, fundgap's source and the packages' versions."""
     import pytensor
-    from pytensor.graph.basic import Constant, ancestors
+    from pytensor.graph.basic import Constant
+
+    try:
+        from pytensor.graph.traversal import ancestors
+    except ImportError:  # PyTensor before 2.32
+        from pytensor.graph.basic import ancestors
 
     digest = hashlib.sha256()
     digest.update(repr((_FORMAT, structure, _source_digest(),

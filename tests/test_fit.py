@@ -130,12 +130,17 @@ def test_compact_leaves_the_fit_alone(regional_fit):
     assert set(small.groups()) == set(regional_fit.idata.groups())
 
 
-def test_same_seed_same_draws(default_table: pd.DataFrame, regional_fit):
-    """Two fits with one seed give identical draws (each compiles; the in-process reuse of a
-    compiled model is tested with the coverage study in test_crosschecks.py)."""
+def test_same_seed_same_draws(default_table: pd.DataFrame, regional_fit, monkeypatch):
+    """Two fits with one seed give identical draws: one compiled afresh, one through the
+    compile cache (the in-process reuse of a compiled model is tested with the coverage
+    study in test_crosschecks.py)."""
     settings = FitSettings(draws=150, tune=150, chains=2, seed=3, progress=False,
                            predictive_draws=20)
-    first, second = (fit_model(load_spec(REGIONAL), default_table, settings) for _ in "ab")
+    second = fit_model(load_spec(REGIONAL), default_table, settings)
+    assert second.diagnostics["compile_cache"] in ("stored", "hit")
+    monkeypatch.setenv("FUNDGAP_COMPILE_CACHE", "")
+    first = fit_model(load_spec(REGIONAL), default_table, settings)
+    assert first.diagnostics["compile_cache"] == "off"
     for name in ("coefficients_log_amount_raised", "county_intercept_core_capacity"):
         np.testing.assert_array_equal(first.idata.posterior[name].values,
                                       second.idata.posterior[name].values)
