@@ -9,6 +9,7 @@ import pymc as pm
 import pytest
 
 import fundgap.compile_cache as compile_cache
+from fundgap.callbacks import graph_key
 from fundgap.sample import _compile_frozen, sample
 
 STRUCTURE = ("test", "one equation")
@@ -56,6 +57,30 @@ def test_second_compile_is_loaded_with_the_same_draws(folder) -> None:
     for name in ("beta", "sigma", "scaled"):
         np.testing.assert_array_equal(first.idata.posterior[name].values,
                                       second.idata.posterior[name].values)
+
+
+def test_a_log_density_pytensor_does_not_cache(folder) -> None:
+    # PyTensor's numba backend gives no cache key to the negative binomial's log density:
+    # its rewritten functions are still kept, its callbacks are not (numba's code for them
+    # goes to a folder of this process's own)
+    rng = np.random.default_rng(1)
+
+    def counts() -> pm.Model:
+        with pm.Model() as model:
+            mu = pm.Normal("mu", 0.0, 1.0)
+            alpha = pm.Exponential("alpha", 1.0)
+            pm.NegativeBinomial("y", mu=pm.math.exp(mu), alpha=alpha,
+                                observed=rng.poisson(3, 30))
+        return model
+
+    model = counts()
+    compiled, outcome = _compile_frozen(model, STRUCTURE)
+    assert outcome == "stored" and graph_key(compiled.logp_func.vm.jit_fn) is None
+    first, second = _fit(model), _fit(model)
+    assert (first.compile_cache, second.compile_cache) == ("hit", "hit")
+    np.testing.assert_array_equal(first.idata.posterior["mu"].values,
+                                  second.idata.posterior["mu"].values)
+    assert not list((folder / "callbacks").glob("*logp_callback*"))
 
 
 def test_other_data_is_another_entry(folder) -> None:
