@@ -166,9 +166,13 @@ def _callback(template: str, name: str, inner, user_data, shared: list, shared_d
         import pytensor
 
         key = graph_key(inner)
-        if key is not None and not shared and _writable(folder):
-            # (shared data would enter through the user data, not the code)
-            text = "\n".join([source, key, nutpie.__version__, pytensor.__version__])
+        if key is not None and _writable(folder):
+            # shared data are read through the user data when called: only their layout
+            # enters the code (nutpie starts from the arrays it was given, then replaces each)
+            layout = [(name, shared_data[name].dtype.str, shared_data[name].ndim)
+                      for name in shared]
+            text = "\n".join([source, key, repr(layout), str(user_data.dtype),
+                              nutpie.__version__, pytensor.__version__])
             _CallbackLocator.registered[function] = (
                 folder, hashlib.sha256(text.encode()).hexdigest())
         else:  # numba is caching (nutpie was asked to), but nothing names this code

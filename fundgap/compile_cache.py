@@ -57,11 +57,14 @@ def _source_digest() -> str:
     return digest.hexdigest()
 
 
-def model_key(model: pm.Model, structure: tuple) -> str:
+def model_key(model: pm.Model, structure: tuple, data_values: bool = True) -> str:
     """The key of a model: a hash of `structure` (what fixes its graph, given fundgap's
     source: equations, families, terms, groups, form), every number in it (pm.Data values,
     observed values and the other constants of its log density and deterministics),
-    coordinates, free variables, fundgap's source and the packages' versions."""
+    coordinates, free variables, fundgap's source and the packages' versions. Without
+    `data_values`, for a model compiled with its data as inputs (nutpie's `with_data` then
+    gives it its data), the pm.Data's types and dimensions stand in for their values and
+    coordinates."""
     import pytensor
     from pytensor.graph.basic import Constant
 
@@ -74,10 +77,15 @@ def model_key(model: pm.Model, structure: tuple) -> str:
     digest.update(repr((_FORMAT, structure, _source_digest(),
                         [(name, version(name)) for name in PACKAGES],
                         pytensor.config.floatX, model.check_bounds,
-                        sorted((k, tuple(v)) for k, v in model.coords.items()),
-                        [v.name for v in model.free_RVs])).encode())
+                        [v.name for v in model.free_RVs], data_values)).encode())
     for var in sorted(model.data_vars, key=lambda v: v.name):
-        _update(digest, var.name, var.get_value())
+        value = np.asarray(var.get_value())
+        if data_values:
+            _update(digest, var.name, value)
+        else:
+            digest.update(f"{var.name}|{value.dtype.str}|{value.ndim}".encode())
+    if data_values:
+        digest.update(repr(sorted((k, tuple(v)) for k, v in model.coords.items())).encode())
     # observed values, group indices and the like: in the graph's order, which the same
     # code builds the same way
     for variable in ancestors([model.logp(), *model.deterministics]):

@@ -50,12 +50,13 @@ def sample(model: pm.Model, backend: str = "nutpie", draws: int = 1000, tune: in
 
     A model whose data all enter as pm.Data has a `cache_key`: nutpie then reuses a model
     compiled earlier in this process for the same key, with this model's data. Otherwise,
-    with `keep_compiled` it compiles the model as it is and keeps it for later fits; without,
-    it freezes the data into the graph first: a one-off fit compiles several times faster
-    that way (about 24 s against 110 s for the regional model), and a model with a
-    `structure` (what fixes its graph, given fundgap's code) is kept in the compile cache on
-    disk (fundgap.compile_cache), so a later process fitting the same model on the same
-    data does not compile it again.
+    with `keep_compiled` it compiles the model as it is and keeps it for later fits (and in
+    the compile cache on disk, fundgap.compile_cache, for any data of that layout in a later
+    process); without, it freezes the data into the graph first: a one-off fit compiles
+    several times faster that way (about 24 s against 110 s for the regional model) and
+    samples faster, and a model with a `structure` (what fixes its graph, given fundgap's
+    code) is kept in the compile cache, so a later process fitting the same model on the
+    same data does not compile it again.
     """
     if backend not in BACKENDS:
         raise FundgapError(f"unknown backend {backend!r}: use {', '.join(BACKENDS)}")
@@ -66,11 +67,10 @@ def sample(model: pm.Model, backend: str = "nutpie", draws: int = 1000, tune: in
         if cache_key is not None and cache_key in _COMPILED:
             compiled, cache = _COMPILED[cache_key].with_data(**_data_values(model)), "in process"
         elif cache_key is not None and keep_compiled:
-            with loop_copy_callbacks():
-                compiled = _COMPILED[cache_key] = nutpie.compile_pymc_model(model)
-            cache = "off"
+            compiled, cache = _compile(model, cache_key, frozen=False)
+            _COMPILED[cache_key] = compiled
         else:
-            compiled, cache = _compile_frozen(model, structure)
+            compiled, cache = _compile(model, structure, frozen=True)
         compiled_at = time.perf_counter()
         idata = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=seed,
                               progress_bar=progress, save_warmup=False)
@@ -92,20 +92,25 @@ def sample(model: pm.Model, backend: str = "nutpie", draws: int = 1000, tune: in
     return SampleResult(idata, backend, 0.0, time.perf_counter() - start)
 
 
-def _compile_frozen(model: pm.Model, structure: tuple | None) -> tuple[object, str]:
-    """Compile `model` with its data frozen into the graph; with a `structure`, through the
-    compile cache on disk. Returns the compiled model and what the cache did."""
+def _compile(model: pm.Model, structure: tuple | None, frozen: bool) -> tuple[object, str]:
+    """Compile `model` with its data frozen into the graph, or as inputs; with a
+    `structure`, through the compile cache on disk (keyed by the data's values when frozen,
+    by their layout when not). Returns the compiled model and what the cache did."""
     import nutpie
 
     folder = cache_dir() if structure is not None else None
-    key = model_key(model, structure) if folder is not None else None
-    frozen = freeze_dims_and_data(model)
+    key = None
+    if folder is not None:
+        key = model_key(model, structure, data_values=frozen)
     with (loop_copy_callbacks(cache_dir=folder and folder / "callbacks") as ours,
           cached_functions(key, folder) as outcome):
         # numba caches our callbacks only; nutpie's own would be cached under a new key
         # in every process
         options = {"cache": True} if ours and folder is not None else {}
-        compiled = nutpie.compile_pymc_model(frozen, **options)
+        compiled = nutpie.compile_pymc_model(freeze_dims_and_data(model) if frozen else model,
+                                             **options)
+    if not frozen and outcome["compile_cache"] == "hit":  # compiled with another's data
+        compiled = compiled.with_data(**_data_values(model))
     return compiled, outcome["compile_cache"]
 
 

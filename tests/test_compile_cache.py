@@ -9,8 +9,9 @@ import pymc as pm
 import pytest
 
 import fundgap.compile_cache as compile_cache
+import fundgap.sample as sampling
 from fundgap.callbacks import graph_key
-from fundgap.sample import _compile_frozen, sample
+from fundgap.sample import _compile, sample
 
 STRUCTURE = ("test", "one equation")
 
@@ -49,7 +50,7 @@ def test_second_compile_is_loaded_with_the_same_draws(folder) -> None:
     assert len(list(folder.glob("*.pkl"))) == 1
     assert list((folder / "callbacks").glob("*logp_callback*.nbc"))
     # a model built afresh, as a new process builds it
-    compiled, outcome = _compile_frozen(_model(), STRUCTURE)
+    compiled, outcome = _compile(_model(), STRUCTURE, frozen=True)
     assert outcome == "hit"
     assert compiled.compiled_logp_func.cache_hits  # numba loaded the callback too
     second = _fit(_model())
@@ -74,13 +75,49 @@ def test_a_log_density_pytensor_does_not_cache(folder) -> None:
         return model
 
     model = counts()
-    compiled, outcome = _compile_frozen(model, STRUCTURE)
+    compiled, outcome = _compile(model, STRUCTURE, frozen=True)
     assert outcome == "stored" and graph_key(compiled.logp_func.vm.jit_fn) is None
     first, second = _fit(model), _fit(model)
     assert (first.compile_cache, second.compile_cache) == ("hit", "hit")
     np.testing.assert_array_equal(first.idata.posterior["mu"].values,
                                   second.idata.posterior["mu"].values)
     assert not list((folder / "callbacks").glob("*logp_callback*"))
+
+
+def _inputs_model(shift: float = 0.0) -> pm.Model:
+    """Every number as pm.Data, as in the marginalised form."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=40)
+    with pm.Model(coords={"term": ["a", "b"]}) as model:
+        x_data = pm.Data("x", x)
+        y_data = pm.Data("y", 1.0 + 0.5 * x + rng.normal(0.0, 0.3, size=40) + shift)
+        beta = pm.Normal("beta", 0.0, 1.0, dims="term")
+        sigma = pm.HalfNormal("sigma", 1.0)
+        pm.Normal("y_obs", beta[0] + beta[1] * x_data, sigma, observed=y_data)
+    return model
+
+
+def test_data_as_inputs_serve_other_data_in_a_later_process(folder, monkeypatch) -> None:
+    monkeypatch.setattr(sampling, "_COMPILED", {})
+
+    def fit(model):
+        return sample(model, draws=100, tune=100, chains=2, seed=5, progress=False,
+                      cache_key=STRUCTURE, keep_compiled=True)
+
+    assert fit(_inputs_model()).compile_cache == "stored"
+    sampling._COMPILED.clear()  # as in a new process
+    moved = fit(_inputs_model(shift=2.0))
+    assert moved.compile_cache == "hit"
+    assert compile_cache.model_key(_inputs_model(), STRUCTURE, data_values=False) == \
+        compile_cache.model_key(_inputs_model(shift=2.0), STRUCTURE, data_values=False)
+    # the loaded model sampled the new data: the same draws as one compiled for them
+    sampling._COMPILED.clear()
+    monkeypatch.setenv("FUNDGAP_COMPILE_CACHE", "")
+    fresh = fit(_inputs_model(shift=2.0))
+    assert fresh.compile_cache == "off"
+    np.testing.assert_array_equal(moved.idata.posterior["beta"].values,
+                                  fresh.idata.posterior["beta"].values)
+    assert 2.8 < float(moved.idata.posterior["beta"].sel(term="a").mean()) < 3.2
 
 
 def test_other_data_is_another_entry(folder) -> None:
