@@ -7,11 +7,13 @@ the rewriting is not), and numba links them into C callbacks (about 6 s, cached 
 `fundgap.callbacks`). Here the rewritten PyTensor functions are pickled (a pickled PyTensor
 function is linked again without being rewritten again) under a key of everything the
 model is built from: its structure, every number in its graph, fundgap's source and the
-versions of the packages that compile it.
+versions of the packages that compile it. A model compiled with its data as inputs is kept
+under its data's layout instead, and serves any data of that layout.
 
 The folder is $FUNDGAP_COMPILE_CACHE (set it empty to switch the cache off), else
 $XDG_CACHE_HOME/fundgap/compiled, else ~/.cache/fundgap/compiled; the newest
-`MAX_ENTRIES` models are kept.
+`MAX_ENTRIES` models are kept. Its entries are pickles, as PyTensor's and numba's own caches
+are: point it only at a folder that no one else writes to.
 """
 
 from __future__ import annotations
