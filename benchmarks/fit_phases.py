@@ -3,7 +3,8 @@
 Runs the command (`fundgap.cli.main`) in a child process, with timers around its steps:
 importing, building the design and model, compiling and sampling, the intercept draws,
 per-campaign draws, summaries, effects, shrinkage, writing the fit folder; the parent
-times the whole child, so what is left is Python's start and exit. Prints one row per run.
+times the whole child, so what is left is Python's start and exit. Prints a table with
+one column per run.
 Run from the repository root after `make demo`:
 
     .venv/bin/python benchmarks/fit_phases.py [--data fits/default/prepared.parquet]

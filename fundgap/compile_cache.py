@@ -49,6 +49,11 @@ def cache_dir() -> Path | None:
     return Path(base) / "fundgap" / "compiled"
 
 
+def callbacks_dir(folder: Path) -> Path:
+    """Where numba keeps the cached callbacks (fundgap.callbacks) of the models in `folder`."""
+    return folder / "callbacks"
+
+
 @functools.cache
 def _source_digest() -> str:
     """A hash of fundgap's own source: the code that builds the model."""
@@ -149,7 +154,7 @@ def _prune(folder: Path) -> None:
     for old in models[MAX_ENTRIES:]:
         old.unlink(missing_ok=True)
     callbacks: dict[str, list[Path]] = {}
-    for file in (folder / "callbacks").glob("*.nb[ic]"):
+    for file in callbacks_dir(folder).glob("*.nb[ic]"):
         callbacks.setdefault(file.name.split(".py")[0], []).append(file)
     groups = sorted(callbacks.values(), key=lambda files: max(map(_modified, files)),
                     reverse=True)

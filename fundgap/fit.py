@@ -303,9 +303,8 @@ def fit_design(design: Design, settings: FitSettings | None = None,
     model = build_model(design, marginal, centred)
     structure = (form, marginal, tuple(centred), *structure_key(design))
     result = sample(model, settings.backend, settings.draws, settings.tune, settings.chains,
-                    settings.seed, settings.progress,
-                    cache_key=structure if form == "marginal" else None,
-                    keep_compiled=settings.reuse_compiled, structure=structure)
+                    settings.seed, settings.progress, structure,
+                    data_as_inputs=form == "marginal", keep_compiled=settings.reuse_compiled)
     idata = result.idata
     # The sampler's internals (non-centred z's, nested levels, log-transformed sds) are not
     # kept: the intercepts are saved as deviations whatever the parameterisation.

@@ -15,7 +15,7 @@ import pymc as pm
 from pymc.model.transform.optimization import freeze_dims_and_data
 
 from fundgap.callbacks import loop_copy_callbacks
-from fundgap.compile_cache import cache_dir, cached_functions, model_key
+from fundgap.compile_cache import cache_dir, cached_functions, callbacks_dir, model_key
 from fundgap.errors import FundgapError
 
 BACKENDS = ("nutpie", "pymc", "numpyro")
@@ -44,19 +44,18 @@ def _data_values(model: pm.Model) -> dict[str, object]:
 
 def sample(model: pm.Model, backend: str = "nutpie", draws: int = 1000, tune: int = 1000,
            chains: int = 4, seed: int = 20250, progress: bool = True,
-           cache_key: tuple | None = None, keep_compiled: bool = False,
-           structure: tuple | None = None) -> SampleResult:
+           structure: tuple | None = None, data_as_inputs: bool = False,
+           keep_compiled: bool = False) -> SampleResult:
     """Sample `model` with the chosen backend.
 
-    A model whose data all enter as pm.Data has a `cache_key`: nutpie then reuses a model
-    compiled earlier in this process for the same key, with this model's data. Otherwise,
-    with `keep_compiled` it compiles the model as it is and keeps it for later fits (and in
-    the compile cache on disk, fundgap.compile_cache, for any data of that layout in a later
-    process); without, it freezes the data into the graph first: a one-off fit compiles
-    several times faster that way (about 24 s against 110 s for the regional model) and
-    samples faster, and a model with a `structure` (what fixes its graph, given fundgap's
-    code) is kept in the compile cache, so a later process fitting the same model on the
-    same data does not compile it again.
+    With nutpie, a model with a `structure` (what fixes its graph, given fundgap's code) goes
+    through the compile cache on disk (fundgap.compile_cache). It is compiled with its data
+    frozen into the graph, which compiles several times faster (about 24 s against 110 s for
+    the regional model) and samples faster, and a later process fitting the same model on
+    the same data loads it. Where its data all enter as pm.Data (`data_as_inputs`), a model
+    compiled earlier in this process for the same structure is reused with this model's
+    data; and with `keep_compiled` it is compiled with the data as inputs and kept for later
+    fits, in this process and on disk for any data of that layout.
     """
     if backend not in BACKENDS:
         raise FundgapError(f"unknown backend {backend!r}: use {', '.join(BACKENDS)}")
@@ -64,11 +63,12 @@ def sample(model: pm.Model, backend: str = "nutpie", draws: int = 1000, tune: in
         import nutpie
 
         start = time.perf_counter()
-        if cache_key is not None and cache_key in _COMPILED:
-            compiled, cache = _COMPILED[cache_key].with_data(**_data_values(model)), "in process"
-        elif cache_key is not None and keep_compiled:
-            compiled, cache = _compile(model, cache_key, frozen=False)
-            _COMPILED[cache_key] = compiled
+        reusable = structure is not None and data_as_inputs
+        if reusable and structure in _COMPILED:
+            compiled, cache = _COMPILED[structure].with_data(**_data_values(model)), "in process"
+        elif reusable and keep_compiled:
+            compiled, cache = _compile(model, structure, frozen=False)
+            _COMPILED[structure] = compiled
         else:
             compiled, cache = _compile(model, structure, frozen=True)
         compiled_at = time.perf_counter()
@@ -102,7 +102,7 @@ def _compile(model: pm.Model, structure: tuple | None, frozen: bool) -> tuple[ob
     key = None
     if folder is not None:
         key = model_key(model, structure, data_values=frozen)
-    with (loop_copy_callbacks(cache_dir=folder and folder / "callbacks") as ours,
+    with (loop_copy_callbacks(cache_dir=folder and callbacks_dir(folder)) as ours,
           cached_functions(key, folder) as outcome):
         # numba caches our callbacks only; nutpie's own would be cached under a new key
         # in every process

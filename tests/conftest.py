@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -40,13 +39,9 @@ COUNTY_VALUES = {
 def compile_cache(tmp_path_factory: pytest.TempPathFactory):
     """The tests' own compile cache (fundgap.compile_cache), not the user's: fits of the
     same data within the session share it, and none is left behind."""
-    before = os.environ.get("FUNDGAP_COMPILE_CACHE")
-    os.environ["FUNDGAP_COMPILE_CACHE"] = str(tmp_path_factory.mktemp("compile_cache"))
-    yield
-    if before is None:
-        del os.environ["FUNDGAP_COMPILE_CACHE"]
-    else:
-        os.environ["FUNDGAP_COMPILE_CACHE"] = before
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FUNDGAP_COMPILE_CACHE", str(tmp_path_factory.mktemp("compile_cache")))
+        yield
 
 
 def tiny_counties() -> pd.DataFrame:

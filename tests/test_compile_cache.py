@@ -48,7 +48,7 @@ def test_second_compile_is_loaded_with_the_same_draws(folder) -> None:
     first = _fit(_model())
     assert first.compile_cache == "stored"
     assert len(list(folder.glob("*.pkl"))) == 1
-    assert list((folder / "callbacks").glob("*logp_callback*.nbc"))
+    assert list(compile_cache.callbacks_dir(folder).glob("*logp_callback*.nbc"))
     # a model built afresh, as a new process builds it
     compiled, outcome = _compile(_model(), STRUCTURE, frozen=True)
     assert outcome == "hit"
@@ -81,7 +81,7 @@ def test_a_log_density_pytensor_does_not_cache(folder) -> None:
     assert (first.compile_cache, second.compile_cache) == ("hit", "hit")
     np.testing.assert_array_equal(first.idata.posterior["mu"].values,
                                   second.idata.posterior["mu"].values)
-    assert not list((folder / "callbacks").glob("*logp_callback*"))
+    assert not list(compile_cache.callbacks_dir(folder).glob("*logp_callback*"))
 
 
 def _inputs_model(shift: float = 0.0) -> pm.Model:
@@ -102,7 +102,7 @@ def test_data_as_inputs_serve_other_data_in_a_later_process(folder, monkeypatch)
 
     def fit(model):
         return sample(model, draws=100, tune=100, chains=2, seed=5, progress=False,
-                      cache_key=STRUCTURE, keep_compiled=True)
+                      structure=STRUCTURE, data_as_inputs=True, keep_compiled=True)
 
     assert fit(_inputs_model()).compile_cache == "stored"
     sampling._COMPILED.clear()  # as in a new process
@@ -169,7 +169,7 @@ def test_only_the_newest_entries_are_kept(tmp_path, monkeypatch) -> None:
     assert sorted(p.name for p in tmp_path.glob("*.pkl")) == ["1.pkl", "2.pkl"]
     assert compile_cache._load(tmp_path / "2.pkl") == (2,)
     # numba's callback files: an index and its data per key, two keys per model
-    callbacks = tmp_path / "callbacks"
+    callbacks = compile_cache.callbacks_dir(tmp_path)
     callbacks.mkdir()
     for number in range(5):
         for suffix in ("nbi", "1.nbc"):
