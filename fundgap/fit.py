@@ -332,6 +332,8 @@ def fit_design(design: Design, settings: FitSettings | None = None,
     diagnostics["marginalised"] = list(marginal)
     diagnostics["centred"] = list(centred)
     diagnostics["backend"] = settings.backend
+    if result.warm_start:
+        diagnostics["warm_start"] = result.warm_start
     record = {
         "spec_name": spec.name,
         "spec_source": spec.source,

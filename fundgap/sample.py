@@ -17,6 +17,7 @@ from pymc.model.transform.optimization import freeze_dims_and_data
 from fundgap.callbacks import loop_copy_callbacks
 from fundgap.compile_cache import cache_dir, cached_functions, callbacks_dir, model_key
 from fundgap.errors import FundgapError
+from fundgap.warm_start import WarmStart, laplace_start
 
 BACKENDS = ("nutpie", "pymc", "numpyro")
 
@@ -31,6 +32,8 @@ class SampleResult:
     sample_seconds: float
     # what the compile cache did: "hit", "stored", "in process", "off" (fundgap.compile_cache)
     compile_cache: str = "off"
+    # numpyro: where its chains started (fundgap.warm_start.WarmStart.record)
+    warm_start: dict | None = None
 
 
 # nutpie models compiled in this process, by structure: a batch of refits or a repeated
@@ -83,13 +86,18 @@ def sample(model: pm.Model, backend: str = "nutpie", draws: int = 1000, tune: in
             raise FundgapError("the numpyro backend needs JAX and numpyro: "
                                "pip install 'fundgap[jax]'") from None
     start = time.perf_counter()
+    kwargs, warm_start = {}, None
+    if backend == "numpyro":
+        warm_start = laplace_start(model, chains, seed)
+        kwargs = _jax_kwargs(chains, warm_start)
     with model:
         idata = pm.sample(draws=draws, tune=tune, chains=chains, random_seed=seed,
                           cores=min(chains, os.cpu_count() or 1), nuts_sampler=backend,
-                          progressbar=progress, compute_convergence_checks=False,
-                          **_jax_kwargs(backend, chains))
-    # PyMC compiles inside pm.sample; its time is counted as sampling time.
-    return SampleResult(idata, backend, 0.0, time.perf_counter() - start)
+                          progressbar=progress, compute_convergence_checks=False, **kwargs)
+    # PyMC compiles inside pm.sample; its time is counted as sampling time (and the warm
+    # start's, which it records apart).
+    return SampleResult(idata, backend, 0.0, time.perf_counter() - start,
+                        warm_start=warm_start and warm_start.record())
 
 
 def _compile(model: pm.Model, structure: tuple | None, frozen: bool) -> tuple[object, str]:
@@ -114,13 +122,16 @@ def _compile(model: pm.Model, structure: tuple | None, frozen: bool) -> tuple[ob
     return compiled, outcome["compile_cache"]
 
 
-def _jax_kwargs(backend: str, chains: int) -> dict:
-    """numpyro's chain method: one chain per device where there are enough (PyMC makes
-    100 CPU devices), else all chains vectorised on one device, as on a single GPU."""
-    if backend != "numpyro":
-        return {}
+def _jax_kwargs(chains: int, warm_start: WarmStart) -> dict:
+    """pm.sample's arguments for numpyro: the chains start where `warm_start` says (no
+    jitter on top), with its inverse mass matrix; one chain per device where there are
+    enough (PyMC makes 100 CPU devices), else all chains vectorised on one device, as on a
+    single GPU."""
     import jax
     import pymc.sampling.jax  # noqa: F401  (sets the CPU device count before JAX starts)
 
     method = "parallel" if jax.local_device_count() >= chains else "vectorized"
-    return {"nuts_sampler_kwargs": {"chain_method": method}}
+    return {"initvals": warm_start.initial_points,
+            "nuts_sampler_kwargs": {
+                "chain_method": method, "jitter": False,
+                "nuts_kwargs": {"inverse_mass_matrix": warm_start.inverse_mass_matrix}}}
