@@ -1,15 +1,14 @@
 """numpyro's NUTS started at the posterior mode, with the mode's curvature as its mass matrix.
 
-numpyro starts from PyMC's initial point with an identity mass matrix. Where data are
-plentiful the posterior is far narrower than that: at a million campaigns its first step
-size is about 1e-6, and its chains spend the whole warm-up crawling towards the bulk in trees
-of up to 1,023 steps (the log density still rose by millions after 300 iterations at 50,000
-campaigns). Here the chains start in the bulk with the right scales instead:
+numpyro starts from PyMC's initial point with an identity mass matrix; where data are
+plentiful the posterior is far narrower than that, and its warm-up must first find both the
+bulk and the scales (the million-campaign count model took 550-800 leapfrog steps per
+warm-up iteration on an H100; benchmarks/README.md). Here the chains start in the bulk with
+the posterior's own scales:
 
 1. the mode, in the sampler's unconstrained space: Adam steps first (each coordinate moves
-   at most its learning rate per step, whatever the gradient's scale: L-BFGS from PyMC's
-   initial point jumped to sigmas of e^-207, where the marginal likelihood overflows), then
-   L-BFGS (SciPy) inside a box around where Adam stopped, on the JAX log density;
+   at most its learning rate per step, whatever the scale of the gradient), then L-BFGS
+   (SciPy) inside a box around where Adam stopped, on the JAX potential;
 2. the Hessian there, column by column from Hessian-vector products (JAX, in batches), and
    its inverse: a Laplace approximation of the posterior;
 3. each chain's initial point drawn from that approximation (so the chains start apart, as
@@ -70,29 +69,29 @@ def laplace_start(model: pm.Model, chains: int, seed: int,
 
     started = time.perf_counter()
     # PyMC's flag reads backwards: negative_logp=False gives the potential, -logp
-    negative_logp = get_jaxified_logp(model, negative_logp=False)
+    potential = get_jaxified_logp(model, negative_logp=False)
     point = model.initial_point()
     dtype = pytensor.config.floatX
     flat0, unravel = ravel_pytree([jnp.asarray(point[v.name], dtype=dtype)
                                    for v in model.value_vars])
 
-    def flat_logp(x):
-        return negative_logp(unravel(x))
+    def flat_potential(x):
+        return potential(unravel(x))
 
-    value_and_grad = jax.jit(jax.value_and_grad(flat_logp))
+    gradient = jax.grad(flat_potential)
+    value_and_grad = jax.jit(jax.value_and_grad(flat_potential))
 
     def objective(x: np.ndarray) -> tuple[float, np.ndarray]:
         value, gradient = value_and_grad(jnp.asarray(x, dtype=dtype))
         return float(value), np.asarray(gradient, dtype=float)
 
-    near = np.asarray(_adam(jax.grad(flat_logp), flat0), dtype=float)
+    near = np.asarray(_adam(gradient, flat0), dtype=float)
     found = minimize(objective, near, jac=True, method="L-BFGS-B",
                      bounds=[(x - LBFGS_BOX, x + LBFGS_BOX) for x in near],
                      options={"maxiter": max_iterations, "maxcor": 20})
-    near_value = objective(near)[0]
-    better = np.isfinite(found.fun) and (found.fun <= near_value or not np.isfinite(near_value))
-    mode = np.asarray(found.x, dtype=float) if better else near
-    hessian = _hessian(jax.grad(flat_logp), jnp.asarray(mode, dtype=dtype))
+    # L-BFGS starts at Adam's point, so it ends no worse unless its values broke down
+    mode = np.asarray(found.x, dtype=float) if np.isfinite(found.fun) else near
+    hessian = _hessian(gradient, jnp.asarray(mode, dtype=dtype))
     variances, kind = _laplace_variances(hessian)
     # a direction the mode barely pins (a group sd whose Hessian is nearly flat) gets no
     # wider start, nor larger mass-matrix variance, than numpyro's own default of 1
