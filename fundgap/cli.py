@@ -105,7 +105,8 @@ def _run(args: argparse.Namespace) -> int:
     if not models:
         raise FundgapError(f"{args.models}: no model specifications (*.toml)")
     settings = {"draws": args.draws, "tune": args.tune, "chains": args.chains,
-                "seed": args.seed, "backend": args.backend, "replicates": args.replicates}
+                "seed": args.seed, "backend": args.backend, "replicates": args.replicates,
+                "target_accept": args.target_accept}
     client = cluster = None
     if args.scheduler or args.workers:
         from distributed import Client, LocalCluster
@@ -189,7 +190,8 @@ def _fit(args: argparse.Namespace) -> int:
     settings = settings_for(spec, draws=args.draws, tune=args.tune, chains=args.chains,
                             seed=args.seed, backend=args.backend, form=args.form,
                             progress=not args.quiet, full_summary=args.full_summary,
-                            per_campaign=args.per_campaign, centring=args.centring)
+                            per_campaign=args.per_campaign, centring=args.centring,
+                            target_accept=args.target_accept)
     if _reduce(spec, args.data, args.statistics):
         from fundgap.reduce import reduce_prepared
 
@@ -276,6 +278,20 @@ def _robustness(args: argparse.Namespace) -> int:
     return 0
 
 
+TARGET_ACCEPT_HELP = "NUTS target acceptance rate, in [0.5, 1) (default 0.8, or the spec's)"
+
+
+def _acceptance(text: str) -> float:
+    """--target-accept: a number in [0.5, 1), else argparse's usage error."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.5 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number in [0.5, 1)")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="fundgap", description=__doc__.splitlines()[0])
@@ -321,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "[sampler] draws)")
     fit.add_argument("--tune", type=int, help="per chain (default 1000, or the spec's)")
     fit.add_argument("--chains", type=int, help="default 4, or the spec's")
+    fit.add_argument("--target-accept", type=_acceptance, help=TARGET_ACCEPT_HELP)
     fit.add_argument("--seed", type=int, default=20250)
     fit.add_argument("--backend", choices=("nutpie", "pymc", "numpyro"), default="nutpie")
     fit.add_argument("--form", choices=("auto", "marginal", "explicit"), default="auto",
@@ -386,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--draws", type=int, help="per chain (default: each spec's own)")
     run.add_argument("--tune", type=int)
     run.add_argument("--chains", type=int)
+    run.add_argument("--target-accept", type=_acceptance, help=TARGET_ACCEPT_HELP)
     run.add_argument("--seed", type=int)
     run.add_argument("--backend", choices=("nutpie", "pymc", "numpyro"))
     run.add_argument("--replicates", type=int, help="KHB bootstrap replicates (999)")

@@ -64,6 +64,7 @@ class FitSettings:
     chains: int = int(SAMPLER["chains"])
     seed: int = int(SAMPLER["seed"])
     backend: str = str(SAMPLER["backend"])
+    target_accept: float = float(SAMPLER["target_accept"])
     form: str = "auto"
     predictive_draws: int = PREDICTIVE_DRAWS
     progress: bool = True
@@ -304,7 +305,8 @@ def fit_design(design: Design, settings: FitSettings | None = None,
     structure = (form, marginal, tuple(centred), *structure_key(design))
     result = sample(model, settings.backend, settings.draws, settings.tune, settings.chains,
                     settings.seed, settings.progress, structure,
-                    data_as_inputs=form == "marginal", keep_compiled=settings.reuse_compiled)
+                    data_as_inputs=form == "marginal", keep_compiled=settings.reuse_compiled,
+                    target_accept=settings.target_accept)
     idata = result.idata
     # The sampler's internals (non-centred z's, nested levels, log-transformed sds) are not
     # kept: the intercepts are saved as deviations whatever the parameterisation.

@@ -48,7 +48,7 @@ def _data_values(model: pm.Model) -> dict[str, object]:
 def sample(model: pm.Model, backend: str = "nutpie", draws: int = 1000, tune: int = 1000,
            chains: int = 4, seed: int = 20250, progress: bool = True,
            structure: tuple | None = None, data_as_inputs: bool = False,
-           keep_compiled: bool = False) -> SampleResult:
+           keep_compiled: bool = False, target_accept: float = 0.8) -> SampleResult:
     """Sample `model` with the chosen backend.
 
     With nutpie, a model with a `structure` (what fixes its graph, given fundgap's code) goes
@@ -58,7 +58,8 @@ def sample(model: pm.Model, backend: str = "nutpie", draws: int = 1000, tune: in
     the same data loads it. Where its data all enter as pm.Data (`data_as_inputs`), a model
     compiled earlier in this process for the same structure is reused with this model's
     data; and with `keep_compiled` it is compiled with the data as inputs and kept for later
-    fits, in this process and on disk for any data of that layout.
+    fits, in this process and on disk for any data of that layout. `target_accept` is the
+    step size adaptation's target acceptance rate, the same for every backend.
     """
     if backend not in BACKENDS:
         raise FundgapError(f"unknown backend {backend!r}: use {', '.join(BACKENDS)}")
@@ -76,7 +77,8 @@ def sample(model: pm.Model, backend: str = "nutpie", draws: int = 1000, tune: in
             compiled, cache = _compile(model, structure, frozen=True)
         compiled_at = time.perf_counter()
         idata = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=seed,
-                              progress_bar=progress, save_warmup=False)
+                              progress_bar=progress, save_warmup=False,
+                              target_accept=target_accept)
         return SampleResult(idata, backend, compiled_at - start,
                             time.perf_counter() - compiled_at, cache)
     if backend == "numpyro":
@@ -93,7 +95,8 @@ def sample(model: pm.Model, backend: str = "nutpie", draws: int = 1000, tune: in
     with model:
         idata = pm.sample(draws=draws, tune=tune, chains=chains, random_seed=seed,
                           cores=min(chains, os.cpu_count() or 1), nuts_sampler=backend,
-                          progressbar=progress, compute_convergence_checks=False, **kwargs)
+                          progressbar=progress, compute_convergence_checks=False,
+                          target_accept=target_accept, **kwargs)
     # PyMC compiles inside pm.sample; its time is counted as sampling time (and the warm
     # start's, which it records apart).
     return SampleResult(idata, backend, 0.0, time.perf_counter() - start,

@@ -27,7 +27,7 @@ PRIOR_KEYS = ("intercept_scale", "coefficient_scale", "sigma_scale", "group_sd_s
 KNOWN_KEYS = {"name", "description", "exposure", "outcome", "mediators", "terms",
               "equations", "filter", "moderator", "frequentist", "sampler"}
 # Sampler settings a spec may set as its own defaults (the command line still overrides).
-SAMPLER_KEYS = ("draws", "tune", "chains")
+SAMPLER_KEYS = ("draws", "tune", "chains", "target_accept")
 TABLE_MODEL_KEYS = {"table", "model", "formula", "equation", "filter", "family", "cluster",
                     "rename", "posterior_effect"}
 # The frequentist side fits gaussian (and student_t) equations by OLS, bernoulli ones by logit,
@@ -92,7 +92,7 @@ class ModelSpec:
     text: str = ""
     tables: tuple[TableModel, ...] = ()
     khb_table: str | None = None
-    sampler: dict[str, int] = field(default_factory=dict)
+    sampler: dict[str, int | float] = field(default_factory=dict)
     outcomes: tuple[str, ...] = ()
 
     @property
@@ -338,7 +338,11 @@ def parse_spec(text: str, source: str = "<spec>",
     for key, value in sampler.items():
         if key not in SAMPLER_KEYS:
             errors.append(f"sampler.{key}: unknown (use {', '.join(SAMPLER_KEYS)})")
-        elif not isinstance(value, int) or value < 1:
+        elif key == "target_accept":
+            if isinstance(value, bool) or not isinstance(value, float | int) \
+                    or not 0.5 <= value < 1:
+                errors.append("sampler.target_accept: must be a number in [0.5, 1)")
+        elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
             errors.append(f"sampler.{key}: must be a positive whole number")
     if errors:
         raise SpecError(f"{source}:\n  " + "\n  ".join(errors))

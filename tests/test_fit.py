@@ -185,6 +185,17 @@ def test_fit_cli_rejects_bad_spec(small_simulation: Path, tmp_path: Path,
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("value", ["1.0", "0.3", "high"])
+def test_fit_cli_rejects_a_target_accept_outside_its_range(value: str, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture):
+    with pytest.raises(SystemExit) as raised:
+        main(["fit", str(REGIONAL), "--data", "x", "--out", str(tmp_path / "o"),
+              "--target-accept", value])
+    assert raised.value.code == 2
+    assert f"--target-accept: '{value}' is not a number in [0.5, 1)" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_prior_predictive_covers_the_data(small_table: pd.DataFrame):
     prior = prior_predictive(load_spec(REGIONAL), small_table, draws=200, seed=1)
     for name in ("log_amount_raised", "verifier_count"):

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from fundgap.errors import SpecError
+from fundgap.fit import settings_for
 from fundgap.spec import load_spec, parse_spec
 
 from conftest import REPO
@@ -157,10 +158,22 @@ def test_broken_frequentist_section(change: tuple[str, str], message: str) -> No
 @pytest.mark.parametrize(("sampler", "message"), [
     ("draws = 0", "sampler.draws: must be a positive whole number"),
     ("warmup = 10", "sampler.warmup: unknown"),
+    ("draws = 1.5", "sampler.draws: must be a positive whole number"),
+    ("target_accept = 1.0", "sampler.target_accept: must be a number in"),
+    ("target_accept = 0.2", "sampler.target_accept: must be a number in"),
+    ('target_accept = "high"', "sampler.target_accept: must be a number in"),
 ])
 def test_broken_sampler_table(sampler: str, message: str) -> None:
     with pytest.raises(SpecError, match=message):
         parse_spec(GOOD + f"\n[sampler]\n{sampler}\n", "s.toml")
+
+
+def test_sampler_table_sets_target_accept_under_the_command_line() -> None:
+    spec = parse_spec(GOOD + "\n[sampler]\ntarget_accept = 0.95\ndraws = 200\n", "s.toml")
+    assert settings_for(spec).target_accept == 0.95
+    assert settings_for(spec, target_accept=0.85).target_accept == 0.85
+    assert settings_for(spec, target_accept=None).draws == 200
+    assert settings_for(parse_spec(GOOD, "s.toml")).target_accept == 0.8
 
 
 def test_channel_spec_is_moderated_with_posterior_counterparts() -> None:

@@ -1,0 +1,84 @@
+"""fundgap.sample and fundgap.warm_start: settings reach the sampler; numpyro's chains start
+at the mode with the posterior's own scales."""
+
+from __future__ import annotations
+
+import numpy as np
+import pymc as pm
+import pytest
+
+from fundgap.sample import sample
+
+N = 60
+PRIOR_SD = 10.0
+NOISE_SD = 0.5
+
+
+def _regression(unknown_sigma: bool = False) -> tuple[pm.Model, np.ndarray, np.ndarray]:
+    """A linear regression whose posterior (with the noise sd known) is exactly Gaussian:
+    the model, and that posterior's mean and covariance of the two coefficients."""
+    rng = np.random.default_rng(11)
+    design = np.column_stack([np.ones(N), rng.normal(size=N)])
+    y = design @ np.array([1.5, -0.7]) + rng.normal(0.0, NOISE_SD, size=N)
+    with pm.Model(coords={"term": ["intercept", "slope"]}) as model:
+        beta = pm.Normal("beta", 0.0, PRIOR_SD, dims="term")
+        sigma = pm.HalfNormal("sigma", 1.0) if unknown_sigma else NOISE_SD
+        pm.Normal("y", pm.math.dot(design, beta), sigma, observed=y)
+    precision = design.T @ design / NOISE_SD**2 + np.eye(2) / PRIOR_SD**2
+    covariance = np.linalg.inv(precision)
+    return model, covariance @ design.T @ y / NOISE_SD**2, covariance
+
+
+def test_target_accept_reaches_nutpie() -> None:
+    model, _, _ = _regression(unknown_sigma=True)
+    runs = {target: sample(model, draws=300, tune=300, chains=2, seed=3, progress=False,
+                           target_accept=target).idata.sample_stats
+            for target in (0.6, 0.95)}
+    low, high = (float(runs[t]["step_size"].mean()) for t in (0.6, 0.95))
+    assert high < 0.8 * low
+    assert float(runs[0.95]["mean_tree_accept"].mean()) > 0.88
+    assert float(runs[0.6]["mean_tree_accept"].mean()) < 0.8
+
+
+def test_laplace_start_is_the_exact_posterior_of_a_gaussian_model() -> None:
+    pytest.importorskip("jax")
+    from fundgap.warm_start import laplace_start
+
+    model, mean, covariance = _regression()
+    start = laplace_start(model, chains=3, seed=7)
+    assert start.converged and start.hessian == "positive definite"
+    starts = np.array([point["beta"] for point in start.initial_points])
+    assert starts.shape == (3, 2)
+    # drawn from the Laplace approximation (here the posterior itself): apart, and within
+    # a few posterior sds of its mean
+    assert np.all(np.abs(starts - mean) < 5 * np.sqrt(np.diag(covariance)))
+    assert len({tuple(row) for row in starts}) == 3
+    np.testing.assert_allclose(start.inverse_mass_matrix, np.diag(covariance), rtol=1e-4)
+    record = start.record()
+    assert record["method"] == "laplace" and record["converged"] is True
+
+
+def test_laplace_start_gives_constrained_values() -> None:
+    pytest.importorskip("jax")
+    from fundgap.warm_start import laplace_start
+
+    model, _, _ = _regression(unknown_sigma=True)
+    start = laplace_start(model, chains=2, seed=7)
+    sigmas = [float(point["sigma"]) for point in start.initial_points]
+    # sigma is sampled as log(sigma); the start is given as sigma itself, near the noise sd
+    assert all(0.5 * NOISE_SD < s < 2 * NOISE_SD for s in sigmas)
+    assert start.inverse_mass_matrix.shape == (3,)
+    assert np.all(start.inverse_mass_matrix > 0) and np.all(start.inverse_mass_matrix <= 1)
+
+
+def test_numpyro_backend_samples_the_posterior_from_its_warm_start() -> None:
+    pytest.importorskip("numpyro")
+    model, mean, covariance = _regression()
+    result = sample(model, backend="numpyro", draws=500, tune=300, chains=2, seed=5,
+                    progress=False)
+    draws = result.idata.posterior["beta"].values.reshape(-1, 2)
+    sds = np.sqrt(np.diag(covariance))
+    assert np.all(np.abs(draws.mean(axis=0) - mean) < 0.2 * sds)
+    np.testing.assert_allclose(draws.std(axis=0), sds, rtol=0.15)
+    assert result.warm_start["converged"] is True
+    assert int(result.idata.sample_stats["diverging"].sum()) == 0
