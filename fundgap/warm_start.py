@@ -43,6 +43,7 @@ class WarmStart:
     """Where numpyro's chains start, and what finding it cost."""
 
     initial_points: list[dict[str, np.ndarray]]  # per chain, by free variable (constrained)
+    unconstrained: np.ndarray                    # the same, (chains, size), as numpyro sees it
     inverse_mass_matrix: np.ndarray              # flat, in the order of model.value_vars
     iterations: int                              # L-BFGS iterations to the mode
     converged: bool
@@ -99,7 +100,7 @@ def laplace_start(model: pm.Model, chains: int, seed: int,
     rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[2])
     starts = mode + np.sqrt(variances) * rng.standard_normal((chains, mode.size))
     return WarmStart(_constrained(model, [unravel(jnp.asarray(s, dtype=dtype))
-                                          for s in starts]),
+                                          for s in starts]), starts.astype(dtype),
                      variances.astype(dtype), int(found.nit), bool(found.success), kind,
                      time.perf_counter() - started)
 

@@ -41,9 +41,10 @@ def test_logit_recovers_the_development_slope(default_table: pd.DataFrame,
     assert effect["mean"] == pytest.approx(p * (1 - p) * row["mean"], rel=0.25, abs=0.003)
 
 
-def test_recommendation_spec_sets_longer_chains() -> None:
+def test_recommendation_spec_sets_longer_chains_and_smaller_steps() -> None:
     spec = load_spec(RECOMMENDATION)
-    assert spec.sampler == {"draws": 4000, "tune": 2000}
+    assert spec.sampler == {"draws": 4000, "tune": 2000, "target_accept": 0.9}
     settings = settings_for(spec, draws=None, seed=3)
     assert (settings.draws, settings.tune, settings.seed) == (4000, 2000, 3)
+    assert settings.target_accept == 0.9
     assert settings_for(spec, draws=500).draws == 500

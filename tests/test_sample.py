@@ -67,6 +67,9 @@ def test_laplace_start_gives_constrained_values() -> None:
     sigmas = [float(point["sigma"]) for point in start.initial_points]
     # sigma is sampled as log(sigma); the start is given as sigma itself, near the noise sd
     assert all(0.5 * NOISE_SD < s < 2 * NOISE_SD for s in sigmas)
+    # numpyro's view: beta, then log(sigma), per chain
+    assert start.unconstrained.shape == (2, 3)
+    np.testing.assert_allclose(np.exp(start.unconstrained[:, 2]), sigmas, rtol=1e-6)
     assert start.inverse_mass_matrix.shape == (3,)
     assert np.all(start.inverse_mass_matrix > 0) and np.all(start.inverse_mass_matrix <= 1)
 
