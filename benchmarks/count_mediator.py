@@ -1,10 +1,12 @@
 """The regional model with a negative-binomial verifier count, at up to a million campaigns.
 
 A count mediator cannot be integrated out: its county and prefecture intercepts stay in the
-sampler (explicit, non-centred), so every gradient touches every campaign. This is the work
-the JAX backend is for on a GPU. The table is simulated as in benchmarks/scaling.py, with
-the verifier count drawn from a negative binomial (log link, dispersion 2); the spec is
-models/regional_mediation.toml with `family = "negative_binomial"` on that equation.
+sampler, so every gradient touches every campaign. This is the work a JAX backend is for on
+a GPU: `--backend nutpie-jax` (the default here: nutpie's sampler and adaptation, the log
+density in JAX) or `numpyro` (vectorised chains, Stan-style windowed adaptation). The table
+is simulated as in benchmarks/scaling.py, with the verifier count drawn from a negative
+binomial (log link, dispersion 2); the spec is models/regional_mediation.toml with
+`family = "negative_binomial"` on that equation.
 
 Each run is `fundgap fit` in a child process with `--per-campaign skip`:
 
@@ -13,9 +15,10 @@ Each run is `fundgap fit` in a child process with `--per-campaign skip`:
   precision float64  or float32 (PYTENSOR_FLAGS=floatX=float32; JAX then runs in float32)
 
     python benchmarks/count_mediator.py --sizes 1000000 \\
-        --runs auto:float32 auto:float64 explicit:float32 --backend numpyro
+        --runs auto:float64 auto:float32 --backend nutpie-jax
 
-Prints a Markdown table (wall, sampling, min bulk ESS, ESS/s, divergences, R-hat, peak host
+Prints a Markdown table (wall, sampling, min bulk ESS, ESS/s, leapfrog steps per draw,
+divergences, R-hat, peak host
 and GPU memory, the count equation's development slope against its truth) and appends each
 row as JSON to --results.
 """
@@ -34,6 +37,8 @@ import xarray as xr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scaling import COUNT, ROOT, _fit, simulated_table
+
+from fundgap.defaults import BACKENDS
 
 COUNT_EQUATION = "verifier_count"
 
@@ -74,12 +79,18 @@ def _count_slope(out: Path) -> tuple[float, float]:
     return float(slope.mean()), float(slope.std())
 
 
+def _steps_per_draw(out: Path) -> float | None:
+    """Mean leapfrog steps per kept draw, where the backend records them."""
+    stats = xr.open_dataset(out / "posterior.nc", group="sample_stats")
+    return round(float(stats["n_steps"].mean()), 1) if "n_steps" in stats else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000])
     parser.add_argument("--runs", nargs="+", default=["auto:float32", "auto:float64"],
                         help="FORM:PRECISION, FORM auto or explicit, PRECISION float32|64")
-    parser.add_argument("--backend", default="numpyro", choices=("numpyro", "nutpie"))
+    parser.add_argument("--backend", default="nutpie-jax", choices=BACKENDS)
     parser.add_argument("--draws", type=int, default=1000)
     parser.add_argument("--tune", type=int, default=1000)
     parser.add_argument("--work", type=Path, default=Path("/tmp/fundgap-count"))
@@ -93,7 +104,7 @@ def main() -> None:
         spec = count_spec(args.work / "regional_count.toml")
         for run in args.runs:
             form, precision = run.split(":")
-            out = args.work / f"fit_{n}_{form}_{precision}"
+            out = args.work / f"fit_{n}_{form}_{precision}_{args.backend}"
             with GpuMemory() as gpu:
                 result = _fit(table, out, [
                     "--backend", args.backend, "--form", form, "--statistics", "never",
@@ -111,6 +122,7 @@ def main() -> None:
                 "min_bulk_ESS": round(diagnostics["min_ess_bulk"]),
                 "ESS_per_s": round(diagnostics["min_ess_bulk"] / diagnostics["sample_seconds"],
                                    1),
+                "steps_per_draw": _steps_per_draw(out),
                 "divergences": diagnostics["divergences"],
                 "max_R_hat": round(diagnostics["max_r_hat"], 3),
                 "passed": diagnostics["passed"],

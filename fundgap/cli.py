@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fundgap import __version__
+from fundgap.defaults import BACKENDS
 from fundgap.errors import FundgapError
 
 EXIT_PROBLEMS = 1
@@ -339,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--chains", type=int, help="default 4, or the spec's")
     fit.add_argument("--target-accept", type=_acceptance, help=TARGET_ACCEPT_HELP)
     fit.add_argument("--seed", type=int, default=20250)
-    fit.add_argument("--backend", choices=("nutpie", "pymc", "numpyro"), default="nutpie")
+    fit.add_argument("--backend", choices=BACKENDS, default="nutpie")
     fit.add_argument("--form", choices=("auto", "marginal", "explicit"), default="auto",
                      help="auto: intercepts integrated out of every gaussian equation")
     fit.add_argument("--centring", choices=("auto", "noncentred", "centred"), default=None,
@@ -405,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--chains", type=int)
     run.add_argument("--target-accept", type=_acceptance, help=TARGET_ACCEPT_HELP)
     run.add_argument("--seed", type=int)
-    run.add_argument("--backend", choices=("nutpie", "pymc", "numpyro"))
+    run.add_argument("--backend", choices=BACKENDS)
     run.add_argument("--replicates", type=int, help="KHB bootstrap replicates (999)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(run=_run)

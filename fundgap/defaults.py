@@ -22,6 +22,9 @@ PRIOR_SCALES: dict[str, float] = {
     "group_sd_scale": 0.5,
 }
 
+# nutpie with numba (the default) or JAX (for a GPU), PyMC's own NUTS, numpyro (JAX)
+BACKENDS = ("nutpie", "nutpie-jax", "pymc", "numpyro")
+
 SAMPLER: dict[str, object] = {
     "draws": 1000,
     "tune": 1000,

@@ -1,4 +1,5 @@
-"""The one place a sampler is called: nutpie (default), PyMC's NUTS, or numpyro (JAX).
+"""The one place a sampler is called: nutpie (default; its log density compiled by numba, or
+by JAX with `nutpie-jax`, for a GPU), PyMC's NUTS, or numpyro (JAX).
 
 Returns the InferenceData of the posterior and sample stats, plus the seconds spent
 compiling and sampling. The same seed gives the same draws with the same backend.
@@ -16,10 +17,9 @@ from pymc.model.transform.optimization import freeze_dims_and_data
 
 from fundgap.callbacks import loop_copy_callbacks
 from fundgap.compile_cache import cache_dir, cached_functions, callbacks_dir, model_key
+from fundgap.defaults import BACKENDS
 from fundgap.errors import FundgapError
 from fundgap.warm_start import WarmStart, laplace_start
-
-BACKENDS = ("nutpie", "pymc", "numpyro")
 
 
 @dataclass
@@ -63,12 +63,14 @@ def sample(model: pm.Model, backend: str = "nutpie", draws: int = 1000, tune: in
     """
     if backend not in BACKENDS:
         raise FundgapError(f"unknown backend {backend!r}: use {', '.join(BACKENDS)}")
-    if backend == "nutpie":
+    if backend in ("nutpie", "nutpie-jax"):
         import nutpie
 
         start = time.perf_counter()
         reusable = structure is not None and data_as_inputs
-        if reusable and structure in _COMPILED:
+        if backend == "nutpie-jax":
+            compiled, cache = _compile_jax(model), "off"
+        elif reusable and structure in _COMPILED:
             compiled, cache = _COMPILED[structure].with_data(**_data_values(model)), "in process"
         elif reusable and keep_compiled:
             compiled, cache = _compile(model, structure, frozen=False)
@@ -123,6 +125,24 @@ def _compile(model: pm.Model, structure: tuple | None, frozen: bool) -> tuple[ob
     if not frozen and outcome["compile_cache"] == "hit":  # compiled with another's data
         compiled = compiled.with_data(**_data_values(model))
     return compiled, outcome["compile_cache"]
+
+
+def _compile_jax(model: pm.Model) -> object:
+    """nutpie's model with the log density and gradient written in JAX (on a GPU where JAX
+    has one), its data frozen in. JAX compiles it at the first call, inside sampling.
+    nutpie runs each chain in its own thread and calls the density once per leapfrog step,
+    so chains are not vectorised as numpyro's are; its mass matrix adaptation, which
+    learns from gradients as well as draws, needs far fewer steps while warming up (on the
+    count-mediator model at 20,000 campaigns, benchmarks/README.md)."""
+    import nutpie
+
+    try:
+        import jax  # noqa: F401
+    except ImportError:
+        raise FundgapError("the nutpie-jax backend needs JAX: pip install 'fundgap[jax]'") \
+            from None
+    return nutpie.compile_pymc_model(freeze_dims_and_data(model), backend="jax",
+                                     gradient_backend="jax")
 
 
 def _jax_kwargs(chains: int, warm_start: WarmStart) -> dict:
