@@ -33,12 +33,17 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pymc as pm
 import xarray as xr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scaling import COUNT, ROOT, _fit, simulated_table
 
+from fundgap.build import build_model
 from fundgap.defaults import BACKENDS
+from fundgap.design import build_design
+from fundgap.fit import choose_centring, choose_form
+from fundgap.spec import load_spec
 
 COUNT_EQUATION = "verifier_count"
 
@@ -50,6 +55,18 @@ def count_spec(path: Path) -> Path:
     assert header in text
     path.write_text(text.replace(header, header + 'family = "negative_binomial"\n'))
     return path
+
+
+def count_model(size: int, work: Path, form: str = "auto",
+                centring: str = "auto") -> tuple[pm.Model, str, tuple[str, ...]]:
+    """The count-mediator model fundgap builds for `size` simulated campaigns (the table
+    written to `work` unless already there): the model, its form and its centred groupings."""
+    table, _ = simulated_table(size, work, count_mediator=True)
+    design = build_design(load_spec(count_spec(work / "regional_count.toml")),
+                          pd.read_parquet(table))
+    chosen, marginal = choose_form(design, form)
+    centred = tuple(choose_centring(design, centring))
+    return build_model(design, marginal, centred), chosen, centred
 
 
 class GpuMemory:

@@ -19,13 +19,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from count_mediator import count_spec
-from scaling import simulated_table
-
-from fundgap.build import build_model
-from fundgap.design import build_design
-from fundgap.fit import choose_centring, choose_form
-from fundgap.spec import load_spec
+from count_mediator import count_model
 
 
 def main() -> None:
@@ -42,12 +36,7 @@ def main() -> None:
     import pytensor
     from pymc.sampling.jax import get_jaxified_logp
 
-    table, _ = simulated_table(args.size, args.work, count_mediator=True)
-    design = build_design(load_spec(count_spec(args.work / "regional_count.toml")),
-                          pd.read_parquet(table))
-    form, marginal = choose_form(design, args.form)
-    centred = choose_centring(design, args.centring)
-    model = build_model(design, marginal, centred)
+    model, form, centred = count_model(args.size, args.work, args.form, args.centring)
     started = time.perf_counter()
     logp = get_jaxified_logp(model)
     rng = np.random.default_rng(0)

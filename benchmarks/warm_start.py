@@ -31,13 +31,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from count_mediator import count_spec
-from scaling import simulated_table
-
-from fundgap.build import build_model
-from fundgap.design import build_design
-from fundgap.fit import choose_centring, choose_form
-from fundgap.spec import load_spec
+from count_mediator import count_model
 
 
 def main() -> None:
@@ -54,12 +48,7 @@ def main() -> None:
 
     import pymc.sampling.jax  # noqa: F401  (sets the CPU device count before JAX starts)
 
-    table, _ = simulated_table(args.size, args.work, count_mediator=True)
-    design = build_design(load_spec(count_spec(args.work / "regional_count.toml")),
-                          pd.read_parquet(table))
-    form, marginal = choose_form(design, "auto")
-    centred = choose_centring(design, "auto")
-    model = build_model(design, marginal, centred)
+    model, form, centred = count_model(args.size, args.work)
     print(f"{args.size:,} campaigns, form {form}, centred: {', '.join(centred) or 'none'}",
           flush=True)
     rows = [run(model, start, args) for start in args.starts]
