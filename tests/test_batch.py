@@ -96,10 +96,12 @@ def test_killed_run_leaves_complete_folders_and_resumes(batch_inputs: Path,
                "2", "--replicates", "9"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
+    # killed as soon as the second spec's Bayesian fit has started (its log is opened first
+    # thing), not after a fixed wait: with a warm compile cache a tiny fit takes a second
+    started = out / "first" / "logs" / "tiny_age.bayesian.log"
     deadline = time.time() + 300
-    while time.time() < deadline and not (out / "first" / "tiny" / "fit.json").exists():
-        time.sleep(0.2)
-    time.sleep(1.0)  # into the next task
+    while time.time() < deadline and not started.exists():
+        time.sleep(0.02)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert (out / "first" / "tiny" / "fit.json").exists(), "the first fit never finished"

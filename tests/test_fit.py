@@ -45,13 +45,14 @@ def test_fit_passes_its_gate_and_recovers_the_truth(regional_fit, default_simula
     for mediator, value in pooled["indirect"].items():
         expected[("indirect", mediator)] = value
         expected[("b", mediator)] = pooled["b"][mediator]
+    # each truth within 3 posterior sds, and at least 8 of the 10 in their 95% intervals (all
+    # 10 at once would hold for only about 60% of data sets even if perfectly calibrated)
+    covered = 0
     for key, value in expected.items():
         row = effects.loc[key]
-        assert row["ci_lower"] <= value <= row["ci_upper"], (key, value, row.to_dict())
-    # the b paths are estimated sharply: the truth lies near the posterior mean
-    for mediator, value in pooled["b"].items():
-        row = effects.loc[("b", mediator)]
-        assert abs(row["mean"] - value) < 3 * row["sd"]
+        assert abs(row["mean"] - value) < 3 * row["sd"], (key, value, row.to_dict())
+        covered += bool(row["ci_lower"] <= value <= row["ci_upper"])
+    assert len(expected) == 10 and covered >= 8, covered
 
 
 def test_random_intercept_sds_cover_the_truth(regional_fit, default_simulation: Path):
