@@ -17,6 +17,11 @@ the posterior's own scales:
 numpyro's window adaptation then goes on from there as usual. Where the Hessian is not
 positive definite (no proper mode, as in a funnel), the variances fall back to the inverse of
 its diagonal where that is positive, else 1; none is larger than 1, numpyro's default.
+
+Measured (benchmarks/warm_start.py, count mediator at 20,000 campaigns): 6 % fewer warm-up
+steps, the same steps per draw after it. The joint mode of a hierarchy is not where its mass
+is, so its Laplace scales for the count equation's intercepts and group sds are off by
+factors of 17-200; nutpie's own adaptation (`--backend nutpie-jax`) needs far fewer steps.
 """
 
 from __future__ import annotations
