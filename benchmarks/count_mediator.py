@@ -18,9 +18,8 @@ Each run is `fundgap fit` in a child process with `--per-campaign skip`:
         --runs auto:float64 auto:float32 --backend nutpie-jax
 
 Prints a Markdown table (wall, sampling, min bulk ESS, ESS/s, leapfrog steps per draw,
-divergences, R-hat, peak host
-and GPU memory, the count equation's development slope against its truth) and appends each
-row as JSON to --results.
+divergences, R-hat, peak host and GPU memory, the count equation's development slope against
+its truth) and appends each row as JSON to --results.
 """
 
 from __future__ import annotations

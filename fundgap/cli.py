@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fundgap import __version__
-from fundgap.defaults import BACKENDS
+from fundgap.defaults import BACKENDS, SAMPLER, TARGET_ACCEPT_RANGE
 from fundgap.errors import FundgapError
 
 EXIT_PROBLEMS = 1
@@ -279,17 +279,19 @@ def _robustness(args: argparse.Namespace) -> int:
     return 0
 
 
-TARGET_ACCEPT_HELP = "NUTS target acceptance rate, in [0.5, 1) (default 0.8, or the spec's)"
+LOW, HIGH = TARGET_ACCEPT_RANGE
+TARGET_ACCEPT_HELP = (f"NUTS target acceptance rate, in [{LOW}, {HIGH:g}) (default "
+                      f"{SAMPLER['target_accept']}, or the spec's)")
 
 
 def _acceptance(text: str) -> float:
-    """--target-accept: a number in [0.5, 1), else argparse's usage error."""
+    """--target-accept: a number in TARGET_ACCEPT_RANGE, else argparse's usage error."""
     try:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not 0.5 <= value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number in [0.5, 1)")
+    if not LOW <= value < HIGH:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number in [{LOW}, {HIGH:g})")
     return value
 
 

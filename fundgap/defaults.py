@@ -35,6 +35,8 @@ SAMPLER: dict[str, object] = {
     # diverges at 0.8 sets a higher one in its [sampler] table
     "target_accept": 0.8,
 }
+# what a spec or the command line may set it to: from, and up to (not including)
+TARGET_ACCEPT_RANGE = (0.5, 1.0)
 
 # A fit passes only with no divergence, R-hat <= 1.01 and bulk ESS >= 400 on every reported
 # quantity (effects, coefficients, intercepts, residual and group sds).

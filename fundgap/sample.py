@@ -7,6 +7,7 @@ compiling and sampling. The same seed gives the same draws with the same backend
 
 from __future__ import annotations
 
+import importlib
 import os
 import time
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from pymc.model.transform.optimization import freeze_dims_and_data
 
 from fundgap.callbacks import loop_copy_callbacks
 from fundgap.compile_cache import cache_dir, cached_functions, callbacks_dir, model_key
-from fundgap.defaults import BACKENDS
+from fundgap.defaults import BACKENDS, SAMPLER
 from fundgap.errors import FundgapError
 from fundgap.warm_start import WarmStart, laplace_start
 
@@ -48,7 +49,8 @@ def _data_values(model: pm.Model) -> dict[str, object]:
 def sample(model: pm.Model, backend: str = "nutpie", draws: int = 1000, tune: int = 1000,
            chains: int = 4, seed: int = 20250, progress: bool = True,
            structure: tuple | None = None, data_as_inputs: bool = False,
-           keep_compiled: bool = False, target_accept: float = 0.8) -> SampleResult:
+           keep_compiled: bool = False,
+           target_accept: float = float(SAMPLER["target_accept"])) -> SampleResult:
     """Sample `model` with the chosen backend.
 
     With nutpie, a model with a `structure` (what fixes its graph, given fundgap's code) goes
@@ -84,11 +86,7 @@ def sample(model: pm.Model, backend: str = "nutpie", draws: int = 1000, tune: in
         return SampleResult(idata, backend, compiled_at - start,
                             time.perf_counter() - compiled_at, cache)
     if backend == "numpyro":
-        try:
-            import numpyro  # noqa: F401
-        except ImportError:
-            raise FundgapError("the numpyro backend needs JAX and numpyro: "
-                               "pip install 'fundgap[jax]'") from None
+        _require_jax(backend, "numpyro")
     start = time.perf_counter()
     kwargs, warm_start = {}, None
     if backend == "numpyro":
@@ -136,13 +134,18 @@ def _compile_jax(model: pm.Model) -> object:
     count-mediator model at 20,000 campaigns, benchmarks/README.md)."""
     import nutpie
 
-    try:
-        import jax  # noqa: F401
-    except ImportError:
-        raise FundgapError("the nutpie-jax backend needs JAX: pip install 'fundgap[jax]'") \
-            from None
+    _require_jax("nutpie-jax", "jax")
     return nutpie.compile_pymc_model(freeze_dims_and_data(model), backend="jax",
                                      gradient_backend="jax")
+
+
+def _require_jax(backend: str, module: str) -> None:
+    """A clear error where a JAX backend's package is not installed."""
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise FundgapError(f"the {backend} backend needs {module}: "
+                           "pip install 'fundgap[jax]'") from None
 
 
 def _jax_kwargs(chains: int, warm_start: WarmStart) -> dict:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from formulae import model_description
 
+from fundgap.defaults import TARGET_ACCEPT_RANGE
 from fundgap.errors import SpecError
 from fundgap.prepare import EXTRA_COLUMNS, PREPARED_COLUMNS
 
@@ -339,9 +340,10 @@ def parse_spec(text: str, source: str = "<spec>",
         if key not in SAMPLER_KEYS:
             errors.append(f"sampler.{key}: unknown (use {', '.join(SAMPLER_KEYS)})")
         elif key == "target_accept":
+            low, high = TARGET_ACCEPT_RANGE
             if isinstance(value, bool) or not isinstance(value, float | int) \
-                    or not 0.5 <= value < 1:
-                errors.append("sampler.target_accept: must be a number in [0.5, 1)")
+                    or not low <= value < high:
+                errors.append(f"sampler.target_accept: must be a number in [{low}, {high:g})")
         elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
             errors.append(f"sampler.{key}: must be a positive whole number")
     if errors:

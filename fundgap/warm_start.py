@@ -88,8 +88,8 @@ def laplace_start(model: pm.Model, chains: int, seed: int,
     value_and_grad = jax.jit(jax.value_and_grad(flat_potential))
 
     def objective(x: np.ndarray) -> tuple[float, np.ndarray]:
-        value, gradient = value_and_grad(jnp.asarray(x, dtype=dtype))
-        return float(value), np.asarray(gradient, dtype=float)
+        value, slope = value_and_grad(jnp.asarray(x, dtype=dtype))
+        return float(value), np.asarray(slope, dtype=float)
 
     near = np.asarray(_adam(gradient, flat0), dtype=float)
     found = minimize(objective, near, jac=True, method="L-BFGS-B",

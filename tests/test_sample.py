@@ -3,10 +3,13 @@ at the mode with the posterior's own scales."""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pymc as pm
 import pytest
 
+from fundgap.errors import FundgapError
 from fundgap.sample import sample
 
 N = 60
@@ -95,3 +98,14 @@ def test_nutpie_jax_gives_the_same_draws_for_the_same_seed() -> None:
     first, second = (sample(model, backend="nutpie-jax", draws=50, tune=50, chains=2, seed=9,
                             progress=False).idata.posterior for _ in range(2))
     np.testing.assert_array_equal(first["beta"].values, second["beta"].values)
+
+
+@pytest.mark.parametrize(("backend", "missing"), [("numpyro", "numpyro"),
+                                                   ("nutpie-jax", "jax")])
+def test_a_jax_backend_without_its_package_says_what_to_install(backend: str, missing: str,
+                                                                 monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, missing, None)  # `import` then raises ImportError
+    model, _, _ = _regression()
+    with pytest.raises(FundgapError, match=rf"the {backend} backend needs {missing}: "
+                                           r"pip install 'fundgap\[jax\]'"):
+        sample(model, backend=backend, draws=10, tune=10, chains=1, progress=False)
