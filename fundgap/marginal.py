@@ -152,7 +152,8 @@ def add_marginal_likelihood(design: Design, name: str, alpha: pt.TensorVariable,
                             sigma: pt.TensorVariable) -> None:
     """Add one Gaussian equation's exact marginal log likelihood (a pm.Potential) to the
     model in context, its sufficient statistics as pm.Data. `sds` maps the group dims to
-    their sd parameters (outer level first, as the equation lists its groups)."""
+    their sd parameters (outer level first, as the equation lists its groups); only their
+    squares enter, so they may be signed (fundgap.build folds them)."""
     equation = design.equations[name]
     if equation.family not in MARGINAL_FAMILIES:
         raise ValueError(f"the marginalised form needs a Gaussian equation; {name} is "

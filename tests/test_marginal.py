@@ -103,3 +103,41 @@ def test_intercept_draws_follow_the_exact_conditional() -> None:
     standard_error = np.sqrt(np.diag(covariance) / draws)
     assert np.all(np.abs(sample.mean(axis=0) - mean) < 5 * standard_error)
     assert np.cov(sample, rowvar=False) == pytest.approx(covariance, abs=0.02)
+
+
+def test_folded_sds_give_the_halfnormal_posterior() -> None:
+    """The marginal form samples signed group sds; its log density equals that of the same
+    equation with HalfNormal sds at their absolute values (up to log 2 per sd, the fold), so
+    the posterior is the one the explicit form has, whatever the signs."""
+    import pymc as pm
+
+    from fundgap.build import build_model
+    from fundgap.marginal import add_marginal_likelihood
+
+    name = "log_amount_raised"
+    design, equation = tiny_design("(1|prefecture) + (1|county)")
+    folded = build_model(design, marginal=[name])
+    scales = equation.prior_scales()
+    with pm.Model() as halfnormal:
+        alpha = pm.Normal(f"alpha_{name}", scales[0], scales[1])
+        beta_std = pm.Normal(f"beta_std_{name}", 0.0, scales[2], shape=2)
+        sds = {dim: pm.HalfNormal(f"{dim}_sd_{name}", scales[4])
+               for dim in ("prefecture", "county")}
+        add_marginal_likelihood(design, name, alpha, beta_std, sds,
+                                pm.HalfNormal(f"sigma_{name}", scales[3]))
+    folded_logp = folded.compile_logp(jacobian=False)
+    halfnormal_logp = halfnormal.compile_logp(jacobian=False)
+    rng = np.random.default_rng(3)
+    for _ in range(4):
+        common = {f"alpha_{name}": rng.normal(), f"beta_std_{name}": rng.normal(size=2),
+                  f"sigma_{name}_log__": rng.normal(scale=0.5)}
+        county, prefecture = np.abs(rng.normal(scale=0.5, size=2))
+        signs = rng.choice([-1.0, 1.0], size=2)
+        value = folded_logp({**common, f"signed_county_sd_{name}": signs[0] * county,
+                             f"signed_prefecture_sd_{name}": signs[1] * prefecture})
+        reference = halfnormal_logp({**common, f"county_sd_{name}_log__": np.log(county),
+                                     f"prefecture_sd_{name}_log__": np.log(prefecture)})
+        assert value == pytest.approx(reference - 2 * np.log(2), abs=1e-9)
+    # the reported sd is the absolute value of the signed one
+    reported = folded[f"county_sd_{name}"].eval({folded[f"signed_county_sd_{name}"]: -0.7})
+    assert reported == pytest.approx(0.7)
