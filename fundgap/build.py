@@ -13,9 +13,9 @@ around its prefecture's (`_nested_centred`): where levels hold many campaigns (h
 county at platform scale) the data pin each intercept down and the non-centred z's would be
 the funnel. A Gaussian equation named in `marginal` gets its county and prefecture
 intercepts integrated out instead (fundgap.marginal): the sampler then sees only its
-coefficients and variances, the group sds folded (`_folded_sds`). Coefficients in the
-predictors' own units and the intercept are named Deterministics with dims, so every
-posterior variable reads as what it holds.
+coefficients and variances. Group sds are folded where their sign cannot matter
+(`_group_sds`). Coefficients in the predictors' own units and the intercept are named
+Deterministics with dims, so every posterior variable reads as what it holds.
 """
 
 from __future__ import annotations
@@ -72,14 +72,16 @@ def _equation(design: Design, name: str, marginal: bool, centred: Collection[str
                                     dims=term_dim(name))
     pm.Deterministic(f"intercept_{name}", alpha - pt.dot(coefficients, x_mean))
     if marginal:
-        add_marginal_likelihood(design, name, alpha, beta_std, _folded_sds(equation, scales[4]),
+        add_marginal_likelihood(design, name, alpha, beta_std,
+                                _group_sds(equation, scales[4], folded=equation.groups),
                                 pm.HalfNormal(f"sigma_{name}", scales[3]))
         return
-    sds = {GROUP_DIMS[c]: pm.HalfNormal(f"{GROUP_DIMS[c]}_sd_{name}", scales[4])
-           for c in equation.groups}
+    nested_centred = len(equation.groups) == 2 and set(equation.groups) <= set(centred)
+    sds = _group_sds(equation, scales[4], folded=() if nested_centred else
+                     [c for c in equation.groups if c not in centred])
     X = pm.Data(f"X_{name}", (equation.X - equation.x_mean) / equation.x_sd,
                 dims=("campaign", term_dim(name)))
-    if len(equation.groups) == 2 and set(equation.groups) <= set(centred):
+    if nested_centred:
         eta = pt.dot(X, beta_std) + _nested_centred(design, name, alpha, sds)
         _likelihood(equation, eta, scales[3])
         return
@@ -95,21 +97,32 @@ def _equation(design: Design, name: str, marginal: bool, centred: Collection[str
     _likelihood(equation, eta, scales[3])
 
 
-def _folded_sds(equation: EquationDesign, scale: pt.TensorVariable
-                ) -> dict[str, pt.TensorVariable]:
-    """The group sds of a marginalised equation, folded: the sampler moves a signed sd with
-    a Normal(0, scale) prior, and `{dim}_sd_{name}` is its absolute value, which has the
-    HalfNormal(scale) prior of the other forms. The marginal likelihood depends on an sd only
-    through its square, so the posterior of the signed sd is smooth and symmetric about zero:
-    an sd whose posterior piles up near zero has no long tail towards log(0) for the sampler
-    to crawl along (on the default data the county sd of the outcome went from the slowest
-    quantity, bulk ESS 1016, to above 2300; benchmarks/README.md). Returns {dim: signed sd}."""
-    signed = {}
+def _group_sds(equation: EquationDesign, scale: pt.TensorVariable,
+               folded: Collection[str]) -> dict[str, pt.TensorVariable]:
+    """Each group's sd, HalfNormal(scale) a priori, saved as `{dim}_sd_{name}`. Returns
+    {dim: the sd the likelihood uses}.
+
+    The sds of the groups in `folded` are folded: the sampler moves a signed sd with a
+    Normal(0, scale) prior and the saved sd is its absolute value, so the prior is the same
+    HalfNormal. Where the likelihood sees a group's sd only through its square (the marginal
+    form) or its product with standard-normal z's (non-centred intercepts, where the sign
+    swaps with the z's), the posterior of the signed sd is smooth and symmetric about zero:
+    an sd near zero no longer leaves a long tail towards log(0) for the sampler to crawl
+    along. On the default data, min bulk ESS of the marginal form went from 1016 to 2323
+    (the county sd of the outcome from the slowest quantity to 3900), and the recommendation
+    logit no longer diverges at target_accept 0.8 (benchmarks/README.md). Centred intercepts
+    need a positive sd, so their groups are not folded.
+    """
+    sds = {}
     for column in equation.groups:
         dim = GROUP_DIMS[column]
-        signed[dim] = pm.Normal(f"signed_{dim}_sd_{equation.name}", 0.0, scale)
-        pm.Deterministic(f"{dim}_sd_{equation.name}", pt.abs(signed[dim]))
-    return signed
+        saved = f"{dim}_sd_{equation.name}"
+        if column in folded:
+            sds[dim] = pm.Normal(f"signed_{saved}", 0.0, scale)
+            pm.Deterministic(saved, pt.abs(sds[dim]))
+        else:
+            sds[dim] = pm.HalfNormal(saved, scale)
+    return sds
 
 
 def _nested_centred(design: Design, name: str, alpha: pt.TensorVariable,

@@ -54,7 +54,8 @@ def test_auto_centres_only_data_rich_groupings() -> None:
 def test_every_parameterisation_is_the_same_model() -> None:
     """Non-centred, centred county only, and nested centring (both groupings) give the same
     density at the same intercepts, up to the Jacobian of u = sd * z (log N(u | 0, sd) =
-    log N(z | 0, 1) - log sd), and save the intercepts under the same names."""
+    log N(z | 0, 1) - log sd) and log 2 for each folded sd (the non-centred groups' sds are
+    sampled signed, fundgap.build._group_sds), and save the intercepts under the same names."""
     rich = design(8, 30)  # 8 counties in 2 prefectures
     parent = rich.parent("county_code", "prefecture_code")
     noncentred = build_model(rich)
@@ -67,26 +68,27 @@ def test_every_parameterisation_is_the_same_model() -> None:
         assert {"county_intercept_verifier_count", "prefecture_intercept_verifier_count"} <= (
             {v.name for v in model.free_RVs} | {v.name for v in model.deterministics})
 
-    point = noncentred.initial_point()
     rng = np.random.default_rng(1)
     deviations = {"county": rng.normal(0, 0.2, 8), "prefecture": rng.normal(0, 0.2, 2)}
-    log_sd = {dim: float(point[f"{dim}_sd_verifier_count_log__"]) for dim in deviations}
-    common = {k: v for k, v in point.items() if "_z_" not in k}
-    z_point = common | {f"{dim}_z_verifier_count": deviations[dim] / np.exp(log_sd[dim])
-                        for dim in deviations}
-    reference = noncentred.compile_logp()(z_point)
-    county_point = common | {
-        "county_intercept_verifier_count": deviations["county"],
-        "prefecture_z_verifier_count": z_point["prefecture_z_verifier_count"]}
-    alpha = float(point["alpha_verifier_count"])
+    sd = {"county": 0.3, "prefecture": 0.5}
+    common = {k: v for k, v in noncentred.initial_point().items()
+              if "_z_" not in k and "_sd_" not in k}
+    signed = {dim: {f"signed_{dim}_sd_verifier_count": sd[dim]} for dim in sd}
+    positive = {dim: {f"{dim}_sd_verifier_count_log__": np.log(sd[dim])} for dim in sd}
+    z = {dim: {f"{dim}_z_verifier_count": deviations[dim] / sd[dim]} for dim in sd}
+    z_point = common | signed["county"] | signed["prefecture"] | z["county"] | z["prefecture"]
+    reference = noncentred.compile_logp(jacobian=False)(z_point)
+    county_point = common | positive["county"] | signed["prefecture"] | z["prefecture"] | {
+        "county_intercept_verifier_count": deviations["county"]}
+    alpha = float(common["alpha_verifier_count"])
     levels = alpha + deviations["prefecture"]
-    nested_point = common | {"prefecture_level_verifier_count": levels,
-                             "county_level_verifier_count": levels[parent]
-                             + deviations["county"]}
-    assert county_only.compile_logp()(county_point) - reference == pytest.approx(
-        -8 * log_sd["county"])
-    assert nested.compile_logp()(nested_point) - reference == pytest.approx(
-        -(8 * log_sd["county"] + 2 * log_sd["prefecture"]))
+    nested_point = common | positive["county"] | positive["prefecture"] | {
+        "prefecture_level_verifier_count": levels,
+        "county_level_verifier_count": levels[parent] + deviations["county"]}
+    assert county_only.compile_logp(jacobian=False)(county_point) - reference == pytest.approx(
+        np.log(2) - 8 * np.log(sd["county"]))
+    assert nested.compile_logp(jacobian=False)(nested_point) - reference == pytest.approx(
+        2 * np.log(2) - (8 * np.log(sd["county"]) + 2 * np.log(sd["prefecture"])))
     # and the saved deviations are the same numbers
     outputs = nested.replace_rvs_by_values([nested["county_intercept_verifier_count"],
                                             nested["prefecture_intercept_verifier_count"]])

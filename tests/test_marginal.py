@@ -105,39 +105,40 @@ def test_intercept_draws_follow_the_exact_conditional() -> None:
     assert np.cov(sample, rowvar=False) == pytest.approx(covariance, abs=0.02)
 
 
-def test_folded_sds_give_the_halfnormal_posterior() -> None:
-    """The marginal form samples signed group sds; its log density equals that of the same
-    equation with HalfNormal sds at their absolute values (up to log 2 per sd, the fold), so
-    the posterior is the one the explicit form has, whatever the signs."""
-    import pymc as pm
-
-    from fundgap.build import build_model
-    from fundgap.marginal import add_marginal_likelihood
+@pytest.mark.parametrize("form", ["marginal", "explicit"])
+def test_folded_sds_give_the_halfnormal_posterior(form: str, monkeypatch) -> None:
+    """Group sds are sampled signed (Normal prior) and saved as their absolute values. The
+    log density equals that of the same model with HalfNormal sds at the absolute values
+    (the non-centred z's with the sd's sign), up to log 2 per sd: the posterior is the same,
+    whatever the signs."""
+    from fundgap import build
 
     name = "log_amount_raised"
-    design, equation = tiny_design("(1|prefecture) + (1|county)")
-    folded = build_model(design, marginal=[name])
-    scales = equation.prior_scales()
-    with pm.Model() as halfnormal:
-        alpha = pm.Normal(f"alpha_{name}", scales[0], scales[1])
-        beta_std = pm.Normal(f"beta_std_{name}", 0.0, scales[2], shape=2)
-        sds = {dim: pm.HalfNormal(f"{dim}_sd_{name}", scales[4])
-               for dim in ("prefecture", "county")}
-        add_marginal_likelihood(design, name, alpha, beta_std, sds,
-                                pm.HalfNormal(f"sigma_{name}", scales[3]))
+    design, _ = tiny_design("(1|prefecture) + (1|county)")
+    marginal = [name] if form == "marginal" else []
+    folded = build.build_model(design, marginal=marginal)
+    unfolded_sds = build._group_sds
+    monkeypatch.setattr(build, "_group_sds",
+                        lambda equation, scale, folded: unfolded_sds(equation, scale, ()))
+    halfnormal = build.build_model(design, marginal=marginal)
+    assert {v.name for v in halfnormal.free_RVs} & {f"county_sd_{name}",
+                                                     f"prefecture_sd_{name}"}
     folded_logp = folded.compile_logp(jacobian=False)
     halfnormal_logp = halfnormal.compile_logp(jacobian=False)
     rng = np.random.default_rng(3)
     for _ in range(4):
-        common = {f"alpha_{name}": rng.normal(), f"beta_std_{name}": rng.normal(size=2),
-                  f"sigma_{name}_log__": rng.normal(scale=0.5)}
-        county, prefecture = np.abs(rng.normal(scale=0.5, size=2))
-        signs = rng.choice([-1.0, 1.0], size=2)
-        value = folded_logp({**common, f"signed_county_sd_{name}": signs[0] * county,
-                             f"signed_prefecture_sd_{name}": signs[1] * prefecture})
-        reference = halfnormal_logp({**common, f"county_sd_{name}_log__": np.log(county),
-                                     f"prefecture_sd_{name}_log__": np.log(prefecture)})
-        assert value == pytest.approx(reference - 2 * np.log(2), abs=1e-9)
-    # the reported sd is the absolute value of the signed one
-    reported = folded[f"county_sd_{name}"].eval({folded[f"signed_county_sd_{name}"]: -0.7})
-    assert reported == pytest.approx(0.7)
+        point = {f"alpha_{name}": rng.normal(), f"beta_std_{name}": rng.normal(size=2),
+                 f"sigma_{name}_log__": rng.normal(scale=0.5)}
+        reference = dict(point)
+        for dim in ("county", "prefecture"):
+            sd, sign = abs(rng.normal(scale=0.5)), rng.choice([-1.0, 1.0])
+            point[f"signed_{dim}_sd_{name}"] = sign * sd
+            reference[f"{dim}_sd_{name}_log__"] = np.log(sd)
+            if form == "explicit":
+                z = rng.normal(size=len(design.levels[f"{dim}_code"]))
+                point[f"{dim}_z_{name}"], reference[f"{dim}_z_{name}"] = z, sign * z
+        assert folded_logp(point) == pytest.approx(halfnormal_logp(reference) - 2 * np.log(2),
+                                                   abs=1e-9)
+    # the saved sd is the absolute value of the signed one
+    saved = folded[f"county_sd_{name}"].eval({folded[f"signed_county_sd_{name}"]: -0.7})
+    assert saved == pytest.approx(0.7)
