@@ -3,7 +3,8 @@
 `run_batch` validates and prepares each data folder, then fits every spec in models/: the
 joint Bayesian model (`fits/<data>/<spec>/`) and the frequentist tables with their comparison
 (`fits/<data>/frequentist/<spec>/`, after the Bayesian fit, whose posterior it joins). A task
-whose run key (spec text, prepared-data fingerprint, settings, package versions) matches the
+whose run key (spec text, prepared-data fingerprint, settings, package versions, a digest of
+fundgap's source) matches the
 folder already there is skipped, so an interrupted batch resumes and a finished one costs
 nothing. Every folder is written atomically; `index.parquet` at the top of `fits/` holds one
 row per fit folder, rebuilt from the folders after each batch.

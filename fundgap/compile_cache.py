@@ -19,7 +19,6 @@ are: point it only at a folder that no one else writes to.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import inspect
 import os
@@ -31,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 import pymc as pm
+
+from fundgap.store import source_digest
 
 MAX_ENTRIES = 24
 # the packages whose code a compiled model holds or whose pickles it is made of
@@ -54,16 +55,6 @@ def callbacks_dir(folder: Path) -> Path:
     return folder / "callbacks"
 
 
-@functools.cache
-def _source_digest() -> str:
-    """A hash of fundgap's own source: the code that builds the model."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.rglob("*.py")):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
 def model_key(model: pm.Model, structure: tuple, data_values: bool = True) -> str:
     """The key of a model: a hash of `structure` (what fixes its graph, given fundgap's
     source: equations, families, terms, groups, form), every number in it (pm.Data values,
@@ -81,7 +72,7 @@ def model_key(model: pm.Model, structure: tuple, data_values: bool = True) -> st
         from pytensor.graph.basic import ancestors
 
     digest = hashlib.sha256()
-    digest.update(repr((_FORMAT, structure, _source_digest(),
+    digest.update(repr((_FORMAT, structure, source_digest(),
                         [(name, version(name)) for name in PACKAGES],
                         pytensor.config.floatX, model.check_bounds,
                         [v.name for v in model.free_RVs], data_values)).encode())

@@ -7,6 +7,7 @@ place, so an error or an interrupt leaves either the old result or the new one, 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -125,9 +126,21 @@ def file_fingerprint(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+@functools.cache
+def source_digest() -> str:
+    """SHA-256 of fundgap's own source (every module): the code that builds and fits a model,
+    which the package's version number does not follow between releases."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.rglob("*.py")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def package_versions() -> dict[str, str]:
-    """Installed versions of the packages that decide a result."""
-    versions = {}
+    """Installed versions of the packages that decide a result, and a digest of fundgap's
+    source (so a fit, and a batch's run key, tell code that changed since)."""
+    versions = {"fundgap source": source_digest()[:16]}
     for name in RECORDED_PACKAGES:
         try:
             versions[name] = metadata.version(name)

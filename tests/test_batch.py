@@ -152,3 +152,15 @@ def test_bad_data_is_reported_and_the_rest_still_runs(batch_inputs: Path, tmp_pa
     assert "bad" in printed and "campaigns.csv" in printed and "amount_raised" in printed
     assert (tmp_path / "fits" / "good" / "frequentist" / "ols" / "ols.csv").is_file()
     assert not (tmp_path / "fits" / "bad" / "frequentist").exists()
+
+
+def test_run_key_follows_fundgaps_source(monkeypatch) -> None:
+    """A fit made by other fundgap code is not current: the run key holds a digest of the
+    source, which a development install changes without changing the version number."""
+    from fundgap import batch, store
+
+    key = batch.run_key("spec", "data", "bayesian", {"draws": 10})
+    assert batch.run_key("spec", "data", "bayesian", {"draws": 10}) == key
+    assert store.package_versions()["fundgap source"] == store.source_digest()[:16]
+    monkeypatch.setattr(store, "source_digest", lambda: "0" * 64)
+    assert batch.run_key("spec", "data", "bayesian", {"draws": 10}) != key
