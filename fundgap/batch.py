@@ -5,8 +5,9 @@ joint Bayesian model (`fits/<data>/<spec>/`) and the frequentist tables with the
 (`fits/<data>/frequentist/<spec>/`, after the Bayesian fit, whose posterior it joins). A task
 whose run key (spec text, prepared-data fingerprint, settings, package versions, a digest of
 fundgap's source) matches the folder already there is skipped, so an interrupted batch
-resumes and a finished one costs nothing. Every folder is written atomically; `index.parquet` at the top of `fits/` holds one
-row per fit folder, rebuilt from the folders after each batch.
+resumes and a finished one costs nothing. Every folder is written atomically;
+`index.parquet` at the top of `fits/` holds one row per fit folder, rebuilt from the folders
+after each batch.
 
 Tasks run one after another here (each sampler already uses the cores) or, given a Dask
 `Client`, as tasks on its cluster; the layout is the same either way.
