@@ -86,12 +86,14 @@ reported.sort_values("ess_bulk")[["parameter", "mean", "sd", "r_hat", "ess_bulk"
                                   "ess_tail"]].head(12)
 
 # %% [markdown]
-# Rank plots of the slowest-mixing quantities, the group sds: uniform ranks in every chain
-# mean the chains agree.
+# Rank plots of the six group sds that mix slowest: uniform ranks in every chain mean the
+# chains agree. (The sampler moves each sd signed, with its sign free to flip; the saved sd is
+# the absolute value, whose prior is the HalfNormal. See `fundgap/build.py`.)
 
 # %%
-sds = [v for v in fitted.idata.posterior.data_vars if "_sd_" in str(v)]
-az.plot_rank(fitted.idata, var_names=sds[:6], figsize=(9, 6))
+group_sds = reported[reported["parameter"].str.match(r"(county|prefecture)_sd_")]
+slowest = group_sds.sort_values("ess_bulk")["parameter"].head(6).tolist()
+az.plot_rank(fitted.idata, var_names=slowest, figsize=(9, 6))
 plt.tight_layout()
 plt.show()
 
