@@ -28,6 +28,9 @@ import pytensor.tensor as pt
 from fundgap.design import GROUP_DIMS, Design, EquationDesign, term_dim
 from fundgap.marginal import add_marginal_likelihood
 
+# the name of a folded sd's sampled (signed) value is this prefix and the saved sd's name
+FOLDED_PREFIX = "signed_"
+
 
 def _likelihood(equation: EquationDesign, eta: pt.TensorVariable,
                 sigma_scale: pt.TensorVariable) -> None:
@@ -118,7 +121,7 @@ def _group_sds(equation: EquationDesign, scale: pt.TensorVariable,
         dim = GROUP_DIMS[column]
         saved = f"{dim}_sd_{equation.name}"
         if column in folded:
-            sds[dim] = pm.Normal(f"signed_{saved}", 0.0, scale)
+            sds[dim] = pm.Normal(FOLDED_PREFIX + saved, 0.0, scale)
             pm.Deterministic(saved, pt.abs(sds[dim]))
         else:
             sds[dim] = pm.HalfNormal(saved, scale)

@@ -33,6 +33,8 @@ import numpy as np
 import pymc as pm
 import pytensor
 
+from fundgap.build import FOLDED_PREFIX
+
 # Adam: steps, and a learning rate decaying from the first to the second
 ADAM_STEPS = 1000
 ADAM_RATES = (0.05, 1e-4)
@@ -111,14 +113,14 @@ def laplace_start(model: pm.Model, chains: int, seed: int,
 
 
 def _off_the_fold(model: pm.Model, point: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """`point` with every folded sd (fundgap.build._group_sds, `signed_*`) at its prior's
+    """`point` with every folded sd (fundgap.build._group_sds) at its prior's
     scale rather than at zero. The posterior is symmetric in a signed sd, so its gradient
     there is zero: where the data want a positive sd, zero is a saddle, and the search for
     the mode would stop on it (on the regional model: after 9 L-BFGS iterations, with a
     Hessian that is not positive definite)."""
     moved = dict(point)
     for rv in model.free_RVs:
-        if rv.name.startswith("signed_"):
+        if rv.name.startswith(FOLDED_PREFIX):
             scale = rv.owner.op.dist_params(rv.owner)[1]
             value = model.rvs_to_values[rv].name
             moved[value] = np.full_like(point[value], scale.eval())
