@@ -80,8 +80,8 @@ def _equation(design: Design, name: str, marginal: bool, centred: Collection[str
                                 pm.HalfNormal(f"sigma_{name}", scales[3]))
         return
     nested_centred = len(equation.groups) == 2 and set(equation.groups) <= set(centred)
-    sds = _group_sds(equation, scales[4], folded=() if nested_centred else
-                     [c for c in equation.groups if c not in centred])
+    sds = _group_sds(equation, scales[4], folded=[c for c in equation.groups
+                                                  if c not in centred])
     X = pm.Data(f"X_{name}", (equation.X - equation.x_mean) / equation.x_sd,
                 dims=("campaign", term_dim(name)))
     if nested_centred:

@@ -117,7 +117,9 @@ def _off_the_fold(model: pm.Model, point: dict[str, np.ndarray]) -> dict[str, np
     scale rather than at zero. The posterior is symmetric in a signed sd, so its gradient
     there is zero: where the data want a positive sd, zero is a saddle, and the search for
     the mode would stop on it (on the regional model: after 9 L-BFGS iterations, with a
-    Hessian that is not positive definite)."""
+    Hessian that is not positive definite). Done here, not as the sd's `initval` in the
+    model: PyMC's model-to-graph conversion (freeze_dims_and_data, which nutpie's compile
+    path uses) refuses models with non-default initial values."""
     moved = dict(point)
     for rv in model.free_RVs:
         if rv.name.startswith(FOLDED_PREFIX):
