@@ -25,38 +25,19 @@ from collections.abc import Collection
 import pymc as pm
 import pytensor.tensor as pt
 
+from fundgap.defaults import FOLDED_PREFIX
 from fundgap.design import GROUP_DIMS, Design, EquationDesign, term_dim
+from fundgap.families import family
 from fundgap.marginal import add_marginal_likelihood
 
-# the name of a folded sd's sampled (signed) value is this prefix and the saved sd's name
-FOLDED_PREFIX = "signed_"
 
 
 def _likelihood(equation: EquationDesign, eta: pt.TensorVariable,
                 sigma_scale: pt.TensorVariable) -> None:
-    name, family = equation.name, equation.family
-    kwargs = {"observed": equation.y, "dims": "campaign"}
-    if family in ("gaussian", "student_t", "lognormal"):
-        sigma = pm.HalfNormal(f"sigma_{name}", sigma_scale)
-        if family == "gaussian":
-            pm.Normal(name, mu=eta, sigma=sigma, **kwargs)
-        elif family == "student_t":
-            nu = pm.Gamma(f"nu_{name}", alpha=2.0, beta=0.1)
-            pm.StudentT(name, nu=nu, mu=eta, sigma=sigma, **kwargs)
-        else:
-            pm.LogNormal(name, mu=eta, sigma=sigma, **kwargs)
-    elif family == "negative_binomial":
-        dispersion = pm.Exponential(f"dispersion_{name}", 1.0)
-        pm.NegativeBinomial(name, mu=pt.exp(eta), alpha=dispersion, **kwargs)
-    elif family == "bernoulli":
-        pm.Bernoulli(name, logit_p=eta, **kwargs)
-    elif family == "beta":
-        # mean-precision form: mean invlogit(eta), variance mean (1 - mean) / (1 + precision)
-        precision = pm.Gamma(f"precision_{name}", alpha=2.0, beta=0.1)
-        mean = pm.math.invlogit(eta)
-        pm.Beta(name, alpha=mean * precision, beta=(1 - mean) * precision, **kwargs)
-    else:  # parse_spec admits only the families above
-        raise ValueError(f"unknown family {family!r}")
+    """The equation's response given eta, with its family's own parameters (fundgap.families)."""
+    record = family(equation.family)
+    auxiliary = record.auxiliary_priors(equation.name, sigma_scale)
+    record.likelihood(equation.name, eta, auxiliary, equation.y, "campaign")
 
 
 def _equation(design: Design, name: str, marginal: bool, centred: Collection[str]) -> None:

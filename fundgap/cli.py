@@ -163,7 +163,7 @@ def _load_prepared(data: str):
 
 def _reduce(spec, data: str, choice: str) -> bool:
     """Whether to fit from sufficient statistics read in chunks (fundgap.reduce)."""
-    from fundgap.marginal import MARGINAL_FAMILIES
+    from fundgap.families import EXACT_FAMILIES
     from fundgap.reduce import REDUCE_ROWS, parquet_rows
 
     path = Path(data)
@@ -175,7 +175,7 @@ def _reduce(spec, data: str, choice: str) -> bool:
             raise FundgapError(f"{path}: fitting from sufficient statistics reads a "
                                "prepared .parquet table (write one with `fundgap prepare`)")
         return False
-    gaussian = all(e.family in MARGINAL_FAMILIES for e in spec.equations.values())
+    gaussian = all(e.family in EXACT_FAMILIES for e in spec.equations.values())
     return choice == "always" or (gaussian and parquet_rows(path) > REDUCE_ROWS)
 
 

@@ -12,18 +12,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 from formulae import design_matrices
-from scipy.special import logit
 
 from fundgap.defaults import DIMS, PRIOR_SCALES
 from fundgap.errors import SpecError
+from fundgap.families import family
 from fundgap.spec import GROUPS, ModelSpec
 
 # The name the frequentist side gives the intercept column it adds (formulae's own name).
 INTERCEPT = "Intercept"
 # group column of the prepared table -> the dimension of its intercepts
 GROUP_DIMS = {f"{level}_code": DIMS[level] for level in ("county", "prefecture", "province")}
-# Families whose response is a share in (0, 1) or a 0/1 outcome: logit link.
-LOGIT_FAMILIES = ("bernoulli", "beta")
 
 
 def term_dim(equation: str) -> str:
@@ -77,17 +75,7 @@ class EquationDesign:
 
     def link_scale(self) -> tuple[float, float]:
         """Location and scale of the response on the link scale (for the default priors)."""
-        y = self.y
-        if self.family == "lognormal":
-            logged = np.log(y)
-            return float(logged.mean()), float(logged.std() or 1.0)
-        if self.family == "negative_binomial":
-            return float(np.log(max(y.mean(), 1e-3))), 1.0
-        if self.family in LOGIT_FAMILIES:
-            share = float(np.clip(y.mean(), 0.01, 0.99))
-            return float(logit(share)), 1.0
-        mean, sd = self.y_moments
-        return mean, sd or 1.0
+        return family(self.family).location_scale(self.y, self.y_moments)
 
 
 @dataclass
@@ -172,18 +160,6 @@ def expand_formula(formula: str, rows: pd.DataFrame) -> tuple[np.ndarray, np.nda
     return y, common.to_numpy(dtype=float), list(common.columns)
 
 
-def squeeze_share(y: np.ndarray, where: str) -> np.ndarray:
-    """Shares in [0, 1] moved into (0, 1) for a beta likelihood: (y (n - 1) + 1/2) / n
-    (Smithson and Verkuilen 2006), so a campaign that reached its target (share 1) stays in
-    the data. A value outside [0, 1] is an error naming `where`."""
-    outside = (y < 0) | (y > 1)
-    if outside.any():
-        raise SpecError(f"{where}: a beta response must lie in [0, 1]; "
-                        f"{int(outside.sum())} rows do not (e.g. {y[outside][0]:g})")
-    n = len(y)
-    return (y * (n - 1) + 0.5) / n
-
-
 def build_design(spec: ModelSpec, table: pd.DataFrame) -> Design:
     """Apply the spec's filter, drop incomplete rows, expand every formula."""
     if not spec.is_bayesian:
@@ -201,8 +177,8 @@ def build_design(spec: ModelSpec, table: pd.DataFrame) -> Design:
     equations = {}
     for name, equation in spec.equations.items():
         y, X, terms = expand_formula(equation.fixed_formula, rows)
-        if equation.family == "beta":
-            y = squeeze_share(y, f"{spec.source}: equations.{name} ({equation.response})")
+        y = family(equation.family).prepare_response(
+            y, f"{spec.source}: equations.{name} ({equation.response})")
         equations[name] = EquationDesign(name, equation.family, y, X, terms,
                                          equation.groups, dict(equation.priors))
     return Design(spec, rows, equations, levels, index, dropped)

@@ -29,15 +29,14 @@ import arviz as az
 import numpy as np
 import pandas as pd
 import xarray as xr
-from scipy.special import expit
 
 from fundgap.defaults import EFFECT_CHUNK_VALUES
 from fundgap.design import Design
 from fundgap.errors import SpecError
+from fundgap.families import auxiliary_draws, family
 from fundgap.predictive import linear_predictor
 
 T = TypeVar("T", xr.DataArray, xr.Dataset)
-IDENTITY_LINK = ("gaussian", "student_t")
 EFFECTS = ("total", "direct", "indirect", "share", "a", "b")
 SAMPLE_DIMS = ("chain", "draw")
 
@@ -80,13 +79,9 @@ def _level_rows(design: Design, equation: str, level: str | None) -> np.ndarray:
     return np.flatnonzero(design.table[design.spec.moderator].astype(str).to_numpy() == level)
 
 
-def _mean(posterior: xr.Dataset, family: str, equation: str, eta):
-    """The response's mean given its linear predictor (the inverse link)."""
-    if family in ("bernoulli", "beta"):
-        return expit(eta)
-    if family == "lognormal":
-        return np.exp(eta) * np.exp(posterior[f"sigma_{equation}"] ** 2 / 2)
-    return np.exp(eta)  # negative_binomial
+def _mean(posterior: xr.Dataset, family_name: str, equation: str, eta):
+    """The response's mean given its linear predictor (the family's inverse link)."""
+    return family(family_name).mean(eta, auxiliary_draws(posterior, family_name, equation))
 
 
 def _campaign_average(posterior: xr.Dataset, design: Design, equation: str,
@@ -111,13 +106,13 @@ def _exposure_path(posterior: xr.Dataset, design: Design, equation: str,
                    level: str | None) -> xr.DataArray:
     """The exposure's effect on an equation's response (its mean), per unit, per draw."""
     exposure_slope = slope(posterior, design, equation, design.spec.exposure, level)
-    family = design.equations[equation].family
-    if family in IDENTITY_LINK:
+    family_name = design.equations[equation].family
+    if family(family_name).identity_link:
         return exposure_slope
     return _campaign_average(
         posterior, design, equation, level,
-        lambda eta: _mean(posterior, family, equation, eta + exposure_slope)
-        - _mean(posterior, family, equation, eta))
+        lambda eta: _mean(posterior, family_name, equation, eta + exposure_slope)
+        - _mean(posterior, family_name, equation, eta))
 
 
 def _outcome_effects(posterior: xr.Dataset, design: Design, outcome: str,
@@ -131,8 +126,7 @@ def _outcome_effects(posterior: xr.Dataset, design: Design, outcome: str,
                   dim="mediator").assign_coords(mediator=mediators)
     b = xr.concat([slope(posterior, design, outcome, m, level) for m in mediators],
                   dim="mediator").assign_coords(mediator=mediators)
-    family = design.equations[outcome].family
-    if family in IDENTITY_LINK:
+    if family(design.equations[outcome].family).identity_link:
         indirect = a * b
         total = direct + indirect.sum("mediator")
     else:
@@ -155,23 +149,25 @@ def _natural_effects(posterior: xr.Dataset, design: Design, outcome: str, level:
     indirect effects of single mediators need not add up to the joint one.
     """
     spec = design.spec
-    not_linear = [m for m in spec.mediators if design.equations[m].family not in IDENTITY_LINK]
+    not_linear = [m for m in spec.mediators
+                  if not family(design.equations[m].family).identity_link]
     if not_linear:
         raise SpecError(f"{spec.source}: mediation on the {design.equations[outcome].family} "
                         f"outcome {outcome} needs gaussian or student_t mediators; "
                         f"{', '.join(not_linear)} are not")
-    family = design.equations[outcome].family
+    family_name = design.equations[outcome].family
     direct_slope = slope(posterior, design, outcome, spec.exposure, level)
 
     def contrasts(eta: xr.DataArray) -> xr.Dataset:
         shifted = eta + direct_slope
-        moved = _mean(posterior, family, outcome, shifted)
+        moved = _mean(posterior, family_name, outcome, shifted)
         indirect = xr.concat(
-            [_mean(posterior, family, outcome, shifted + a.sel(mediator=m) * b.sel(mediator=m))
+            [_mean(posterior, family_name, outcome,
+                   shifted + a.sel(mediator=m) * b.sel(mediator=m))
              - moved for m in spec.mediators],
             dim="mediator").assign_coords(mediator=list(spec.mediators))
-        total = (_mean(posterior, family, outcome, shifted + (a * b).sum("mediator"))
-                 - _mean(posterior, family, outcome, eta))
+        total = (_mean(posterior, family_name, outcome, shifted + (a * b).sum("mediator"))
+                 - _mean(posterior, family_name, outcome, eta))
         return xr.Dataset({"indirect": indirect, "total": total})
 
     averaged = _campaign_average(posterior, design, outcome, level, contrasts)

@@ -35,7 +35,8 @@ from fundgap.effects import (
     summarise_effects,
 )
 from fundgap.errors import FundgapError
-from fundgap.marginal import MARGINAL_FAMILIES, draw_intercepts, structure_key
+from fundgap.families import AUXILIARY_NAMES, EXACT_FAMILIES
+from fundgap.marginal import draw_intercepts, structure_key
 from fundgap.predictive import predictive_groups
 from fundgap.sample import sample
 from fundgap.shrinkage import shrinkage_table
@@ -51,8 +52,8 @@ CENTRINGS = ("auto", "noncentred", "centred")
 # reduced to sufficient statistics has no rows to compute them on); "auto" picks.
 PER_CAMPAIGN = ("auto", "thinned", "skip")
 # Variables the gate checks besides the effects (the latent intercepts are not reported).
-REPORTED_PREFIXES = ("coefficients_", "intercept_", "sigma_", "county_sd_", "prefecture_sd_",
-                     "province_sd_", "nu_", "dispersion_", "precision_")
+REPORTED_PREFIXES = ("coefficients_", "intercept_", "county_sd_", "prefecture_sd_",
+                     "province_sd_", *(f"{name}_" for name in AUXILIARY_NAMES))
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ def choose_form(design: Design, requested: str) -> tuple[str, tuple[str, ...]]:
     """
     if requested not in FORMS:
         raise FundgapError(f"unknown form {requested!r}: use {', '.join(FORMS)}")
-    gaussian = tuple(n for n, e in design.equations.items() if e.family in MARGINAL_FAMILIES)
+    gaussian = tuple(n for n, e in design.equations.items() if e.family in EXACT_FAMILIES)
     if requested == "marginal" and len(gaussian) < len(design.equations):
         raise FundgapError("the marginalised form needs every equation to be gaussian "
                            "(the default form marginalises the Gaussian ones only)")

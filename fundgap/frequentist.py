@@ -21,7 +21,6 @@ import numpy as np
 import pandas as pd
 import statsmodels.api as sm
 from scipy import stats as scipy_stats
-from statsmodels.othermod.betareg import BetaModel
 from statsmodels.regression.mixed_linear_model import VCSpec
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
@@ -32,10 +31,10 @@ from fundgap.design import (
     expand_formula,
     level_codes,
     select_rows,
-    squeeze_share,
 )
+from fundgap.families import FREQUENTIST_FAMILIES, family
 from fundgap.khb import BOOTSTRAP_REPLICATES, BOOTSTRAP_SEED, khb_decomposition
-from fundgap.spec import FREQUENTIST_FAMILIES, ModelSpec, TableModel
+from fundgap.spec import ModelSpec, TableModel
 
 OLS_COLUMNS = ("table", "model", "term", "published_term", "estimate", "std_error",
                "cluster_std_error", "p_value", "cluster_p_value", "stars", "n", "n_clusters",
@@ -93,43 +92,17 @@ def fit_table_model(model: TableModel, table: pd.DataFrame, source: str = "") ->
         "cluster": model.cluster,
         "adj_r2": adj_r2,
         "pseudo_r2": pseudo_r2,
-        "method": METHODS[model.family],
+        "method": family(model.family).method,
     })
-
-
-METHODS = {"gaussian": "ols", "student_t": "ols", "bernoulli": "logit",
-           "negative_binomial": "negative binomial (NB2)", "beta": "beta regression"}
 
 
 def _single_equation_fit(model: TableModel, y: np.ndarray, exog: np.ndarray,
                          clusters: np.ndarray) -> tuple[object, object, float, float]:
-    """(conventional fit, county-clustered fit, adjusted R2, pseudo R2) for the family."""
-    cluster = {"cov_type": "cluster", "cov_kwds": {"groups": clusters}}
-    if model.family == "gaussian" or model.family == "student_t":
-        conventional = sm.OLS(y, exog).fit()
-        clustered = conventional.get_robustcov_results(cov_type="cluster", groups=clusters)
-        return conventional, clustered, float(conventional.rsquared_adj), np.nan
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        if model.family == "bernoulli":
-            conventional = sm.Logit(y, exog).fit(disp=0)
-            clustered = sm.Logit(y, exog).fit(disp=0, **cluster)
-            return conventional, clustered, np.nan, float(conventional.prsquared)
-        if model.family == "negative_binomial":
-            fitted = sm.NegativeBinomial(y, exog, loglike_method="nb2")
-            conventional = fitted.fit(disp=0, maxiter=200)
-            clustered = fitted.fit(disp=0, maxiter=200, start_params=conventional.params,
-                                   **cluster)
-            return conventional, clustered, np.nan, float(conventional.prsquared)
-        share = squeeze_share(y, f"{model.table}.{model.model} ({model.response})")
-        fitted = BetaModel(share, exog)
-        conventional = fitted.fit(disp=0, maxiter=500)
-        clustered = fitted.fit(disp=0, maxiter=500, start_params=conventional.params, **cluster)
-        # betareg's pseudo R2 (Ferrari and Cribari-Neto): squared correlation of the
-        # logit response and the linear predictor
-        eta = exog @ conventional.params[:exog.shape[1]]
-        pseudo_r2 = float(np.corrcoef(np.log(share / (1 - share)), eta)[0, 1] ** 2)
-        return conventional, clustered, np.nan, pseudo_r2
+    """(conventional fit, county-clustered fit, adjusted R2, pseudo R2): the family's
+    statsmodels counterpart (fundgap.families)."""
+    record = family(model.family)
+    y = record.prepare_response(y, f"{model.table}.{model.model} ({model.response})")
+    return record.statsmodels(y, exog, clusters)
 
 
 def table_models(spec: ModelSpec) -> list[TableModel]:

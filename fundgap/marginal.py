@@ -29,8 +29,7 @@ import pytensor.tensor as pt
 from scipy import sparse
 
 from fundgap.design import GROUP_DIMS, Design, EquationDesign
-
-MARGINAL_FAMILIES = ("gaussian",)
+from fundgap.families import EXACT_FAMILIES
 
 
 @dataclass
@@ -155,7 +154,7 @@ def add_marginal_likelihood(design: Design, name: str, alpha: pt.TensorVariable,
     their sd parameters (outer level first, as the equation lists its groups); only their
     squares enter, so they may be signed (fundgap.build folds them)."""
     equation = design.equations[name]
-    if equation.family not in MARGINAL_FAMILIES:
+    if equation.family not in EXACT_FAMILIES:
         raise ValueError(f"the marginalised form needs a Gaussian equation; {name} is "
                          f"{equation.family} (use the explicit form)")
     theta = pt.concatenate([pt.atleast_1d(alpha), beta_std])

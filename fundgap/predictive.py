@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 import xarray as xr
-from scipy import stats
-from scipy.special import expit
 
 from fundgap.design import GROUP_DIMS, Design
+from fundgap.families import auxiliary_draws, family
 
 
 def thinned(posterior: xr.Dataset, keep: int) -> xr.Dataset:
@@ -38,27 +37,6 @@ def linear_predictor(posterior: xr.Dataset, design: Design, name: str,
     return eta.transpose("chain", "draw", "campaign")
 
 
-def _distribution(posterior: xr.Dataset, family: str, name: str, eta: np.ndarray):
-    if family == "gaussian":
-        return stats.norm(eta, posterior[f"sigma_{name}"].values[..., None])
-    if family == "student_t":
-        return stats.t(posterior[f"nu_{name}"].values[..., None], eta,
-                       posterior[f"sigma_{name}"].values[..., None])
-    if family == "lognormal":
-        return stats.lognorm(posterior[f"sigma_{name}"].values[..., None], scale=np.exp(eta))
-    if family == "negative_binomial":
-        dispersion = posterior[f"dispersion_{name}"].values[..., None]
-        mu = np.exp(eta)
-        return stats.nbinom(dispersion, dispersion / (dispersion + mu))
-    if family == "bernoulli":
-        return stats.bernoulli(expit(eta))
-    if family == "beta":
-        precision = posterior[f"precision_{name}"].values[..., None]
-        mean = expit(eta)
-        return stats.beta(mean * precision, (1 - mean) * precision)
-    raise ValueError(f"unknown family {family!r}")
-
-
 def predictive_groups(posterior: xr.Dataset, design: Design, keep: int,
                       rng: np.random.Generator) -> tuple[xr.Dataset, xr.Dataset]:
     """(posterior_predictive, log_likelihood) for about `keep` draws."""
@@ -66,13 +44,14 @@ def predictive_groups(posterior: xr.Dataset, design: Design, keep: int,
     predictive, loglik = {}, {}
     for name, equation in design.equations.items():
         eta = linear_predictor(subset, design, name)
-        dist = _distribution(subset, equation.family, name, eta.values)
+        record = family(equation.family)
+        dist = record.predictive(eta.values, auxiliary_draws(subset, equation.family, name,
+                                                             per_campaign=True))
         coords = {"chain": subset["chain"].values, "draw": subset["draw"].values,
                   "campaign": design.campaigns}
         dims = ("chain", "draw", "campaign")
         predictive[name] = xr.DataArray(dist.rvs(random_state=rng), dims=dims, coords=coords)
-        logpdf = dist.logpmf if equation.family in ("negative_binomial", "bernoulli") \
-            else dist.logpdf
-        loglik[name] = xr.DataArray(logpdf(equation.y[None, None, :]), dims=dims,
-                                    coords=coords)
+        loglik[name] = xr.DataArray(
+            record.pointwise_log_likelihood(dist, equation.y[None, None, :]), dims=dims,
+            coords=coords)
     return xr.Dataset(predictive), xr.Dataset(loglik)

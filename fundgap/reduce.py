@@ -27,7 +27,8 @@ from scipy import sparse
 
 from fundgap.design import INTERCEPT, Design, EquationDesign, select_rows
 from fundgap.errors import SpecError
-from fundgap.marginal import MARGINAL_FAMILIES, SufficientStatistics, size_table
+from fundgap.families import EXACT_FAMILIES
+from fundgap.marginal import SufficientStatistics, size_table
 from fundgap.spec import GROUPS, ModelSpec
 
 CHUNK_ROWS = 250_000
@@ -162,7 +163,7 @@ def reduce_prepared(spec: ModelSpec, path: str | Path,
     design but keeps no per-campaign rows.
     """
     path = Path(path)
-    not_gaussian = [n for n, e in spec.equations.items() if e.family not in MARGINAL_FAMILIES]
+    not_gaussian = [n for n, e in spec.equations.items() if e.family not in EXACT_FAMILIES]
     if not_gaussian:
         raise SpecError(f"{spec.source}: fitting from sufficient statistics needs every "
                         f"equation to be gaussian; {', '.join(not_gaussian)} is not")

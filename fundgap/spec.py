@@ -18,9 +18,9 @@ from formulae import model_description
 
 from fundgap.defaults import TARGET_ACCEPT_RANGE
 from fundgap.errors import SpecError
+from fundgap.families import FAMILY_NAMES, FREQUENTIST_FAMILIES
 from fundgap.prepare import EXTRA_COLUMNS, PREPARED_COLUMNS
 
-FAMILIES = ("gaussian", "student_t", "lognormal", "negative_binomial", "bernoulli", "beta")
 # Group names a formula may use, and the prepared columns they stand for.
 GROUPS = {"county": "county_code", "prefecture": "prefecture_code",
           "province": "province_code"}
@@ -31,9 +31,6 @@ KNOWN_KEYS = {"name", "description", "exposure", "outcome", "mediators", "terms"
 SAMPLER_KEYS = ("draws", "tune", "chains", "target_accept")
 TABLE_MODEL_KEYS = {"table", "model", "formula", "equation", "filter", "family", "cluster",
                     "rename", "posterior_effect"}
-# The frequentist side fits gaussian (and student_t) equations by OLS, bernoulli ones by logit,
-# negative_binomial ones by NB2 maximum likelihood, beta ones by beta regression.
-FREQUENTIST_FAMILIES = ("gaussian", "student_t", "bernoulli", "negative_binomial", "beta")
 
 
 @dataclass(frozen=True)
@@ -173,9 +170,9 @@ def _parse_equation(name: str, body: object, terms: dict[str, str], known: set[s
         if variable not in known:
             errors.append(f"{where}.formula: unknown column {variable!r}")
     family = body.get("family", "gaussian")
-    if family not in FAMILIES:
+    if family not in FAMILY_NAMES:
         errors.append(f"{where}.family: unknown family {family!r} (use "
-                      f"{', '.join(FAMILIES)})")
+                      f"{', '.join(FAMILY_NAMES)})")
     priors = body.get("priors", {})
     for key, value in priors.items():
         if key not in PRIOR_KEYS:

@@ -175,3 +175,48 @@ def regional_fit(default_table: pd.DataFrame):
     return fit_model(load_spec(REGIONAL), default_table, QUICK)
 
 
+
+
+# Columns of the grouped tables below, for parse_spec.
+GROUPED_COLUMNS = {"campaign_id", "county_code", "prefecture_code", "x", "y"}
+
+
+def grouped_table(family: str, campaigns: int, counties: int, prefectures: int, seed: int,
+                  intercept: float = 0.5, slope: float = 0.4, county_sd: float = 0.3,
+                  prefecture_sd: float = 0.2, dispersion: float = 5.0,
+                  precision: float = 20.0, sigma: float = 0.8) -> pd.DataFrame:
+    """A table with one response `y` of `family` on one predictor `x`, with county and
+    prefecture intercepts (counties assigned to prefectures in turn, campaigns to counties
+    at random so some hold one campaign and others many): known truth for recovery."""
+    rng = np.random.default_rng(seed)
+    county = rng.integers(0, counties, campaigns)
+    prefecture_of = np.arange(counties) % prefectures
+    county_effect = rng.normal(0, county_sd, counties)
+    prefecture_effect = rng.normal(0, prefecture_sd, prefectures)
+    x = rng.normal(0, 1, campaigns)
+    eta = (intercept + slope * x + county_effect[county]
+           + prefecture_effect[prefecture_of[county]])
+    if family == "gaussian":
+        y = rng.normal(eta, sigma)
+    elif family == "poisson":
+        y = rng.poisson(np.exp(eta))
+    elif family == "negative_binomial":
+        mu = np.exp(eta)
+        y = rng.negative_binomial(dispersion, dispersion / (dispersion + mu))
+    elif family == "bernoulli":
+        y = rng.binomial(1, 1 / (1 + np.exp(-eta)))
+    elif family == "beta":
+        mean = 1 / (1 + np.exp(-eta))
+        y = rng.beta(mean * precision, (1 - mean) * precision)
+    else:
+        raise ValueError(family)
+    return pd.DataFrame({"campaign_id": [f"C{i}" for i in range(campaigns)],
+                         "county_code": [f"{c:06d}" for c in county],
+                         "prefecture_code": [f"P{p:04d}" for p in prefecture_of[county]],
+                         "x": x, "y": y.astype(float)})
+
+
+def grouped_spec_text(family: str, groups: str = "(1|prefecture) + (1|county)") -> str:
+    """A one-equation spec of `y` on `x` for grouped_table."""
+    return (f'name = "one_{family}"\nexposure = "x"\noutcome = "y"\n'
+            f'[equations.y]\nformula = "y ~ x + {groups}"\nfamily = "{family}"\n')

@@ -143,9 +143,9 @@ def test_frequentist_only_spec() -> None:
     (('model = "m1"', 'model = "m6"'), "table2_outcome_ols.m6 is declared twice"),
     (('model = "m1"', 'model = "m1"\ncolour = 1'), "frequentist.ols[1].colour: unknown key"),
     (('khb = "table3', 'kbh = "table3'), "frequentist.kbh: unknown key"),
-    (('rename = { male = "gender" }', 'family = "poisson"'),
-     "the frequentist side fits gaussian, student_t, bernoulli, negative_binomial, beta, "
-     "not 'poisson'"),
+    (('rename = { male = "gender" }', 'family = "lognormal"'),
+     "the frequentist side fits gaussian, student_t, poisson, negative_binomial, bernoulli, "
+     "beta, not 'lognormal'"),
 ])
 def test_broken_frequentist_section(change: tuple[str, str], message: str) -> None:
     old, new = change

@@ -1,0 +1,229 @@
+"""The Laplace form: county and prefecture intercepts integrated out of a non-Gaussian
+equation's likelihood by a nested Laplace approximation.
+
+With non-centred intercepts u_county = tau_c z_c and u_prefecture = tau_p z_p (z standard
+normal a priori) and eta = eta_fixed + tau_c z_c[county] + tau_p z_p[prefecture],
+
+    log p(y | theta) = log int p(y | eta(z)) N(z; 0, I) dz
+                    ~ log p(y | eta(z*)) - |z*|^2 / 2 - log det H(z*) / 2
+
+at the mode z* of the integrand, with H = I + T' W T its negative Hessian (W the
+likelihood's negative second derivative in eta, summed by level; T the sds). Counties nest
+in prefectures, so H is block-arrowhead: diagonal county terms A_c = 1 + tau_c^2 W_c, one
+prefecture term D_p = 1 + tau_p^2 W_p, couplings B_c = tau_c tau_p W_c. A Newton step and
+the log-determinant then cost O(counties) through the prefecture Schur complements
+S_p = D_p - sum_{c in p} B_c^2 / A_c, with sums over levels taken by index (as
+fundgap.marginal's are). The sds enter only through tau z, so they may be signed (the fold
+of fundgap.build) and may be zero.
+
+The mode is found by damped Newton steps in a while loop whose gradient is cut (not
+differentiated, not unrolled); one more Newton step from the stopped point is
+differentiated, and its derivative is the implicit-function one (dz*/dtheta = H^-1
+d grad / d theta), so the sampler's gradient is the exact gradient of the approximation
+at convergence. A Gaussian equation with identity link is integrated exactly this way
+(one Newton step reaches the mode of a quadratic), which the tests check against
+fundgap.marginal.
+
+The mode, the diagonal of H and the Schur complements are kept per draw (Deterministics
+named `laplace_*`), and `draw_intercepts` draws the intercepts from the Gaussian
+conditional N(z*, H^-1) afterwards, so a Laplace fit saves the same variables and dims as
+the explicit form.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pymc as pm
+import pytensor
+import pytensor.tensor as pt
+from pytensor.gradient import disconnected_grad
+from pytensor.scan.utils import until
+
+from fundgap.defaults import FOLDED_PREFIX
+from fundgap.design import GROUP_DIMS, Design
+from fundgap.families import family
+
+# Newton iterations for the mode: at most this many, stopping when no z moves more than
+# TOLERANCE (the differentiated step after it squares the error); each step moves no
+# linear predictor by more than MAX_STEP, so a count far above its start cannot overshoot.
+MAX_ITERATIONS = 50
+TOLERANCE = 1e-8
+MAX_STEP = 1.0
+# the prefix of the per-draw quantities the conditional draws need (dropped afterwards)
+PREFIX = "laplace_"
+
+
+@dataclass
+class Levels:
+    """The nesting an equation's intercepts follow: the inner level (county) of every
+    campaign and, with two groups, the outer level (prefecture) of every inner one."""
+
+    inner: np.ndarray | pt.TensorVariable
+    n_inner: int
+    parent: np.ndarray | pt.TensorVariable | None = None
+    n_outer: int = 0
+
+
+def _level_sums(values: pt.TensorVariable, index, size: int) -> pt.TensorVariable:
+    return pt.inc_subtensor(pt.zeros(size)[index], values)
+
+
+@dataclass
+class _Point:
+    """The integrand at one z: its log value, Newton step, log det H and H's pieces."""
+
+    log_joint: pt.TensorVariable
+    step: tuple[pt.TensorVariable, ...]
+    logdet: pt.TensorVariable
+    inner_precision: pt.TensorVariable
+    coupling: pt.TensorVariable | None
+    schur: pt.TensorVariable | None
+
+
+def _at(record, y, eta_fixed, aux, levels: Levels, taus, z, concave: bool) -> _Point:
+    """The Laplace integrand and its Newton step at z = (z_inner[, z_outer])."""
+    tau_inner, z_inner = taus[0], z[0]
+    nested = len(z) == 2
+    eta = eta_fixed + tau_inner * z_inner[levels.inner]
+    if nested:
+        outer_of_row = levels.parent[levels.inner]
+        eta = eta + taus[1] * z[1][outer_of_row]
+    log_density = record.log_density(y, eta, aux)
+    total = pt.sum(log_density)
+    # each term depends on its own eta only, so these gradients are elementwise derivatives
+    first = pytensor.grad(total, eta)
+    weight = -pytensor.grad(pt.sum(first), eta)
+    if concave:
+        weight = pt.maximum(weight, 0.0)
+    log_joint = total - 0.5 * sum(pt.sum(zi**2) for zi in z)
+    inner_first = _level_sums(first, levels.inner, levels.n_inner)
+    inner_weight = _level_sums(weight, levels.inner, levels.n_inner)
+    gradient_inner = tau_inner * inner_first - z_inner
+    precision = 1.0 + tau_inner**2 * inner_weight
+    if not nested:
+        return _Point(log_joint, (gradient_inner / precision,), pt.sum(pt.log(precision)),
+                      precision, None, None)
+    tau_outer, z_outer = taus[1], z[1]
+    outer_first = _level_sums(inner_first, levels.parent, levels.n_outer)
+    outer_weight = _level_sums(inner_weight, levels.parent, levels.n_outer)
+    gradient_outer = tau_outer * outer_first - z_outer
+    coupling = tau_inner * tau_outer * inner_weight
+    schur = (1.0 + tau_outer**2 * outer_weight
+             - _level_sums(coupling**2 / precision, levels.parent, levels.n_outer))
+    outer_step = (gradient_outer
+                  - _level_sums(coupling * gradient_inner / precision, levels.parent,
+                                levels.n_outer)) / schur
+    inner_step = (gradient_inner - coupling * outer_step[levels.parent]) / precision
+    logdet = pt.sum(pt.log(precision)) + pt.sum(pt.log(schur))
+    return _Point(log_joint, (inner_step, outer_step), logdet, precision, coupling, schur)
+
+
+def laplace_terms(family_name: str, y, eta_fixed: pt.TensorVariable, aux: dict,
+                  levels: Levels, taus: tuple[pt.TensorVariable, ...],
+                  iterations: int | None = None) -> tuple[pt.TensorVariable, _Point,
+                                                            tuple[pt.TensorVariable, ...]]:
+    """The Laplace approximation of log p(y | theta) for one equation; returns it, the
+    integrand's pieces at the mode and the mode (inner[, outer]).
+
+    `taus` holds the inner sd and, nested, the outer one. The mode search is a while loop
+    (`iterations` None) or, for a backend without one (JAX), that many Newton steps.
+    """
+    record = family(family_name)
+    sizes = (levels.n_inner, levels.n_outer)[:len(taus)]
+    # the loop sees constants only: its gradient is never taken
+    frozen = [disconnected_grad(v) for v in (eta_fixed, *taus, *aux.values())]
+    frozen_eta, frozen_taus = frozen[0], tuple(frozen[1:1 + len(taus)])
+    frozen_aux = dict(zip(aux, frozen[1 + len(taus):], strict=True))
+
+    def newton(*z):
+        point = _at(record, y, frozen_eta, frozen_aux, levels, frozen_taus, z, concave=True)
+        change = pt.max(pt.stack([pt.max(pt.abs(t * s))
+                                  for t, s in zip(frozen_taus, point.step, strict=True)]))
+        damping = pt.minimum(1.0, MAX_STEP / pt.maximum(change, 1e-300))
+        moved = [zi + damping * s for zi, s in zip(z, point.step, strict=True)]
+        converged = pt.max(pt.stack([pt.max(pt.abs(damping * s)) for s in point.step]))
+        if iterations is None:
+            return moved, until(converged < TOLERANCE)
+        return moved
+
+    start = [pt.zeros(size) for size in sizes]
+    steps, _ = pytensor.scan(newton, outputs_info=start,
+                             n_steps=iterations or MAX_ITERATIONS)
+    steps = steps if isinstance(steps, list | tuple) else [steps]
+    stopped = [disconnected_grad(s[-1]) for s in steps]
+    # one differentiated Newton step from the stopped point: its value is the mode (to
+    # the square of the tolerance), its derivative the implicit-function one
+    step = _at(record, y, eta_fixed, aux, levels, taus, stopped, concave=False).step
+    mode = tuple(s + d for s, d in zip(stopped, step, strict=True))
+    at_mode = _at(record, y, eta_fixed, aux, levels, taus, mode, concave=False)
+    return at_mode.log_joint - 0.5 * at_mode.logdet, at_mode, mode
+
+
+def model_levels(design: Design, name: str) -> Levels:
+    """The equation's levels as pm.Data in the model in context (so data can be swapped)."""
+    groups = design.equations[name].groups
+    inner = groups[-1]
+    levels = Levels(pm.Data(f"{PREFIX}index_{name}", design.index[inner]),
+                    len(design.levels[inner]))
+    if len(groups) == 2:
+        levels.parent = pm.Data(f"{PREFIX}parent_{name}", design.parent(inner, groups[0]))
+        levels.n_outer = len(design.levels[groups[0]])
+    return levels
+
+
+def add_laplace_likelihood(design: Design, name: str, eta_fixed: pt.TensorVariable,
+                           sds: dict[str, pt.TensorVariable], aux: dict,
+                           iterations: int | None = None) -> None:
+    """Add one equation's Laplace marginal log likelihood (a pm.Potential) to the model in
+    context, and the per-draw pieces its intercepts are drawn from afterwards. `sds` maps
+    the group dims to their (signed) sds, outer level first as the equation lists them."""
+    equation = design.equations[name]
+    if not 1 <= len(equation.groups) <= 2:
+        raise ValueError(f"the Laplace form needs one or two nested groups; {name} has "
+                         f"{len(equation.groups)}")
+    dims = [GROUP_DIMS[c] for c in equation.groups][::-1]   # inner first
+    taus = tuple(sds[d] for d in dims)
+    y = pm.Data(f"{PREFIX}y_{name}", equation.y)
+    value, at_mode, mode = laplace_terms(equation.family, y, eta_fixed, aux,
+                                         model_levels(design, name), taus, iterations)
+    pm.Potential(f"laplace_loglik_{name}", value)
+    pm.Deterministic(f"{PREFIX}mode_{dims[0]}_{name}", mode[0], dims=dims[0])
+    pm.Deterministic(f"{PREFIX}precision_{dims[0]}_{name}", at_mode.inner_precision,
+                     dims=dims[0])
+    if len(dims) == 2:
+        pm.Deterministic(f"{PREFIX}mode_{dims[1]}_{name}", mode[1], dims=dims[1])
+        pm.Deterministic(f"{PREFIX}coupling_{dims[0]}_{name}", at_mode.coupling,
+                         dims=dims[0])
+        pm.Deterministic(f"{PREFIX}schur_{dims[1]}_{name}", at_mode.schur, dims=dims[1])
+
+
+def draw_intercepts(posterior, design: Design, name: str,
+                    rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Draw one equation's intercepts from the Laplace conditional N(z*, H^-1) at every
+    draw: the outer z from its marginal N(z*_p, 1 / S_p), then each inner z given it,
+    N(z*_c - B_c (z_p - z*_p) / A_c, 1 / A_c); the intercepts are the signed sds times z.
+    `posterior` holds the `laplace_*` pieces. Returns {dim: (chain, draw, levels)}."""
+    equation = design.equations[name]
+    dims = [GROUP_DIMS[c] for c in equation.groups][::-1]
+    inner_mode = posterior[f"{PREFIX}mode_{dims[0]}_{name}"].values
+    precision = posterior[f"{PREFIX}precision_{dims[0]}_{name}"].values
+    out = {}
+    shift = 0.0
+    if len(dims) == 2:
+        outer_mode = posterior[f"{PREFIX}mode_{dims[1]}_{name}"].values
+        schur = posterior[f"{PREFIX}schur_{dims[1]}_{name}"].values
+        z_outer = outer_mode + rng.standard_normal(outer_mode.shape) / np.sqrt(schur)
+        parent = design.parent(equation.groups[-1], equation.groups[0])
+        coupling = posterior[f"{PREFIX}coupling_{dims[0]}_{name}"].values
+        shift = coupling * (z_outer - outer_mode)[..., parent] / precision
+        out[dims[1]] = _signed_sd(posterior, dims[1], name)[..., None] * z_outer
+    z_inner = inner_mode - shift + rng.standard_normal(inner_mode.shape) / np.sqrt(precision)
+    out[dims[0]] = _signed_sd(posterior, dims[0], name)[..., None] * z_inner
+    return out
+
+
+def _signed_sd(posterior, dim: str, name: str) -> np.ndarray:
+    signed = f"{FOLDED_PREFIX}{dim}_sd_{name}"
+    return posterior[signed if signed in posterior else f"{dim}_sd_{name}"].values
