@@ -63,9 +63,10 @@ def count_model(size: int, work: Path, form: str = "auto",
     table, _ = simulated_table(size, work, count_mediator=True)
     design = build_design(load_spec(count_spec(work / "regional_count.toml")),
                           pd.read_parquet(table))
-    chosen, marginal = choose_form(design, form)
+    forms = choose_form(design, form)
     centred = tuple(choose_centring(design, centring))
-    return build_model(design, marginal, centred), chosen, centred
+    return (build_model(design, forms.named("exact"), centred, forms.named("laplace")),
+            forms.label, centred)
 
 
 class GpuMemory:

@@ -13,7 +13,8 @@ around its prefecture's (`_nested_centred`): where levels hold many campaigns (h
 county at platform scale) the data pin each intercept down and the non-centred z's would be
 the funnel. A Gaussian equation named in `marginal` gets its county and prefecture
 intercepts integrated out instead (fundgap.marginal): the sampler then sees only its
-coefficients and variances. Group sds are folded where their sign cannot matter
+coefficients and variances; a non-Gaussian one named in `laplace` has them integrated out
+by a nested Laplace approximation (fundgap.laplace). Group sds are folded where their sign cannot matter
 (`_group_sds`). Coefficients in the predictors' own units and the intercept are named
 Deterministics with dims, so every posterior variable reads as what it holds.
 """
@@ -28,6 +29,7 @@ import pytensor.tensor as pt
 from fundgap.defaults import FOLDED_PREFIX
 from fundgap.design import GROUP_DIMS, Design, EquationDesign, term_dim
 from fundgap.families import family
+from fundgap.laplace import add_laplace_likelihood
 from fundgap.marginal import add_marginal_likelihood
 
 
@@ -40,7 +42,8 @@ def _likelihood(equation: EquationDesign, eta: pt.TensorVariable,
     record.likelihood(equation.name, eta, auxiliary, equation.y, "campaign")
 
 
-def _equation(design: Design, name: str, marginal: bool, centred: Collection[str]) -> None:
+def _equation(design: Design, name: str, form: str, centred: Collection[str],
+              iterations: int | None) -> None:
     """Add one equation's parameters and likelihood to the model in context.
 
     Every number that comes from the data enters as pm.Data, so a compiled model whose
@@ -55,16 +58,22 @@ def _equation(design: Design, name: str, marginal: bool, centred: Collection[str
     coefficients = pm.Deterministic(f"coefficients_{name}", beta_std / x_sd,
                                     dims=term_dim(name))
     pm.Deterministic(f"intercept_{name}", alpha - pt.dot(coefficients, x_mean))
-    if marginal:
+    if form == "exact":
         add_marginal_likelihood(design, name, alpha, beta_std,
                                 _group_sds(equation, scales[4], folded=equation.groups),
                                 pm.HalfNormal(f"sigma_{name}", scales[3]))
         return
+    X = pm.Data(f"X_{name}", (equation.X - equation.x_mean) / equation.x_sd,
+                dims=("campaign", term_dim(name)))
+    if form == "laplace":
+        sds = _group_sds(equation, scales[4], folded=equation.groups)
+        auxiliary = family(equation.family).auxiliary_priors(name, scales[3])
+        add_laplace_likelihood(design, name, alpha + pt.dot(X, beta_std), sds, auxiliary,
+                               iterations)
+        return
     nested_centred = len(equation.groups) == 2 and set(equation.groups) <= set(centred)
     sds = _group_sds(equation, scales[4], folded=[c for c in equation.groups
                                                   if c not in centred])
-    X = pm.Data(f"X_{name}", (equation.X - equation.x_mean) / equation.x_sd,
-                dims=("campaign", term_dim(name)))
     if nested_centred:
         eta = pt.dot(X, beta_std) + _nested_centred(design, name, alpha, sds)
         _likelihood(equation, eta, scales[3])
@@ -130,10 +139,13 @@ def _nested_centred(design: Design, name: str, alpha: pt.TensorVariable,
 
 
 def build_model(design: Design, marginal: Collection[str] = (),
-                centred: Collection[str] = ()) -> pm.Model:
+                centred: Collection[str] = (), laplace: Collection[str] = (),
+                iterations: int | None = None) -> pm.Model:
     """The joint model of every equation in `design`; the equations named in `marginal`
-    (Gaussian ones) with their intercepts integrated out, the others explicit, with the
-    intercepts of the group columns in `centred` centred and the rest non-centred."""
+    (Gaussian ones) with their intercepts integrated out exactly, those in `laplace` by the
+    Laplace approximation (its mode found in `iterations` Newton steps, or by a while loop
+    where None), the others explicit, with the intercepts of the group columns in `centred`
+    centred and the rest non-centred."""
     coords = design.coordinates()
     if set(marginal) >= set(design.equations):
         # nothing per campaign or per level is left in the graph: drop those coordinates,
@@ -142,5 +154,7 @@ def build_model(design: Design, marginal: Collection[str] = (),
                   if k not in (*GROUP_DIMS.values(), "campaign")}
     with pm.Model(coords=coords) as model:
         for name in design.equations:
-            _equation(design, name, name in marginal, centred)
+            form = ("exact" if name in marginal else "laplace" if name in laplace
+                    else "explicit")
+            _equation(design, name, form, centred, iterations)
     return model

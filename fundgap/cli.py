@@ -343,8 +343,11 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--target-accept", type=_acceptance, help=TARGET_ACCEPT_HELP)
     fit.add_argument("--seed", type=int, default=20250)
     fit.add_argument("--backend", choices=BACKENDS, default="nutpie")
-    fit.add_argument("--form", choices=("auto", "marginal", "explicit"), default="auto",
-                     help="auto: intercepts integrated out of every gaussian equation")
+    fit.add_argument("--form", choices=("auto", "marginal", "laplace", "explicit"),
+                     default="auto",
+                     help="auto: intercepts integrated out exactly for gaussian equations, "
+                          "by a Laplace approximation for count, binary and share ones; "
+                          "laplace: wherever it applies; explicit: none")
     fit.add_argument("--centring", choices=("auto", "noncentred", "centred"), default=None,
                      help="explicit intercepts; auto: centred for a grouping whose median "
                           "level holds 50 campaigns or more, else non-centred")

@@ -72,3 +72,14 @@ DIMS = {
     "mediator": "mediator",
     "channel": "channel",
 }
+
+# `--form auto` integrates the intercepts of an equation of these families out by the Laplace
+# approximation (fundgap.laplace); it was measured against long explicit runs and by
+# calibration over simulated data sets (benchmarks/README.md, "Laplace accuracy"). Other
+# families' equations stay explicit unless `--form laplace` asks.
+LAPLACE_AUTO = ("poisson", "negative_binomial", "beta", "bernoulli")
+# Newton steps for the Laplace mode on a backend without while loops (JAX); where the mode
+# is not reached (see LAPLACE_MAX_RESIDUAL) the fit fails its gate, never silently.
+LAPLACE_FIXED_ITERATIONS = 20
+# the largest Newton step (linear-predictor scale) that may remain at the stopped mode
+LAPLACE_MAX_RESIDUAL = 1e-6

@@ -13,6 +13,9 @@ A record holds everything the rest of fundgap asks of a family:
 - `statsmodels`: the single-equation frequentist counterpart (and the method's name);
 - `integrated`: which forms can integrate the county and prefecture intercepts out of its
   likelihood ("exact" for Gaussian equations, fundgap.marginal; "laplace", fundgap.laplace);
+- `curvature`: for the Laplace form, d log p / d eta and -d^2 log p / d eta^2 per campaign
+  in closed form (autodiff of PyMC's logp, twice and then once more by the sampler, builds
+  graphs that take minutes to compile);
 - `response`: a transformation of the observed response (beta's shares moved into (0, 1)).
 
 Adding a family is adding a record to FAMILIES (bambi's families module has the same idea).
@@ -65,6 +68,8 @@ class Family:
     statsmodels: Callable[[np.ndarray, np.ndarray, np.ndarray], FrequentistFit] | None = None
     method: str = ""
     integrated: tuple[str, ...] = field(default=())
+    curvature: Callable[[object, pt.TensorVariable, dict],
+                        tuple[pt.TensorVariable, pt.TensorVariable]] | None = None
     response: Callable[[np.ndarray, str], np.ndarray] | None = None
 
     @property
@@ -195,6 +200,25 @@ def _beta_pymc(eta: pt.TensorVariable, aux: dict) -> tuple[type, dict]:
     return pm.Beta, {"alpha": mean * aux["precision"], "beta": (1 - mean) * aux["precision"]}
 
 
+def _negative_binomial_curvature(y, eta, aux):
+    mu, dispersion = pt.exp(eta), aux["dispersion"]
+    share = mu / (dispersion + mu)
+    return y - (y + dispersion) * share, (y + dispersion) * share * (1 - share)
+
+
+def _beta_curvature(y, eta, aux):
+    # log p = gammaln(phi) - gammaln(m phi) - gammaln((1 - m) phi) + (m phi - 1) log y
+    #         + ((1 - m) phi - 1) log(1 - y), with m = invlogit(eta) and dm/deta = m (1 - m)
+    mean, precision = pm.math.invlogit(eta), aux["precision"]
+    slope = mean * (1 - mean)
+    gap = (pt.log(y) - pt.log1p(-y) - pt.psi(mean * precision)
+           + pt.psi((1 - mean) * precision))
+    spread = pt.tri_gamma(mean * precision) + pt.tri_gamma((1 - mean) * precision)
+    first = precision * slope * gap
+    weight = precision**2 * slope**2 * spread - precision * slope * (1 - 2 * mean) * gap
+    return first, weight
+
+
 SIGMA = Auxiliary("sigma", _sigma)
 
 FAMILIES: dict[str, Family] = {family.name: family for family in (
@@ -204,7 +228,9 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
         pymc=lambda eta, aux: (pm.Normal, {"mu": eta, "sigma": aux["sigma"]}),
         scipy=lambda eta, aux: stats.norm(eta, aux["sigma"]),
         location_scale=_mean_and_sd, statsmodels=_ols, method="ols",
-        integrated=("exact", "laplace")),
+        integrated=("exact", "laplace"),
+        curvature=lambda y, eta, aux: ((y - eta) / aux["sigma"]**2,
+                                       pt.ones_like(eta) / aux["sigma"]**2)),
     Family(
         name="student_t", link="identity",
         auxiliary=(SIGMA, Auxiliary("nu", lambda name, scale: pm.Gamma(name, alpha=2.0,
@@ -227,7 +253,8 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
         pymc=lambda eta, aux: (pm.Poisson, {"mu": pt.exp(eta)}),
         scipy=lambda eta, aux: stats.poisson(np.exp(eta)),
         location_scale=_log_of_mean, statsmodels=_maximum_likelihood(sm.Poisson),
-        method="poisson", integrated=("laplace",)),
+        method="poisson", integrated=("laplace",),
+        curvature=lambda y, eta, aux: (y - pt.exp(eta), pt.exp(eta))),
     Family(
         name="negative_binomial", link="log", discrete=True,
         auxiliary=(Auxiliary("dispersion", lambda name, scale: pm.Exponential(name, 1.0)),),
@@ -237,14 +264,17 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
         scipy=_negative_binomial_scipy, location_scale=_log_of_mean,
         statsmodels=_maximum_likelihood(
             lambda y, exog: sm.NegativeBinomial(y, exog, loglike_method="nb2")),
-        method="negative binomial (NB2)", integrated=("laplace",)),
+        method="negative binomial (NB2)", integrated=("laplace",),
+        curvature=_negative_binomial_curvature),
     Family(
         name="bernoulli", link="logit", discrete=True,
         mean=lambda eta, aux: expit(eta),
         pymc=lambda eta, aux: (pm.Bernoulli, {"logit_p": eta}),
         scipy=lambda eta, aux: stats.bernoulli(expit(eta)),
         location_scale=_logit_of_mean, statsmodels=_maximum_likelihood(sm.Logit),
-        method="logit", integrated=("laplace",)),
+        method="logit", integrated=("laplace",),
+        curvature=lambda y, eta, aux: (y - pm.math.invlogit(eta),
+                                       pm.math.invlogit(eta) * (1 - pm.math.invlogit(eta)))),
     Family(
         name="beta", link="logit",
         auxiliary=(Auxiliary("precision", lambda name, scale: pm.Gamma(name, alpha=2.0,
@@ -252,7 +282,7 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
         mean=lambda eta, aux: expit(eta),
         pymc=_beta_pymc, scipy=_beta_scipy, location_scale=_logit_of_mean,
         statsmodels=_beta_regression, method="beta regression",
-        integrated=("laplace",), response=squeeze_share),
+        integrated=("laplace",), curvature=_beta_curvature, response=squeeze_share),
 )}
 
 # The families a spec may name, and those the frequentist side can fit.

@@ -1,9 +1,11 @@
 """One fit, end to end: spec + data -> posterior, effects, diagnostics -> a fits/ folder.
 
-The form is chosen here: by default ("auto") every Gaussian equation has its intercepts
-integrated out (fundgap.marginal) and the others are explicit and non-centred
-(fundgap.build); "explicit" keeps every equation explicit, "marginal" insists that all are
-Gaussian.
+The form is chosen here, per equation: by default ("auto") every Gaussian equation has its
+intercepts integrated out exactly (fundgap.marginal), an equation of a family for which the
+Laplace approximation was measured accurate has them integrated out by it (fundgap.laplace,
+families in defaults.LAPLACE_AUTO), and the others are explicit (fundgap.build);
+"laplace" integrates every equation that can be, "explicit" none, and "marginal" insists
+that all are Gaussian. fit.json and diagnostics.json record each equation's choice.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from fundgap.build import build_model
 from fundgap.defaults import (
     CENTRED_MIN_CAMPAIGNS,
     GATE,
+    LAPLACE_AUTO,
+    LAPLACE_FIXED_ITERATIONS,
+    LAPLACE_MAX_RESIDUAL,
     PER_CAMPAIGN_VALUES,
     PREDICTIVE_DRAWS,
     PREDICTIVE_MIN_DRAWS,
@@ -35,7 +40,9 @@ from fundgap.effects import (
     summarise_effects,
 )
 from fundgap.errors import FundgapError
-from fundgap.families import AUXILIARY_NAMES, EXACT_FAMILIES
+from fundgap.families import AUXILIARY_NAMES, EXACT_FAMILIES, family
+from fundgap.laplace import PREFIX as LAPLACE_PREFIX
+from fundgap.laplace import draw_intercepts as laplace_intercepts
 from fundgap.marginal import draw_intercepts, structure_key
 from fundgap.predictive import predictive_groups
 from fundgap.sample import sample
@@ -43,7 +50,12 @@ from fundgap.shrinkage import shrinkage_table
 from fundgap.spec import ModelSpec
 from fundgap.store import atomic_directory, frame_fingerprint, package_versions, write_json
 
-FORMS = ("auto", "marginal", "explicit")
+FORMS = ("auto", "marginal", "laplace", "explicit")
+# how an equation's intercepts are handled: integrated out exactly, by Laplace, or sampled
+EQUATION_FORMS = ("exact", "laplace", "explicit")
+# backends whose PyTensor compilation has no while loop (JAX): the Laplace mode is found in
+# a fixed number of Newton steps there
+FIXED_STEP_BACKENDS = ("nutpie-jax", "numpyro")
 # Explicit intercepts: non-centred (sparse groups), centred (every level data-rich), or
 # "auto": centred for a grouping whose median level holds CENTRED_MIN_CAMPAIGNS or more.
 CENTRINGS = ("auto", "noncentred", "centred")
@@ -100,21 +112,67 @@ class FitResult:
     shrinkage: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
-def choose_form(design: Design, requested: str) -> tuple[str, tuple[str, ...]]:
-    """The form to build and the equations whose intercepts are integrated out.
+@dataclass(frozen=True)
+class FormChoice:
+    """The form of each equation ("exact", "laplace", "explicit") and the model's label:
+    "marginal" (all exact), "laplace" (all integrated, some by Laplace), "explicit" (none
+    integrated) or "mixed"."""
 
-    "marginal" where every equation is Gaussian (all marginalised), "explicit" where none is
-    marginalised (on request, or no equation is Gaussian), "mixed" otherwise.
-    """
+    equations: dict[str, str]
+
+    @property
+    def label(self) -> str:
+        forms = set(self.equations.values())
+        if forms == {"exact"}:
+            return "marginal"
+        if forms == {"explicit"}:
+            return "explicit"
+        return "laplace" if "explicit" not in forms else "mixed"
+
+    def named(self, form: str) -> tuple[str, ...]:
+        return tuple(n for n, f in self.equations.items() if f == form)
+
+
+def _laplace_applies(design: Design, name: str) -> bool:
+    """Whether the Laplace form can integrate this equation's intercepts: a family that
+    supports it, and one grouping or two nested ones."""
+    equation = design.equations[name]
+    if "laplace" not in family(equation.family).integrated or not equation.groups:
+        return False
+    if len(equation.groups) == 1:
+        return True
+    if len(equation.groups) > 2:
+        return False
+    try:
+        design.parent(equation.groups[-1], equation.groups[0])
+    except (KeyError, ValueError, FundgapError):
+        return False
+    return True
+
+
+def choose_form(design: Design, requested: str) -> FormChoice:
+    """Each equation's form: exact for a Gaussian one (unless "explicit"), Laplace where the
+    family supports it and ("auto") was measured accurate (defaults.LAPLACE_AUTO) or
+    ("laplace") wherever it applies, explicit otherwise. "marginal" needs every equation
+    Gaussian."""
     if requested not in FORMS:
         raise FundgapError(f"unknown form {requested!r}: use {', '.join(FORMS)}")
-    gaussian = tuple(n for n, e in design.equations.items() if e.family in EXACT_FAMILIES)
-    if requested == "marginal" and len(gaussian) < len(design.equations):
+    families = {n: e.family for n, e in design.equations.items()}
+    if requested == "marginal" and not all(f in EXACT_FAMILIES for f in families.values()):
         raise FundgapError("the marginalised form needs every equation to be gaussian "
                            "(the default form marginalises the Gaussian ones only)")
-    if requested == "explicit" or not gaussian:
-        return "explicit", ()
-    return ("marginal" if len(gaussian) == len(design.equations) else "mixed"), gaussian
+    forms = {}
+    for name, family_name in families.items():
+        if requested == "explicit":
+            forms[name] = "explicit"
+        elif family_name in EXACT_FAMILIES:
+            forms[name] = "exact"
+        elif (_laplace_applies(design, name)
+              and (requested == "laplace" or family_name in LAPLACE_AUTO)):
+            forms[name] = "laplace"
+        else:
+            forms[name] = "explicit"
+    return FormChoice(forms)
 
 
 def choose_centring(design: Design, requested: str) -> tuple[str, ...]:
@@ -128,12 +186,32 @@ def choose_centring(design: Design, requested: str) -> tuple[str, ...]:
                  if np.median(np.bincount(design.index[c])) >= CENTRED_MIN_CAMPAIGNS)
 
 
-def _add_intercepts(posterior: xr.Dataset, design: Design, marginal: tuple[str, ...],
+def _level_draws(design: Design, name: str, dim: str, values: np.ndarray,
+                 posterior: xr.Dataset) -> xr.DataArray:
+    """(chain, draw, level) draws of one equation's intercepts as a named DataArray."""
+    equation = design.equations[name]
+    column = next(c for c in equation.groups if GROUP_DIMS[c] == dim)
+    shaped = values.reshape(posterior.sizes["chain"], posterior.sizes["draw"], -1)
+    return xr.DataArray(shaped, dims=("chain", "draw", dim),
+                        coords={"chain": posterior["chain"], "draw": posterior["draw"],
+                                dim: design.levels[column]})
+
+
+def _add_intercepts(posterior: xr.Dataset, design: Design, forms: FormChoice,
                     seed: int) -> xr.Dataset:
-    """Draw the intercepts of each marginalised equation from their conditional posterior."""
+    """Draw the intercepts of each integrated equation from their conditional posterior
+    (exact for a Gaussian one, the Laplace approximation's for the others) and drop the
+    Laplace form's per-draw pieces."""
     rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[1])
-    stacked = posterior.stack(sample=("chain", "draw"))
     added = {}
+    for name in forms.named("laplace"):
+        for dim, values in laplace_intercepts(posterior, design, name, rng).items():
+            added[f"{dim}_intercept_{name}"] = _level_draws(design, name, dim, values,
+                                                           posterior)
+    posterior = posterior.drop_vars([v for v in posterior.data_vars
+                                     if str(v).startswith(LAPLACE_PREFIX)])
+    marginal = forms.named("exact")
+    stacked = posterior.stack(sample=("chain", "draw")) if marginal else None
     for name in marginal:
         equation = design.equations[name]
         if not equation.groups:
@@ -147,13 +225,17 @@ def _add_intercepts(posterior: xr.Dataset, design: Design, marginal: tuple[str, 
             stacked[f"{inner}_sd_{name}"].values,
             stacked[f"{outer}_sd_{name}"].values if len(equation.groups) == 2 else None, rng)
         for dim, values in draws.items():
-            column = equation.groups[0] if dim == outer else equation.groups[-1]
-            shaped = values.reshape(posterior.sizes["chain"], posterior.sizes["draw"], -1)
-            added[f"{dim}_intercept_{name}"] = xr.DataArray(
-                shaped, dims=("chain", "draw", dim),
-                coords={"chain": posterior["chain"], "draw": posterior["draw"],
-                        dim: design.levels[column]})
+            added[f"{dim}_intercept_{name}"] = _level_draws(design, name, dim, values,
+                                                           posterior)
     return posterior.assign(added)
+
+
+def _laplace_residual(posterior: xr.Dataset, laplace: tuple[str, ...]) -> float:
+    """The largest Newton step (on the linear predictor's scale) left at the stopped mode
+    over every draw of every Laplace equation: where it is not tiny the mode search ran out
+    of steps and the gradient the sampler saw was not the approximation's."""
+    values = [float(posterior[f"{LAPLACE_PREFIX}residual_{name}"].max()) for name in laplace]
+    return max(values, default=0.0)
 
 
 def _reported(posterior: xr.Dataset) -> list[str]:
@@ -297,13 +379,17 @@ def fit_design(design: Design, settings: FitSettings | None = None,
     spec = design.spec
     per_campaign, keep = _per_campaign(design, settings.per_campaign,
                                        settings.predictive_draws)
-    form, marginal = choose_form(design, settings.form)
+    forms = choose_form(design, settings.form)
+    form, marginal, laplace = forms.label, forms.named("exact"), forms.named("laplace")
     if design.reduced and form != "marginal":
         raise FundgapError("a design reduced to sufficient statistics needs the "
                            "marginalised form (every equation gaussian)")
     centred = choose_centring(design, settings.centring) if form != "marginal" else ()
-    model = build_model(design, marginal, centred)
-    structure = (form, marginal, tuple(centred), *structure_key(design))
+    iterations = (LAPLACE_FIXED_ITERATIONS
+                  if laplace and settings.backend in FIXED_STEP_BACKENDS else None)
+    model = build_model(design, marginal, centred, laplace, iterations)
+    structure = (form, tuple(forms.equations.items()), tuple(centred), iterations,
+                 *structure_key(design))
     result = sample(model, settings.backend, settings.draws, settings.tune, settings.chains,
                     settings.seed, settings.progress, structure,
                     data_as_inputs=form == "marginal", keep_compiled=settings.reuse_compiled,
@@ -314,8 +400,9 @@ def fit_design(design: Design, settings: FitSettings | None = None,
     posterior = idata.posterior.drop_vars([v for v in idata.posterior.data_vars
                                            if "_z_" in str(v) or "_level_" in str(v)
                                            or str(v).endswith("__")])
-    if marginal:
-        posterior = _add_intercepts(posterior, design, marginal, settings.seed)
+    residual = _laplace_residual(posterior, laplace)
+    if marginal or laplace:
+        posterior = _add_intercepts(posterior, design, forms, settings.seed)
     groups = (_per_campaign_groups(posterior, design, keep, settings.seed)
               if per_campaign == "thinned" else {})
     idata = az.InferenceData(posterior=posterior, sample_stats=idata.sample_stats, **groups)
@@ -331,8 +418,17 @@ def fit_design(design: Design, settings: FitSettings | None = None,
               "wall_seconds": time.perf_counter() - started}
     checked = pd.concat([effects, contrasts], ignore_index=True)
     diagnostics = _diagnostics(idata, checked, summary, timing)
+    if laplace:
+        diagnostics["laplace_max_residual"] = residual
+        if not residual <= LAPLACE_MAX_RESIDUAL:
+            diagnostics["passed"] = False
+            diagnostics["reasons"].append(
+                f"Laplace mode not reached: a Newton step of {residual:.2g} remained "
+                f"(> {LAPLACE_MAX_RESIDUAL:g}) at some draw")
     diagnostics["form"] = form
+    diagnostics["equation_forms"] = dict(forms.equations)
     diagnostics["marginalised"] = list(marginal)
+    diagnostics["laplace"] = list(laplace)
     diagnostics["centred"] = list(centred)
     diagnostics["backend"] = settings.backend
     if result.warm_start:
@@ -341,7 +437,9 @@ def fit_design(design: Design, settings: FitSettings | None = None,
         "spec_name": spec.name,
         "spec_source": spec.source,
         "form": form,
+        "equation_forms": dict(forms.equations),
         "marginalised": list(marginal),
+        "laplace": list(laplace),
         "centred": list(centred),
         "settings": asdict(settings),
         "data_fingerprint": data_fingerprint,

@@ -90,11 +90,8 @@ def _at(record, y, eta_fixed, aux, levels: Levels, taus, z, concave: bool) -> _P
     if nested:
         outer_of_row = levels.parent[levels.inner]
         eta = eta + taus[1] * z[1][outer_of_row]
-    log_density = record.log_density(y, eta, aux)
-    total = pt.sum(log_density)
-    # each term depends on its own eta only, so these gradients are elementwise derivatives
-    first = pytensor.grad(total, eta)
-    weight = -pytensor.grad(pt.sum(first), eta)
+    total = pt.sum(record.log_density(y, eta, aux))
+    first, weight = record.curvature(y, eta, aux)
     if concave:
         weight = pt.maximum(weight, 0.0)
     log_joint = total - 0.5 * sum(pt.sum(zi**2) for zi in z)
@@ -122,25 +119,38 @@ def _at(record, y, eta_fixed, aux, levels: Levels, taus, z, concave: bool) -> _P
 
 def laplace_terms(family_name: str, y, eta_fixed: pt.TensorVariable, aux: dict,
                   levels: Levels, taus: tuple[pt.TensorVariable, ...],
-                  iterations: int | None = None) -> tuple[pt.TensorVariable, _Point,
-                                                            tuple[pt.TensorVariable, ...]]:
+                  iterations: int | None = None) -> tuple:
     """The Laplace approximation of log p(y | theta) for one equation; returns it, the
-    integrand's pieces at the mode and the mode (inner[, outer]).
+    integrand's pieces at the mode, the mode (inner[, outer]) and the last Newton step
+    (zero where the search converged).
 
     `taus` holds the inner sd and, nested, the outer one. The mode search is a while loop
     (`iterations` None) or, for a backend without one (JAX), that many Newton steps.
     """
     record = family(family_name)
+    if record.curvature is None:
+        raise ValueError(f"the Laplace form does not support the {family_name} family")
     sizes = (levels.n_inner, levels.n_outer)[:len(taus)]
     # the loop sees constants only: its gradient is never taken
     frozen = [disconnected_grad(v) for v in (eta_fixed, *taus, *aux.values())]
-    frozen_eta, frozen_taus = frozen[0], tuple(frozen[1:1 + len(taus)])
-    frozen_aux = dict(zip(aux, frozen[1 + len(taus):], strict=True))
 
-    def newton(*z):
-        point = _at(record, y, frozen_eta, frozen_aux, levels, frozen_taus, z, concave=True)
+    nested = levels.parent is not None and len(taus) == 2
+    indices = [pt.as_tensor(levels.inner)] + ([pt.as_tensor(levels.parent)] if nested else [])
+    # everything the loop reads from outside goes in as a non-sequence, so the loop's graph
+    # holds these variables, not copies of the model's random variables behind them
+    outside = [pt.as_tensor(y), *frozen, *indices]
+
+    def newton(*args):
+        z, (inner_y, inner_eta, *rest) = args[:len(sizes)], args[len(sizes):]
+        inner_taus, rest = tuple(rest[:len(taus)]), rest[len(taus):]
+        inner_aux = dict(zip(aux, rest[:len(aux)], strict=True))
+        inner_index = rest[len(aux):]
+        inner_levels = Levels(inner_index[0], levels.n_inner,
+                              inner_index[1] if nested else None, levels.n_outer)
+        point = _at(record, inner_y, inner_eta, inner_aux, inner_levels, inner_taus, z,
+                    concave=True)
         change = pt.max(pt.stack([pt.max(pt.abs(t * s))
-                                  for t, s in zip(frozen_taus, point.step, strict=True)]))
+                                  for t, s in zip(inner_taus, point.step, strict=True)]))
         damping = pt.minimum(1.0, MAX_STEP / pt.maximum(change, 1e-300))
         moved = [zi + damping * s for zi, s in zip(z, point.step, strict=True)]
         converged = pt.max(pt.stack([pt.max(pt.abs(damping * s)) for s in point.step]))
@@ -149,8 +159,8 @@ def laplace_terms(family_name: str, y, eta_fixed: pt.TensorVariable, aux: dict,
         return moved
 
     start = [pt.zeros(size) for size in sizes]
-    steps, _ = pytensor.scan(newton, outputs_info=start,
-                             n_steps=iterations or MAX_ITERATIONS)
+    steps, _ = pytensor.scan(newton, outputs_info=start, non_sequences=outside,
+                             n_steps=iterations or MAX_ITERATIONS, strict=True)
     steps = steps if isinstance(steps, list | tuple) else [steps]
     stopped = [disconnected_grad(s[-1]) for s in steps]
     # one differentiated Newton step from the stopped point: its value is the mode (to
@@ -158,7 +168,7 @@ def laplace_terms(family_name: str, y, eta_fixed: pt.TensorVariable, aux: dict,
     step = _at(record, y, eta_fixed, aux, levels, taus, stopped, concave=False).step
     mode = tuple(s + d for s, d in zip(stopped, step, strict=True))
     at_mode = _at(record, y, eta_fixed, aux, levels, taus, mode, concave=False)
-    return at_mode.log_joint - 0.5 * at_mode.logdet, at_mode, mode
+    return at_mode.log_joint - 0.5 * at_mode.logdet, at_mode, mode, step
 
 
 def model_levels(design: Design, name: str) -> Levels:
@@ -186,9 +196,13 @@ def add_laplace_likelihood(design: Design, name: str, eta_fixed: pt.TensorVariab
     dims = [GROUP_DIMS[c] for c in equation.groups][::-1]   # inner first
     taus = tuple(sds[d] for d in dims)
     y = pm.Data(f"{PREFIX}y_{name}", equation.y)
-    value, at_mode, mode = laplace_terms(equation.family, y, eta_fixed, aux,
-                                         model_levels(design, name), taus, iterations)
+    value, at_mode, mode, step = laplace_terms(equation.family, y, eta_fixed, aux,
+                                               model_levels(design, name), taus, iterations)
     pm.Potential(f"laplace_loglik_{name}", value)
+    # the last step on the linear predictor's scale: zero where the search converged
+    pm.Deterministic(f"{PREFIX}residual_{name}",
+                     pt.max(pt.stack([pt.max(pt.abs(t * s))
+                                      for t, s in zip(taus, step, strict=True)])))
     pm.Deterministic(f"{PREFIX}mode_{dims[0]}_{name}", mode[0], dims=dims[0])
     pm.Deterministic(f"{PREFIX}precision_{dims[0]}_{name}", at_mode.inner_precision,
                      dims=dims[0])
