@@ -14,9 +14,10 @@ county at platform scale) the data pin each intercept down and the non-centred z
 the funnel. A Gaussian equation named in `marginal` gets its county and prefecture
 intercepts integrated out instead (fundgap.marginal): the sampler then sees only its
 coefficients and variances; a non-Gaussian one named in `laplace` has them integrated out
-by a nested Laplace approximation (fundgap.laplace). Group sds are folded where their sign cannot matter
-(`_group_sds`). Coefficients in the predictors' own units and the intercept are named
-Deterministics with dims, so every posterior variable reads as what it holds.
+by a nested Laplace approximation (fundgap.laplace). Group sds are folded where their
+sign cannot matter (`_group_sds`). Coefficients in the predictors' own units and the
+intercept are named Deterministics with dims, so every posterior variable reads as what it
+holds.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from fundgap.design import GROUP_DIMS, Design, EquationDesign, term_dim
 from fundgap.families import family
 from fundgap.laplace import add_laplace_likelihood
 from fundgap.marginal import add_marginal_likelihood
-
 
 
 def _likelihood(equation: EquationDesign, eta: pt.TensorVariable,

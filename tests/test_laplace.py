@@ -1,0 +1,208 @@
+"""The Laplace form (fundgap.laplace): exact where the integrand is Gaussian, close to
+quadrature where it is not, with the gradient of what it computes, and fits that recover
+their truth and agree with the explicit form."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pymc as pm
+import pytensor
+import pytensor.tensor as pt
+import pytest
+from scipy import stats
+
+from fundgap.build import build_model
+from fundgap.defaults import LAPLACE_AUTO
+from fundgap.design import build_design
+from fundgap.families import FAMILIES, family
+from fundgap.fit import choose_form, fit_model
+from fundgap.laplace import Levels, laplace_terms
+from fundgap.spec import parse_spec
+
+from conftest import GROUPED_COLUMNS, QUICK, grouped_spec_text, grouped_table
+
+AUXILIARY = {"sigma": 0.7, "dispersion": 2.5, "precision": 12.0}
+RESPONSES = {"gaussian": [-1.3, 0.2, 2.5], "poisson": [0, 3, 11],
+             "negative_binomial": [0, 3, 11], "bernoulli": [0, 1, 1],
+             "beta": [0.05, 0.5, 0.93]}
+
+
+def _design(family_name: str, campaigns: int = 300, counties: int = 40, prefectures: int = 6,
+            seed: int = 2, groups: str = "(1|prefecture) + (1|county)", **truth):
+    table = grouped_table(family_name, campaigns, counties, prefectures, seed, **truth)
+    spec = parse_spec(grouped_spec_text(family_name, groups), f"{family_name}.toml",
+                      GROUPED_COLUMNS)
+    return spec, table, build_design(spec, table)
+
+
+def _random_points(model: pm.Model, count: int, seed: int) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    start = model.initial_point()
+    return [{k: v + rng.normal(0, 0.3, np.shape(v)) for k, v in start.items()}
+            for _ in range(count)]
+
+
+@pytest.mark.parametrize("name", [n for n, f in FAMILIES.items() if f.curvature])
+def test_closed_form_curvature_is_the_derivative_of_the_log_density(name: str) -> None:
+    record = family(name)
+    eta = pt.vector("eta")
+    auxiliary = {a.name: pt.as_tensor(AUXILIARY[a.name]) for a in record.auxiliary}
+    y = np.array(RESPONSES[name], dtype=float)
+    total = pt.sum(record.log_density(y, eta, auxiliary))
+    first, weight = record.curvature(y, eta, auxiliary)
+    autodiff_first = pytensor.grad(total, eta)
+    autodiff_weight = -pytensor.grad(pt.sum(autodiff_first), eta)
+    values = pytensor.function([eta], [first, weight, autodiff_first, autodiff_weight])(
+        np.array([-0.4, 0.3, 1.1]))
+    np.testing.assert_allclose(values[0], values[2], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(values[1], values[3], rtol=1e-9, atol=1e-12)
+
+
+def test_laplace_marginal_of_a_gaussian_equation_is_the_exact_marginal() -> None:
+    _, _, design = _design("gaussian")
+    exact = build_model(design, marginal=("y",))
+    laplace = build_model(design, laplace=("y",))
+    # the same free variables (coefficients, signed sds, sigma) with the same priors
+    assert ({v.name for v in exact.value_vars} == {v.name for v in laplace.value_vars})
+    exact_logp, laplace_logp = exact.compile_logp(), laplace.compile_logp()
+    exact_gradient, laplace_gradient = exact.compile_dlogp(), laplace.compile_dlogp()
+    for point in _random_points(exact, 5, seed=4):
+        assert laplace_logp(point) == pytest.approx(exact_logp(point), abs=1e-8, rel=0)
+        np.testing.assert_allclose(laplace_gradient(point), exact_gradient(point),
+                                   rtol=1e-7, atol=1e-7)
+
+
+def _poisson_groups(per_group: int, groups: int, seed: int):
+    rng = np.random.default_rng(seed)
+    index = np.repeat(np.arange(groups), per_group)
+    eta_fixed = 0.3 + rng.normal(0, 0.4, len(index))
+    tau = 0.6
+    y = rng.poisson(np.exp(eta_fixed + tau * rng.normal(0, 1, groups)[index]))
+    return y, eta_fixed, index, tau
+
+
+def _quadrature(y, eta_fixed, index, tau, groups: int) -> float:
+    """sum over groups of log int prod_i Poisson(y_i | exp(eta_i + tau z)) N(z; 0, 1) dz, by
+    the trapezoid rule on a fine grid (Gauss-Hermite nodes are too coarse for an integrand
+    as peaked as thirty counts make it)."""
+    z = np.linspace(-9, 9, 6001)
+    total = 0.0
+    for g in range(groups):
+        rows = index == g
+        eta = eta_fixed[rows][:, None] + tau * z[None, :]
+        log_integrand = (stats.poisson.logpmf(y[rows][:, None], np.exp(eta)).sum(0)
+                         + stats.norm.logpdf(z))
+        peak = log_integrand.max()
+        total += peak + np.log(np.trapezoid(np.exp(log_integrand - peak), z))
+    return total
+
+
+def _laplace_value(y, eta_fixed, index, tau, groups: int, iterations=None):
+    value, _, _, step = laplace_terms("poisson", y.astype(float), pt.as_tensor(eta_fixed), {},
+                                      Levels(index, groups), (pt.as_tensor(tau),), iterations)
+    return pytensor.function([], [value, pt.max(pt.abs(step[0]))])()
+
+
+def test_poisson_laplace_matches_quadrature_within_its_expected_error() -> None:
+    errors = {}
+    for per_group in (2, 30, 300):
+        y, eta_fixed, index, tau = _poisson_groups(per_group, groups=25, seed=per_group)
+        value, residual = _laplace_value(y, eta_fixed, index, tau, 25)
+        assert residual < 1e-8
+        errors[per_group] = abs(float(value) - _quadrature(y, eta_fixed, index, tau, 25)) / 25
+    # per group, a few thousandths of a log unit where the likelihood is weak or middling,
+    # and O(1 / information) once it dominates the prior: ten times the counts, about a
+    # tenth of the error
+    assert max(errors.values()) < 0.005
+    assert errors[300] < errors[30] / 4
+
+
+def test_a_mode_search_cut_short_is_seen_in_its_residual() -> None:
+    y, eta_fixed, index, tau = _poisson_groups(30, groups=10, seed=1)
+    _, converged = _laplace_value(y, eta_fixed, index, tau, 10)
+    _, cut_short = _laplace_value(y, eta_fixed, index, tau, 10, iterations=1)
+    assert converged < 1e-8 < 1e-3 < cut_short
+
+
+@pytest.mark.parametrize("name", ["negative_binomial", "bernoulli", "beta"])
+def test_laplace_gradient_matches_finite_differences(name: str) -> None:
+    _, _, design = _design(name, campaigns=200, counties=30, prefectures=5)
+    model = build_model(design, laplace=("y",))
+    logp, gradient = model.compile_logp(), model.compile_dlogp()
+    point = _random_points(model, 1, seed=7)[0]
+    names = [v.name for v in model.value_vars]
+    analytic = gradient(point)
+    numeric, offset, h = [], 0, 1e-5
+    for name_ in names:
+        value = np.atleast_1d(np.asarray(point[name_], dtype=float))
+        for i in range(value.size):
+            up, down = value.copy(), value.copy()
+            up[i] += h
+            down[i] -= h
+            shape = np.shape(point[name_])
+            numeric.append((logp({**point, name_: up.reshape(shape)})
+                            - logp({**point, name_: down.reshape(shape)})) / (2 * h))
+            offset += 1
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-5)
+
+
+def test_forms_are_chosen_per_equation() -> None:
+    _, _, design = _design("negative_binomial")
+    assert choose_form(design, "laplace").equations == {"y": "laplace"}
+    assert choose_form(design, "laplace").label == "laplace"
+    # auto integrates by Laplace only the families in defaults.LAPLACE_AUTO
+    expected = "laplace" if "negative_binomial" in LAPLACE_AUTO else "explicit"
+    assert choose_form(design, "auto").equations == {"y": expected}
+    assert choose_form(design, "explicit").equations == {"y": "explicit"}
+    _, _, gaussian = _design("gaussian")
+    assert choose_form(gaussian, "laplace").equations == {"y": "exact"}
+    assert choose_form(gaussian, "auto").label == "marginal"
+
+
+def test_negative_binomial_laplace_fit_recovers_truth_and_saves_intercepts() -> None:
+    truth = {"intercept": 0.8, "slope": 0.4, "county_sd": 0.35, "prefecture_sd": 0.3,
+             "dispersion": 4.0}
+    spec, table, _ = _design("negative_binomial", campaigns=1500, counties=150,
+                             prefectures=15, seed=5, **truth)
+    fit = fit_model(spec, table, dataclasses.replace(QUICK, draws=500, tune=500,
+                                                     form="laplace"))
+    assert fit.diagnostics["equation_forms"] == {"y": "laplace"}
+    assert fit.record["laplace"] == ["y"]
+    assert fit.diagnostics["passed"], fit.diagnostics["reasons"]
+    assert fit.diagnostics["laplace_max_residual"] < 1e-6
+    summary = fit.summary
+    for parameter, value in (("coefficients_y[x]", truth["slope"]),
+                             ("county_sd_y", truth["county_sd"]),
+                             ("prefecture_sd_y", truth["prefecture_sd"]),
+                             ("dispersion_y", truth["dispersion"])):
+        row = summary.loc[parameter]
+        assert abs(row["mean"] - value) < 3 * row["sd"], parameter
+    posterior = fit.idata.posterior
+    # the same variables and dims as the explicit form: intercepts per level, no internals
+    assert posterior["county_intercept_y"].dims == ("chain", "draw", "county")
+    assert posterior["prefecture_intercept_y"].sizes["prefecture"] == 15
+    assert not [v for v in posterior.data_vars if str(v).startswith("laplace_")]
+    assert "y" in fit.idata.posterior_predictive
+
+
+def test_laplace_intercept_draws_agree_with_the_explicit_posterior() -> None:
+    spec, table, _ = _design("poisson", campaigns=400, counties=40, prefectures=8, seed=9,
+                             intercept=1.0, county_sd=0.4, prefecture_sd=0.3)
+    settings = dataclasses.replace(QUICK, draws=1000, tune=800)
+    laplace = fit_model(spec, table, dataclasses.replace(settings, form="laplace"))
+    explicit = fit_model(spec, table, dataclasses.replace(settings, form="explicit"))
+    for variable in ("county_intercept_y", "prefecture_intercept_y"):
+        approximate = laplace.idata.posterior[variable]
+        reference = explicit.idata.posterior[variable]
+        sd = reference.std(("chain", "draw")).values
+        shift = np.abs(approximate.mean(("chain", "draw")).values
+                       - reference.mean(("chain", "draw")).values) / sd
+        ratio = approximate.std(("chain", "draw")).values / sd
+        # Monte Carlo error of both means is about 0.1 sd at these draws
+        assert shift.max() < 0.35, variable
+        assert 0.8 < np.median(ratio) < 1.2, variable
+    for parameter in ("coefficients_y[x]", "county_sd_y", "prefecture_sd_y"):
+        a, b = laplace.summary.loc[parameter], explicit.summary.loc[parameter]
+        assert abs(a["mean"] - b["mean"]) < 0.3 * b["sd"], parameter
