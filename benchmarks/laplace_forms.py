@@ -15,12 +15,12 @@ import arviz as az
 import nutpie
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import GROUPED_COLUMNS, grouped_spec_text, grouped_table  # noqa: E402
+from fundgap.build import build_model
+from fundgap.design import build_design
+from fundgap.families import family
+from fundgap.spec import parse_spec
 
-from fundgap.build import build_model  # noqa: E402
-from fundgap.design import build_design  # noqa: E402
-from fundgap.families import family  # noqa: E402
-from fundgap.spec import parse_spec  # noqa: E402
+from conftest import GROUPED_COLUMNS, grouped_spec_text, grouped_table
 
 
 def main(family_name: str) -> None:
