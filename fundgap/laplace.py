@@ -159,8 +159,9 @@ def laplace_terms(family_name: str, y, eta_fixed: pt.TensorVariable, aux: dict,
         return moved
 
     start = [pt.zeros(size) for size in sizes]
-    steps, _ = pytensor.scan(newton, outputs_info=start, non_sequences=outside,
-                             n_steps=iterations or MAX_ITERATIONS, strict=True)
+    steps = pytensor.scan(newton, outputs_info=start, non_sequences=outside,
+                          n_steps=iterations or MAX_ITERATIONS, strict=True,
+                          return_updates=False)
     steps = steps if isinstance(steps, list | tuple) else [steps]
     stopped = [disconnected_grad(s[-1]) for s in steps]
     # one differentiated Newton step from the stopped point: its value is the mode (to
