@@ -206,6 +206,20 @@ def _negative_binomial_curvature(y, eta, aux):
     return y - (y + dispersion) * share, (y + dispersion) * share * (1 - share)
 
 
+def trigamma(x: pt.TensorVariable, shift: int = 6) -> pt.TensorVariable:
+    """psi'(x) for x > 0 in elementary operations: the recurrence psi'(x) = 1 / x^2 +
+    psi'(x + 1) `shift` times, then the asymptotic series at x + shift (relative error below 1e-10).
+    PyTensor's own tri_gamma (and its gradient, polygamma) run in Python object mode under
+    numba, which nutpie's default backend uses."""
+    total = sum(1.0 / (x + k) ** 2 for k in range(shift))
+    z = x + shift
+    inverse = 1.0 / z
+    inverse2 = inverse**2
+    series = inverse + inverse2 / 2 + inverse * inverse2 * (
+        1 / 6 - inverse2 * (1 / 30 - inverse2 * (1 / 42 - inverse2 / 30)))
+    return total + series
+
+
 def _beta_curvature(y, eta, aux):
     # log p = gammaln(phi) - gammaln(m phi) - gammaln((1 - m) phi) + (m phi - 1) log y
     #         + ((1 - m) phi - 1) log(1 - y), with m = invlogit(eta) and dm/deta = m (1 - m)
@@ -213,7 +227,7 @@ def _beta_curvature(y, eta, aux):
     slope = mean * (1 - mean)
     gap = (pt.log(y) - pt.log1p(-y) - pt.psi(mean * precision)
            + pt.psi((1 - mean) * precision))
-    spread = pt.tri_gamma(mean * precision) + pt.tri_gamma((1 - mean) * precision)
+    spread = trigamma(mean * precision) + trigamma((1 - mean) * precision)
     first = precision * slope * gap
     weight = precision**2 * slope**2 * spread - precision * slope * (1 - 2 * mean) * gap
     return first, weight
