@@ -23,6 +23,7 @@ Adding a family is adding a record to FAMILIES (bambi's families module has the 
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -220,13 +221,31 @@ def trigamma(x: pt.TensorVariable, shift: int = 6) -> pt.TensorVariable:
     return total + series
 
 
+@functools.cache
+def _digamma_op():
+    from pytensor.compile.builders import OpFromGraph
+
+    x = pt.dscalar()
+    # psi with its derivative written as fundgap's trigamma, so that differentiating the
+    # Newton step (which holds psi) stays in numba-compiled operations
+    scalar = OpFromGraph([x], [pt.psi(x)], inline=True,
+                         lop_overrides=lambda inputs, outputs, grads: [
+                             grads[0] * trigamma(inputs[0])])
+    return pt.vectorize(scalar, signature="()->()")
+
+
+def digamma(x: pt.TensorVariable) -> pt.TensorVariable:
+    """psi(x), elementwise, whose gradient is `trigamma` (elementary operations)."""
+    return _digamma_op()(x)
+
+
 def _beta_curvature(y, eta, aux):
     # log p = gammaln(phi) - gammaln(m phi) - gammaln((1 - m) phi) + (m phi - 1) log y
     #         + ((1 - m) phi - 1) log(1 - y), with m = invlogit(eta) and dm/deta = m (1 - m)
     mean, precision = pm.math.invlogit(eta), aux["precision"]
     slope = mean * (1 - mean)
-    gap = (pt.log(y) - pt.log1p(-y) - pt.psi(mean * precision)
-           + pt.psi((1 - mean) * precision))
+    gap = (pt.log(y) - pt.log1p(-y) - digamma(mean * precision)
+           + digamma((1 - mean) * precision))
     spread = trigamma(mean * precision) + trigamma((1 - mean) * precision)
     first = precision * slope * gap
     weight = precision**2 * slope**2 * spread - precision * slope * (1 - 2 * mean) * gap
