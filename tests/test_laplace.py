@@ -140,19 +140,17 @@ def test_laplace_gradient_matches_finite_differences(name: str) -> None:
     model = build_model(design, laplace=("y",))
     logp, gradient = model.compile_logp(), model.compile_dlogp()
     point = _random_points(model, 1, seed=7)[0]
-    names = [v.name for v in model.value_vars]
     analytic = gradient(point)
-    numeric, offset, h = [], 0, 1e-5
-    for name_ in names:
-        value = np.atleast_1d(np.asarray(point[name_], dtype=float))
+    numeric, h = [], 1e-5
+    for variable in (v.name for v in model.value_vars):
+        value = np.atleast_1d(np.asarray(point[variable], dtype=float))
+        shape = np.shape(point[variable])
         for i in range(value.size):
             up, down = value.copy(), value.copy()
             up[i] += h
             down[i] -= h
-            shape = np.shape(point[name_])
-            numeric.append((logp({**point, name_: up.reshape(shape)})
-                            - logp({**point, name_: down.reshape(shape)})) / (2 * h))
-            offset += 1
+            numeric.append((logp({**point, variable: up.reshape(shape)})
+                            - logp({**point, variable: down.reshape(shape)})) / (2 * h))
     np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-5)
 
 
