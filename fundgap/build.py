@@ -39,7 +39,9 @@ def _likelihood(equation: EquationDesign, eta: pt.TensorVariable,
     """The equation's response given eta, with its family's own parameters (fundgap.families)."""
     record = family(equation.family)
     auxiliary = record.auxiliary_priors(equation.name, sigma_scale)
-    record.likelihood(equation.name, eta, auxiliary, equation.y, "campaign")
+    # as pm.Data, so a model compiled with its data as inputs takes another response
+    observed = pm.Data(f"y_{equation.name}", equation.y, dims="campaign")
+    record.likelihood(equation.name, eta, auxiliary, observed, "campaign")
 
 
 def _equation(design: Design, name: str, form: str, centred: Collection[str],

@@ -23,7 +23,6 @@ Adding a family is adding a record to FAMILIES (bambi's families module has the 
 
 from __future__ import annotations
 
-import functools
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -221,22 +220,18 @@ def trigamma(x: pt.TensorVariable, shift: int = 6) -> pt.TensorVariable:
     return total + series
 
 
-@functools.cache
-def _digamma_op():
-    from pytensor.compile.builders import OpFromGraph
-
-    x = pt.dscalar()
-    # psi with its derivative written as fundgap's trigamma, so that differentiating the
-    # Newton step (which holds psi) stays in numba-compiled operations
-    scalar = OpFromGraph([x], [pt.psi(x)], inline=True,
-                         lop_overrides=lambda inputs, outputs, grads: [
-                             grads[0] * trigamma(inputs[0])])
-    return pt.vectorize(scalar, signature="()->()")
-
-
-def digamma(x: pt.TensorVariable) -> pt.TensorVariable:
-    """psi(x), elementwise, whose gradient is `trigamma` (elementary operations)."""
-    return _digamma_op()(x)
+def digamma(x: pt.TensorVariable, shift: int = 6) -> pt.TensorVariable:
+    """psi(x) for x > 0 in elementary operations, as `trigamma`: psi(x) = psi(x + shift) -
+    sum 1 / (x + k), then the asymptotic series (relative error below 1e-10). Its gradient
+    is elementary too; PyTensor's psi differentiates to tri_gamma, which numba runs in Python
+    object mode."""
+    total = sum(1.0 / (x + k) for k in range(shift))
+    z = x + shift
+    inverse2 = 1.0 / z**2
+    series = pt.log(z) - 0.5 / z - inverse2 * (
+        1 / 12 - inverse2 * (1 / 120 - inverse2 * (1 / 252 - inverse2 * (
+            1 / 240 - inverse2 / 132))))
+    return series - total
 
 
 def _beta_curvature(y, eta, aux):

@@ -391,6 +391,9 @@ def fit_design(design: Design, settings: FitSettings | None = None,
                                            if "_z_" in str(v) or "_level_" in str(v)
                                            or str(v).endswith("__")])
     residual = _laplace_residual(posterior, laplace)
+    newton_steps = {name: {"mean": round(float(steps.mean()), 2), "max": int(steps.max())}
+                    for name in laplace
+                    for steps in [posterior[f"{LAPLACE_PREFIX}iterations_{name}"]]}
     if marginal or laplace:
         posterior = _add_intercepts(posterior, design, forms, settings.seed)
     groups = (_per_campaign_groups(posterior, design, keep, settings.seed)
@@ -410,6 +413,7 @@ def fit_design(design: Design, settings: FitSettings | None = None,
     diagnostics = _diagnostics(idata, checked, summary, timing)
     if laplace:
         diagnostics["laplace_max_residual"] = residual
+        diagnostics["laplace_newton_steps"] = newton_steps
         if not residual <= LAPLACE_MAX_RESIDUAL:
             diagnostics["passed"] = False
             diagnostics["reasons"].append(

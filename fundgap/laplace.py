@@ -33,6 +33,7 @@ the explicit form.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pymc as pm
@@ -97,11 +98,14 @@ def _at(record, y, eta_fixed, aux, levels: Levels, taus, z, concave: bool) -> _P
         eta = eta + taus[1] * z[1][outer_of_row]
     total = pt.sum(record.log_density(y, eta, aux))
     first, weight = record.curvature(y, eta, aux)
-    if concave:
-        weight = pt.maximum(weight, 0.0)
     log_joint = total - 0.5 * sum(pt.sum(zi**2) for zi in z)
     inner_first = _level_sums(first, levels.inner, levels.n_inner)
     inner_weight = _level_sums(weight, levels.inner, levels.n_inner)
+    if concave:
+        # the search's H must be positive definite, so that every step goes uphill: each
+        # county's summed weight is kept non-negative (a campaign's own may be negative,
+        # beta's; clipping those instead slows Newton to a linear crawl)
+        inner_weight = pt.maximum(inner_weight, 0.0)
     gradient_inner = tau_inner * inner_first - z_inner
     precision = 1.0 + tau_inner**2 * inner_weight
     if not nested:
@@ -122,12 +126,20 @@ def _at(record, y, eta_fixed, aux, levels: Levels, taus, z, concave: bool) -> _P
     return _Point(log_joint, (inner_step, outer_step), logdet, precision, coupling, schur)
 
 
+class LaplaceTerms(NamedTuple):
+    """One equation's Laplace approximation of log p(y | theta) and what it was made of."""
+
+    value: pt.TensorVariable
+    at_mode: _Point                           # the integrand's pieces at the mode
+    mode: tuple[pt.TensorVariable, ...]       # z* (inner[, outer])
+    step: tuple[pt.TensorVariable, ...]       # the last Newton step: zero where converged
+    iterations: pt.TensorVariable             # Newton steps the search took
+
+
 def laplace_terms(family_name: str, y, eta_fixed: pt.TensorVariable, aux: dict,
                   levels: Levels, taus: tuple[pt.TensorVariable, ...],
-                  iterations: int | None = None) -> tuple:
-    """The Laplace approximation of log p(y | theta) for one equation; returns it, the
-    integrand's pieces at the mode, the mode (inner[, outer]) and the last Newton step
-    (zero where the search converged).
+                  iterations: int | None = None) -> LaplaceTerms:
+    """The Laplace approximation of log p(y | theta) for one equation (LaplaceTerms).
 
     `taus` holds the inner sd and, nested, the outer one. The mode search is a while loop
     (`iterations` None) or, for a backend without one (JAX), that many Newton steps.
@@ -172,7 +184,8 @@ def laplace_terms(family_name: str, y, eta_fixed: pt.TensorVariable, aux: dict,
     step = _at(record, y, eta_fixed, aux, levels, taus, stopped, concave=False).step
     mode = tuple(s + d for s, d in zip(stopped, step, strict=True))
     at_mode = _at(record, y, eta_fixed, aux, levels, taus, mode, concave=False)
-    return at_mode.log_joint - 0.5 * at_mode.logdet, at_mode, mode, step
+    return LaplaceTerms(at_mode.log_joint - 0.5 * at_mode.logdet, at_mode, mode, step,
+                        steps[0].shape[0])
 
 
 def model_levels(design: Design, name: str) -> Levels:
@@ -200,11 +213,13 @@ def add_laplace_likelihood(design: Design, name: str, eta_fixed: pt.TensorVariab
     dims = [GROUP_DIMS[c] for c in equation.groups][::-1]   # inner first
     taus = tuple(sds[d] for d in dims)
     y = pm.Data(f"{PREFIX}y_{name}", equation.y)
-    value, at_mode, mode, step = laplace_terms(equation.family, y, eta_fixed, aux,
-                                               model_levels(design, name), taus, iterations)
-    pm.Potential(f"laplace_loglik_{name}", value)
+    terms = laplace_terms(equation.family, y, eta_fixed, aux, model_levels(design, name),
+                          taus, iterations)
+    at_mode, mode = terms.at_mode, terms.mode
+    pm.Potential(f"laplace_loglik_{name}", terms.value)
     # the last step on the linear predictor's scale: zero where the search converged
-    pm.Deterministic(f"{PREFIX}residual_{name}", _predictor_change(taus, step))
+    pm.Deterministic(f"{PREFIX}residual_{name}", _predictor_change(taus, terms.step))
+    pm.Deterministic(f"{PREFIX}iterations_{name}", terms.iterations)
     pm.Deterministic(f"{PREFIX}mode_{dims[0]}_{name}", mode[0], dims=dims[0])
     pm.Deterministic(f"{PREFIX}precision_{dims[0]}_{name}", at_mode.inner_precision,
                      dims=dims[0])
