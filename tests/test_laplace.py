@@ -138,6 +138,24 @@ def test_a_mode_search_cut_short_is_seen_in_its_residual() -> None:
     assert converged < 1e-8 < 1e-3 < cut_short
 
 
+def test_beta_mode_search_stays_newton_where_single_campaigns_curve_the_wrong_way() -> None:
+    # shares near 0 and 1 in counties of one or two campaigns: a campaign's own weight
+    # (-d2 log p / d eta2) is negative there, its county's sum with the prior's is not
+    rng = np.random.default_rng(3)
+    counties, prefectures = 400, 40
+    index = np.concatenate([np.arange(counties), rng.integers(0, counties, 200)])
+    share = rng.beta(0.6, 1.5, len(index))
+    share[rng.random(len(index)) < 0.05] = 0.9997
+    levels = Levels(index, counties, np.arange(counties) % prefectures, prefectures)
+    terms = laplace_terms("beta", share, pt.as_tensor(np.full(len(index), -0.9)),
+                          {"precision": pt.as_tensor(5.0)}, levels,
+                          (pt.as_tensor(1.0), pt.as_tensor(0.5)))
+    iterations, residual = pytensor.function(
+        [], [terms.iterations, pt.max(pt.abs(terms.step[0]))])()
+    assert residual < 1e-10
+    assert iterations <= 12
+
+
 @pytest.mark.parametrize("name", ["negative_binomial", "bernoulli", "beta"])
 def test_laplace_gradient_matches_finite_differences(name: str) -> None:
     _, _, design = _design(name, campaigns=200, counties=30, prefectures=5)
