@@ -116,13 +116,13 @@ def fit_one(family_name: str, form: str, table: pd.DataFrame, seed: int):
             int(result.idata.sample_stats["diverging"].sum()), min_ess)
 
 
-def run(family_name: str, replicates: int, out: Path) -> None:
+def run(family_name: str, replicates: int, out: Path, forms: tuple[str, ...]) -> None:
     frame = layout()
     done = pd.read_csv(out) if out.exists() else pd.DataFrame(columns=["replicate", "form"])
     finished = set(zip(done["replicate"], done["form"], strict=True))
     for seed in range(replicates):
         table, truth = replicate(frame, family_name, seed)
-        for form in FORMS:
+        for form in forms:
             if (seed, form) in finished:
                 continue
             draws, wall, divergences, min_ess = fit_one(family_name, form, table, seed)
@@ -181,11 +181,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="the rows' CSV (default benchmarks/results/calibration_FAMILY.csv)")
     parser.add_argument("--report", action="store_true", help="print the table only")
+    parser.add_argument("--forms", nargs="+", choices=FORMS, default=list(FORMS))
     args = parser.parse_args()
     out = args.out or REPO / "benchmarks" / "results" / f"calibration_{args.family}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     if not args.report:
-        run(args.family, args.replicates, out)
+        run(args.family, args.replicates, out, tuple(args.forms))
     report(out)
 
 

@@ -16,6 +16,8 @@ A record holds everything the rest of fundgap asks of a family:
 - `curvature`: for the Laplace form, d log p / d eta and -d^2 log p / d eta^2 per campaign
   in closed form (autodiff of PyMC's logp, twice and then once more by the sampler, builds
   graphs that take minutes to compile);
+- `higher`: the third and fourth derivatives of log p in eta per campaign, for the Laplace
+  form's second-order correction (families without them get the plain approximation);
 - `response`: a transformation of the observed response (beta's shares moved into (0, 1)).
 
 Adding a family is adding a record to FAMILIES (bambi's families module has the same idea).
@@ -70,6 +72,8 @@ class Family:
     integrated: tuple[str, ...] = field(default=())
     curvature: Callable[[object, pt.TensorVariable, dict],
                         tuple[pt.TensorVariable, pt.TensorVariable]] | None = None
+    higher: Callable[[object, pt.TensorVariable, dict],
+                     tuple[pt.TensorVariable, pt.TensorVariable]] | None = None
     response: Callable[[np.ndarray, str], np.ndarray] | None = None
 
     @property
@@ -200,6 +204,18 @@ def _beta_pymc(eta: pt.TensorVariable, aux: dict) -> tuple[type, dict]:
     return pm.Beta, {"alpha": mean * aux["precision"], "beta": (1 - mean) * aux["precision"]}
 
 
+def _logistic_higher(scale, share):
+    # d^3, d^4 of log p where d^2 log p / d eta^2 = -scale * share (1 - share) and
+    # d share / d eta = share (1 - share): Bernoulli (scale 1) and NB2 (scale y + dispersion)
+    slope = share * (1 - share)
+    return -scale * slope * (1 - 2 * share), -scale * slope * (1 - 6 * slope)
+
+
+def _negative_binomial_higher(y, eta, aux):
+    mu, dispersion = pt.exp(eta), aux["dispersion"]
+    return _logistic_higher(y + dispersion, mu / (dispersion + mu))
+
+
 def _negative_binomial_curvature(y, eta, aux):
     mu, dispersion = pt.exp(eta), aux["dispersion"]
     share = mu / (dispersion + mu)
@@ -282,7 +298,8 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
         scipy=lambda eta, aux: stats.poisson(np.exp(eta)),
         location_scale=_log_of_mean, statsmodels=_maximum_likelihood(sm.Poisson),
         method="poisson", integrated=("laplace",),
-        curvature=lambda y, eta, aux: (y - pt.exp(eta), pt.exp(eta))),
+        curvature=lambda y, eta, aux: (y - pt.exp(eta), pt.exp(eta)),
+        higher=lambda y, eta, aux: (-pt.exp(eta), -pt.exp(eta))),
     Family(
         name="negative_binomial", link="log", discrete=True,
         auxiliary=(Auxiliary("dispersion", lambda name, scale: pm.Exponential(name, 1.0)),),
@@ -293,7 +310,7 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
         statsmodels=_maximum_likelihood(
             lambda y, exog: sm.NegativeBinomial(y, exog, loglike_method="nb2")),
         method="negative binomial (NB2)", integrated=("laplace",),
-        curvature=_negative_binomial_curvature),
+        curvature=_negative_binomial_curvature, higher=_negative_binomial_higher),
     Family(
         name="bernoulli", link="logit", discrete=True,
         mean=lambda eta, aux: expit(eta),
@@ -302,7 +319,8 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
         location_scale=_logit_of_mean, statsmodels=_maximum_likelihood(sm.Logit),
         method="logit", integrated=("laplace",),
         curvature=lambda y, eta, aux: (y - pm.math.invlogit(eta),
-                                       pm.math.invlogit(eta) * (1 - pm.math.invlogit(eta)))),
+                                       pm.math.invlogit(eta) * (1 - pm.math.invlogit(eta))),
+        higher=lambda y, eta, aux: _logistic_higher(1.0, pm.math.invlogit(eta))),
     Family(
         name="beta", link="logit",
         auxiliary=(Auxiliary("precision", lambda name, scale: pm.Gamma(name, alpha=2.0,
