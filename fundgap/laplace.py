@@ -190,26 +190,49 @@ def laplace_terms(family_name: str, y, eta_fixed: pt.TensorVariable, aux: dict,
     at_mode = _at(record, y, eta_fixed, aux, levels, taus, mode, concave=False)
     value = at_mode.log_joint - 0.5 * at_mode.logdet
     if record.higher is not None and correct:
-        value = value + _second_order(record, y, at_mode, aux, levels, taus[0])
+        value = value + _second_order(record, y, at_mode, aux, levels, taus)
     return LaplaceTerms(value, at_mode, mode, step, steps[0].shape[0])
 
 
 def _second_order(record, y, at_mode: _Point, aux, levels: Levels,
-                  tau_inner: pt.TensorVariable) -> pt.TensorVariable:
-    """The next term of the Laplace expansion, county by county. With g3, g4 the third
-    and fourth derivatives of the log integrand in one county's z and A its precision,
-    int exp(g) = exp(g*) sqrt(2 pi / A) (1 + g4 / (8 A^2) + 5 g3^2 / (24 A^3) + ...);
-    the term is added to the log. Where a county holds one or two campaigns of a binary or
-    low count response the plain approximation's error is largest, and it differs from one
-    sd to another: left alone it biases the sds (benchmarks/laplace_calibration.py). The
-    prefecture's terms, and those coupling it with its counties, shrink with its many
-    campaigns and are left out; the county's conditional precision stands in for its
-    marginal one."""
+                  taus: tuple[pt.TensorVariable, ...]) -> pt.TensorVariable:
+    """The next term of the Laplace expansion (the log of its 1 + ... factor),
+
+        (1/8) g_abcd S^ab S^cd + (1/8) g_abc g_def S^ab S^cd S^ef
+        + (1/12) g_abc g_def S^ad S^be S^cf,
+
+    with g's derivatives in z at the mode and S = H^-1. Each campaign's derivatives are
+    l3_i, l4_i (Family.higher) times its row of dEta/dz, so every sum collapses to counties:
+    with L3_c, L4_c a county's sums, C the covariance of the counties' intercepts under
+    N(z*, H^-1) (diagonal tau_c^2 / A_c plus, within a prefecture, m m' / S_p, m_c =
+    tau_p - tau_c B_c / A_c), q_c its diagonal and w_c = L3_c q_c, the term is
+
+        (1/8) sum L4 q^2 + (1/8) w'Cw + (1/12) sum_cc' L3_c L3_c' C_cc'^3,
+
+    O(counties) through the rank-one blocks. Where a county holds one or two campaigns of a
+    binary or low count response the plain approximation's error is largest, and it differs
+    from one sd to another: left alone it biases the sds (benchmarks/laplace_calibration.py).
+    """
     third, fourth = record.higher(y, at_mode.eta, aux)
-    g3 = tau_inner**3 * _level_sums(third, levels.inner, levels.n_inner)
-    g4 = tau_inner**4 * _level_sums(fourth, levels.inner, levels.n_inner)
-    precision = at_mode.inner_precision
-    return pt.sum(g4 / (8 * precision**2) + 5 * g3**2 / (24 * precision**3))
+    county_third = _level_sums(third, levels.inner, levels.n_inner)
+    county_fourth = _level_sums(fourth, levels.inner, levels.n_inner)
+    own = taus[0]**2 / at_mode.inner_precision          # the diagonal part of C
+    if at_mode.schur is None:
+        variance, rank_one, cube = own, 0.0, 0.0
+        weighted = county_third * variance
+    else:
+        def by_prefecture(values):
+            return _level_sums(values, levels.parent, levels.n_outer)
+        loading = taus[1] - taus[0] * at_mode.coupling / at_mode.inner_precision
+        schur = at_mode.schur[levels.parent]
+        variance = own + loading**2 / schur
+        weighted = county_third * variance
+        rank_one = pt.sum(by_prefecture(weighted * loading)**2 / at_mode.schur)
+        cube = (pt.sum(by_prefecture(county_third * loading**3)**2 / at_mode.schur**3)
+                - pt.sum(county_third**2 * loading**6 / schur**3))
+    return (pt.sum(county_fourth * variance**2) / 8
+            + (pt.sum(weighted**2 * own) + rank_one) / 8
+            + (pt.sum(county_third**2 * variance**3) + cube) / 12)
 
 
 def model_levels(design: Design, name: str) -> Levels:

@@ -155,6 +155,36 @@ def test_second_order_term_corrects_laplace_for_singleton_binary_groups() -> Non
         assert corrected < plain / 3
 
 
+def test_second_order_term_is_the_dense_expansion_for_nested_groups() -> None:
+    # the O(counties) sums against the expansion's tensors written out in full
+    rng = np.random.default_rng(0)
+    counties, prefectures = 7, 3
+    parent = np.array([0, 0, 0, 1, 1, 2, 2])
+    index = np.concatenate([np.arange(counties), [0, 3, 3, 5]])
+    y = rng.binomial(1, 0.4, len(index)).astype(float)
+    eta_fixed = rng.normal(0, 0.5, len(index))
+    taus = (1.1, -0.7)   # signed sds, as the sampler moves them
+    levels = Levels(index, counties, parent, prefectures)
+    corrected, plain = (laplace_terms("bernoulli", y, pt.as_tensor(eta_fixed), {}, levels,
+                                      tuple(pt.as_tensor(t) for t in taus), correct=c)
+                        for c in (True, False))
+    term, z_county, z_prefecture = pytensor.function(
+        [], [corrected.value - plain.value, *corrected.mode])()
+    loadings = np.zeros((len(index), counties + prefectures))
+    loadings[np.arange(len(index)), index] = taus[0]
+    loadings[np.arange(len(index)), counties + parent[index]] = taus[1]
+    p = 1 / (1 + np.exp(-(eta_fixed + loadings @ np.concatenate([z_county, z_prefecture]))))
+    slope = p * (1 - p)
+    covariance = np.linalg.inv(np.eye(counties + prefectures)
+                               + loadings.T @ (slope[:, None] * loadings))
+    g3 = np.einsum("i,ia,ib,ic->abc", -slope * (1 - 2 * p), *[loadings] * 3)
+    g4 = np.einsum("i,ia,ib,ic,id->abcd", -slope * (1 - 6 * slope), *[loadings] * 4)
+    dense = (np.einsum("abcd,ab,cd", g4, covariance, covariance) / 8
+             + np.einsum("abc,def,ab,cd,ef", g3, g3, *[covariance] * 3) / 8
+             + np.einsum("abc,def,ad,be,cf", g3, g3, *[covariance] * 3) / 12)
+    np.testing.assert_allclose(term, dense, rtol=1e-10)
+
+
 def test_a_mode_search_cut_short_is_seen_in_its_residual() -> None:
     y, eta_fixed, index, tau = _grouped_counts("poisson", 30, groups=10, seed=1)
     _, converged = _laplace_value("poisson", y, eta_fixed, index, tau, 10)
