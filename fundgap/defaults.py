@@ -74,13 +74,14 @@ DIMS = {
 }
 
 # `--form auto` integrates the intercepts of an equation of these families out by the Laplace
-# approximation (fundgap.laplace): those the calibration over simulated data sets in the
-# study's layout (benchmarks/laplace_calibration.py; figures in benchmarks/README.md) showed
-# as accurate as the explicit form. Not Bernoulli: its second-order term can run away where
-# singleton counties push the mode into a flat tail, and without it the county sd is biased;
-# not beta (no second-order term) nor Poisson (not measured). `--form laplace` asks for the
+# approximation (fundgap.laplace). The calibration (benchmarks/laplace_calibration.py;
+# figures in benchmarks/README.md) shows the negative binomial's as accurate as the explicit
+# form, but in the SES model, where the beta equation stays explicit, it made the fit slower
+# (compile and gradient cost, no fewer steps), so auto waits for a faster beta step. Not
+# Bernoulli: its second-order term can run away where singleton counties push the mode into
+# a flat tail, and without it the county sd is biased. `--form laplace` asks for the
 # approximation wherever it applies.
-LAPLACE_AUTO: tuple[str, ...] = ("negative_binomial",)
+LAPLACE_AUTO: tuple[str, ...] = ()
 # Newton steps for the Laplace mode on a backend without while loops (JAX); where the mode
 # is not reached (see LAPLACE_MAX_RESIDUAL) the fit fails its gate, never silently.
 LAPLACE_FIXED_ITERATIONS = 20
