@@ -345,9 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--backend", choices=BACKENDS, default="nutpie")
     fit.add_argument("--form", choices=("auto", "marginal", "laplace", "explicit"),
                      default="auto",
-                     help="auto: intercepts integrated out exactly for gaussian equations, "
-                          "by a Laplace approximation for count, binary and share ones; "
-                          "laplace: wherever it applies; explicit: none")
+                     help="auto: intercepts integrated out exactly for gaussian equations "
+                          "(by a Laplace approximation for the families measured accurate, "
+                          "defaults.LAPLACE_AUTO); laplace: by Laplace wherever it applies "
+                          "(count, binary, share equations); explicit: none")
     fit.add_argument("--centring", choices=("auto", "noncentred", "centred"), default=None,
                      help="explicit intercepts; auto: centred for a grouping whose median "
                           "level holds 50 campaigns or more, else non-centred")

@@ -220,12 +220,18 @@ def _add_intercepts(posterior: xr.Dataset, design: Design, forms: FormChoice,
     return posterior.assign(added)
 
 
-def _laplace_residual(posterior: xr.Dataset, laplace: tuple[str, ...]) -> float:
-    """The largest Newton step (on the linear predictor's scale) left at the stopped mode
-    over every draw of every Laplace equation: where it is not tiny the mode search ran out
-    of steps and the gradient the sampler saw was not the approximation's."""
-    values = [float(posterior[f"{LAPLACE_PREFIX}residual_{name}"].max()) for name in laplace]
-    return max(values, default=0.0)
+def _laplace_search(posterior: xr.Dataset, laplace: tuple[str, ...]) -> dict:
+    """How the Laplace equations' mode searches went, over every draw: the Newton steps they
+    took, and the largest step (on the linear predictor's scale) left at the stopped mode;
+    where that is not tiny the search ran out of steps and the gradient the sampler saw was
+    not the approximation's."""
+    residuals = [float(posterior[f"{LAPLACE_PREFIX}residual_{name}"].max())
+                 for name in laplace]
+    steps = {name: posterior[f"{LAPLACE_PREFIX}iterations_{name}"] for name in laplace}
+    return {"laplace_max_residual": max(residuals, default=0.0),
+            "laplace_newton_steps": {name: {"mean": round(float(s.mean()), 2),
+                                            "max": int(s.max())}
+                                     for name, s in steps.items()}}
 
 
 def _reported(posterior: xr.Dataset) -> list[str]:
@@ -390,10 +396,7 @@ def fit_design(design: Design, settings: FitSettings | None = None,
     posterior = idata.posterior.drop_vars([v for v in idata.posterior.data_vars
                                            if "_z_" in str(v) or "_level_" in str(v)
                                            or str(v).endswith("__")])
-    residual = _laplace_residual(posterior, laplace)
-    newton_steps = {name: {"mean": round(float(steps.mean()), 2), "max": int(steps.max())}
-                    for name in laplace
-                    for steps in [posterior[f"{LAPLACE_PREFIX}iterations_{name}"]]}
+    search = _laplace_search(posterior, laplace)   # before the per-draw pieces are dropped
     if marginal or laplace:
         posterior = _add_intercepts(posterior, design, forms, settings.seed)
     groups = (_per_campaign_groups(posterior, design, keep, settings.seed)
@@ -412,8 +415,8 @@ def fit_design(design: Design, settings: FitSettings | None = None,
     checked = pd.concat([effects, contrasts], ignore_index=True)
     diagnostics = _diagnostics(idata, checked, summary, timing)
     if laplace:
-        diagnostics["laplace_max_residual"] = residual
-        diagnostics["laplace_newton_steps"] = newton_steps
+        diagnostics.update(search)
+        residual = search["laplace_max_residual"]
         if not residual <= LAPLACE_MAX_RESIDUAL:
             diagnostics["passed"] = False
             diagnostics["reasons"].append(

@@ -219,19 +219,18 @@ def _second_order(record, y, at_mode: _Point, aux, levels: Levels,
     own = taus[0]**2 / at_mode.inner_precision          # the diagonal part of C
     if at_mode.schur is None:
         variance, rank_one, cube = own, 0.0, 0.0
-        weighted = county_third * variance
     else:
         def by_prefecture(values):
             return _level_sums(values, levels.parent, levels.n_outer)
         loading = taus[1] - taus[0] * at_mode.coupling / at_mode.inner_precision
         schur = at_mode.schur[levels.parent]
         variance = own + loading**2 / schur
-        weighted = county_third * variance
-        rank_one = pt.sum(by_prefecture(weighted * loading)**2 / at_mode.schur)
+        rank_one = pt.sum(by_prefecture(county_third * variance * loading)**2
+                          / at_mode.schur)
         cube = (pt.sum(by_prefecture(county_third * loading**3)**2 / at_mode.schur**3)
                 - pt.sum(county_third**2 * loading**6 / schur**3))
     return (pt.sum(county_fourth * variance**2) / 8
-            + (pt.sum(weighted**2 * own) + rank_one) / 8
+            + (pt.sum((county_third * variance)**2 * own) + rank_one) / 8
             + (pt.sum(county_third**2 * variance**3) + cube) / 12)
 
 
