@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from fundgap.families import censored_share_mean
 from fundgap.observe import donation_stream
 from fundgap.prepare import donation_capacities
 from fundgap.simulate import (
@@ -58,9 +59,9 @@ def ses_parameters() -> dict:
 
 
 def completion_mean(eta: np.ndarray, sigma: float, target: np.ndarray) -> np.ndarray:
-    """E[min(exp(eta + sigma z) / target, 1)] for z standard normal, in closed form."""
-    k = (np.log(target) - eta) / sigma
-    return np.exp(eta + sigma**2 / 2) / target * stats.norm.cdf(k - sigma) + stats.norm.sf(k)
+    """E[min(exp(eta + sigma z) / target, 1)] for z standard normal, in closed form (the
+    censored_lognormal family's mean at eta - log target)."""
+    return censored_share_mean(eta - np.log(target), sigma)
 
 
 @dataclass
@@ -125,8 +126,10 @@ def _effects(process: _Process, rows: np.ndarray) -> dict:
                         "share": {m: v / total for m, v in indirect.items()},
                         "a": {m: float(np.mean(after[m][rows] - before[m][rows]))
                               for m in MEDIATORS}}
-        if outcome != "target_completion":  # its model's b paths are on a logit scale
-            out[outcome]["b"] = dict(process.params["outcomes"][outcome]["b"])
+        # log(target completion) is log amount - log target below the cap, so its b paths
+        # (a censored lognormal equation's) are the amount's
+        source = "log_amount_raised" if outcome == "target_completion" else outcome
+        out[outcome]["b"] = dict(process.params["outcomes"][source]["b"])
     return out
 
 

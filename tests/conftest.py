@@ -208,6 +208,8 @@ def grouped_table(family: str, campaigns: int, counties: int, prefectures: int, 
     elif family == "beta":
         mean = 1 / (1 + np.exp(-eta))
         y = rng.beta(mean * precision, (1 - mean) * precision)
+    elif family == "censored_lognormal":  # a share of a target, capped at 1
+        y = np.minimum(np.exp(rng.normal(eta, sigma)), 1.0)
     else:
         raise ValueError(family)
     return pd.DataFrame({"campaign_id": [f"C{i}" for i in range(campaigns)],

@@ -10,7 +10,9 @@ import pymc as pm
 import pytensor
 import pytensor.tensor as pt
 import pytest
+import statsmodels.api as sm
 
+from fundgap.design import build_design
 from fundgap.errors import SpecError
 from fundgap.families import FAMILIES, FREQUENTIST_FAMILIES, family
 from fundgap.fit import REPORTED_PREFIXES, fit_model
@@ -23,7 +25,7 @@ from conftest import GROUPED_COLUMNS, QUICK, grouped_spec_text, grouped_table
 RESPONSES = {"gaussian": [-1.3, 0.2, 2.5], "student_t": [-1.3, 0.2, 2.5],
              "lognormal": [0.3, 1.2, 7.0], "poisson": [0, 3, 11],
              "negative_binomial": [0, 3, 11], "bernoulli": [0, 1, 1],
-             "beta": [0.05, 0.5, 0.93]}
+             "beta": [0.05, 0.5, 0.93], "censored_lognormal": [0.2, 0.7, 1.0]}
 AUXILIARY = {"sigma": 0.7, "nu": 4.5, "dispersion": 2.5, "precision": 12.0}
 
 
@@ -83,3 +85,27 @@ def test_poisson_equation_recovers_its_truth_and_matches_statsmodels() -> None:
     # and the posterior predictive is integer counts from the Poisson record
     predicted = fit.idata.posterior_predictive["y"].values
     assert np.array_equal(predicted, np.round(predicted)) and predicted.min() >= 0
+
+
+def test_censored_share_regression_is_ols_below_the_cap_and_recovers_truth_above_it() -> None:
+    spec = parse_spec(grouped_spec_text("censored_lognormal"), "share.toml", GROUPED_COLUMNS)
+    # no share reaches the cap: the Tobit is OLS of the log share (statsmodels)
+    low = grouped_table("censored_lognormal", 600, 40, 5, seed=4, intercept=-3.0,
+                        county_sd=0.0, prefecture_sd=0.0, sigma=0.5)
+    assert low["y"].max() < 1
+    ours = ols_table(spec, low)[0].set_index("term")
+    theirs = sm.OLS(np.log(low["y"]), sm.add_constant(low[["x"]])).fit()
+    np.testing.assert_allclose(ours.loc["x", "estimate"], theirs.params["x"], rtol=1e-5)
+    # the maximum-likelihood sd divides by n, OLS's by n - k
+    np.testing.assert_allclose(ours.loc["x", "std_error"], theirs.bse["x"], rtol=2e-2)
+    # 40% capped at 1: the Tobit finds the slope, OLS of the log share is pulled towards 0
+    high = grouped_table("censored_lognormal", 3000, 40, 5, seed=4, intercept=-0.2,
+                         slope=0.4, county_sd=0.0, prefecture_sd=0.0, sigma=0.8)
+    assert 0.3 < (high["y"] >= 1).mean() < 0.5
+    row = ols_table(spec, high)[0].set_index("term").loc["x"]
+    assert row["method"].startswith("Tobit")
+    assert abs(row["estimate"] - 0.4) < 3 * row["std_error"]
+    naive = sm.OLS(np.log(high["y"]), sm.add_constant(high[["x"]])).fit().params["x"]
+    assert naive < 0.4 - 5 * row["std_error"]
+    with pytest.raises(SpecError, match=r"share.toml: equations.y .*\(0, 1\]"):
+        build_design(spec, high.assign(y=high["y"] * 1.5))

@@ -145,7 +145,7 @@ def test_frequentist_only_spec() -> None:
     (('khb = "table3', 'kbh = "table3'), "frequentist.kbh: unknown key"),
     (('rename = { male = "gender" }', 'family = "lognormal"'),
      "the frequentist side fits gaussian, student_t, poisson, negative_binomial, bernoulli, "
-     "beta, not 'lognormal'"),
+     "beta, censored_lognormal, not 'lognormal'"),
 ])
 def test_broken_frequentist_section(change: tuple[str, str], message: str) -> None:
     old, new = change
