@@ -14,6 +14,7 @@ the worst difference of means in explicit posterior sds and the range of the sd 
 
     .venv/bin/python benchmarks/laplace_calibration.py negative_binomial --replicates 100
     .venv/bin/python benchmarks/laplace_calibration.py bernoulli --replicates 100
+    .venv/bin/python benchmarks/laplace_calibration.py censored_lognormal --replicates 100
     .venv/bin/python benchmarks/laplace_calibration.py bernoulli --report   (table only)
 """
 
@@ -42,7 +43,13 @@ TRUTH = {
                           "dispersion": (1.0, 6.0)},
     "bernoulli": {"intercept": (-1.5, 0.5), "x": (-0.6, 0.6), "w": (-0.6, 0.6),
                   "county_sd": (0.2, 1.0), "prefecture_sd": (0.1, 0.6)},
+    # a share of a target capped at 1: from a few percent to about a third capped
+    "censored_lognormal": {"intercept": (-1.5, -0.3), "x": (-0.4, 0.4), "w": (-0.4, 0.4),
+                           "county_sd": (0.1, 0.6), "prefecture_sd": (0.1, 0.5),
+                           "sigma": (0.4, 1.0)},
 }
+# each family's own parameter, calibrated beside the coefficients and sds
+OWN = {"negative_binomial": "dispersion", "censored_lognormal": "sigma"}
 FORMS = ("laplace", "explicit")
 DRAWS, TUNE, CHAINS = 500, 500, 2
 
@@ -75,6 +82,8 @@ def replicate(frame: pd.DataFrame, family_name: str, seed: int) -> tuple[pd.Data
     if family_name == "negative_binomial":
         mu, k = np.exp(eta), truth["dispersion"]
         y = rng.negative_binomial(k, k / (k + mu))
+    elif family_name == "censored_lognormal":
+        y = np.minimum(np.exp(rng.normal(eta, truth["sigma"])), 1.0)
     else:
         y = rng.binomial(1, 1 / (1 + np.exp(-eta)))
     return frame.assign(y=y.astype(float)), truth
@@ -92,8 +101,8 @@ def quantities(posterior, family_name: str) -> dict[str, np.ndarray]:
            "prefecture_sd": posterior["prefecture_sd_y"].values.ravel()}
     for term in ("x", "w"):
         out[term] = posterior["coefficients_y"].sel(term_y=term).values.ravel()
-    if family_name == "negative_binomial":
-        out["dispersion"] = posterior["dispersion_y"].values.ravel()
+    if family_name in OWN:
+        out[OWN[family_name]] = posterior[f"{OWN[family_name]}_y"].values.ravel()
     return out
 
 

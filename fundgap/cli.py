@@ -344,11 +344,13 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--seed", type=int, default=20250)
     fit.add_argument("--backend", choices=BACKENDS, default="nutpie")
     fit.add_argument("--form", choices=("auto", "marginal", "laplace", "explicit"),
-                     default="auto",
-                     help="auto: intercepts integrated out exactly for gaussian equations "
+                     default=None,
+                     help="default auto, or the spec's [sampler] form; "
+                          "auto: intercepts integrated out exactly for gaussian equations "
                           "(by a Laplace approximation for the families measured accurate, "
                           "defaults.LAPLACE_AUTO); laplace: by Laplace wherever it applies "
-                          "(count, binary, share equations); explicit: none")
+                          "(count, binary, share equations); marginal: exactly for gaussian "
+                          "equations only; explicit: none")
     fit.add_argument("--centring", choices=("auto", "noncentred", "centred"), default=None,
                      help="explicit intercepts; auto: centred for a grouping whose median "
                           "level holds 50 campaigns or more, else non-centred")

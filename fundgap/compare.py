@@ -301,7 +301,7 @@ def display_frame(frame: pd.DataFrame) -> pd.DataFrame:
     out["published"] = [
         _cell(r.published_estimate, r.published_std_error, r.published_stars) + flag
         for r, flag in zip(frame.itertuples(), flags, strict=True)]
-    out["frequentist: OLS, logit, NB, beta or KHB (se) [cluster se]"] = [
+    out["frequentist: OLS, logit, NB, beta, Tobit or KHB (se) [cluster se]"] = [
         _cell(r.frequentist_estimate, r.frequentist_std_error, r.frequentist_stars)
         + (f" [{_number(r.frequentist_cluster_std_error)}]"
            if not pd.isna(r.frequentist_cluster_std_error) else "")

@@ -74,14 +74,13 @@ DIMS = {
 }
 
 # `--form auto` integrates the intercepts of an equation of these families out by the Laplace
-# approximation (fundgap.laplace). The calibration (benchmarks/laplace_calibration.py;
-# figures in benchmarks/README.md) shows the negative binomial's as accurate as the explicit
-# form, but in the SES model, where the beta equation stays explicit, it made the fit slower
-# (compile and gradient cost, no fewer steps), so auto waits for a faster beta step. Not
-# Bernoulli: its second-order term can run away where singleton counties push the mode into
-# a flat tail, and without it the county sd is biased. `--form laplace` asks for the
-# approximation wherever it applies.
-LAPLACE_AUTO: tuple[str, ...] = ()
+# approximation (fundgap.laplace): those whose calibration (benchmarks/laplace_calibration.py;
+# figures in benchmarks/README.md) shows them as accurate as the explicit form, where the
+# explicit form's group sds mix many times slower. Not beta (its shares of 1 are better a
+# censored_lognormal; not calibrated). Not Bernoulli: its second-order term can run away where
+# singleton counties push the mode into a flat tail, and without it the county sd is biased.
+# `--form laplace` asks for the approximation wherever it applies.
+LAPLACE_AUTO: tuple[str, ...] = ("negative_binomial", "censored_lognormal")
 # Newton steps for the Laplace mode on a backend without while loops (JAX); where the mode
 # is not reached (see LAPLACE_MAX_RESIDUAL) the fit fails its gate, never silently.
 LAPLACE_FIXED_ITERATIONS = 20

@@ -47,10 +47,9 @@ from fundgap.marginal import draw_intercepts, structure_key
 from fundgap.predictive import predictive_groups
 from fundgap.sample import sample
 from fundgap.shrinkage import shrinkage_table
-from fundgap.spec import ModelSpec
+from fundgap.spec import FORMS, ModelSpec
 from fundgap.store import atomic_directory, frame_fingerprint, package_versions, write_json
 
-FORMS = ("auto", "marginal", "laplace", "explicit")
 # backends whose PyTensor compilation has no while loop (JAX): the Laplace mode is found in
 # a fixed number of Newton steps there
 FIXED_STEP_BACKENDS = ("nutpie-jax", "numpyro")

@@ -28,7 +28,9 @@ PRIOR_KEYS = ("intercept_scale", "coefficient_scale", "sigma_scale", "group_sd_s
 KNOWN_KEYS = {"name", "description", "exposure", "outcome", "mediators", "terms",
               "equations", "filter", "moderator", "frequentist", "sampler"}
 # Sampler settings a spec may set as its own defaults (the command line still overrides).
-SAMPLER_KEYS = ("draws", "tune", "chains", "target_accept")
+SAMPLER_KEYS = ("draws", "tune", "chains", "target_accept", "form")
+# how the county and prefecture intercepts are handled (fit.choose_form)
+FORMS = ("auto", "marginal", "laplace", "explicit")
 TABLE_MODEL_KEYS = {"table", "model", "formula", "equation", "filter", "family", "cluster",
                     "rename", "posterior_effect"}
 
@@ -90,7 +92,7 @@ class ModelSpec:
     text: str = ""
     tables: tuple[TableModel, ...] = ()
     khb_table: str | None = None
-    sampler: dict[str, int | float] = field(default_factory=dict)
+    sampler: dict[str, int | float | str] = field(default_factory=dict)
     outcomes: tuple[str, ...] = ()
 
     @property
@@ -341,6 +343,9 @@ def parse_spec(text: str, source: str = "<spec>",
             if isinstance(value, bool) or not isinstance(value, float | int) \
                     or not low <= value < high:
                 errors.append(f"sampler.target_accept: must be a number in [{low}, {high:g})")
+        elif key == "form":
+            if value not in FORMS:
+                errors.append(f"sampler.form: {value!r} is not one of {', '.join(FORMS)}")
         elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
             errors.append(f"sampler.{key}: must be a positive whole number")
     if errors:
