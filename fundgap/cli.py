@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fundgap import __version__
-from fundgap.defaults import BACKENDS, SAMPLER, TARGET_ACCEPT_RANGE
+from fundgap.defaults import BACKENDS, FORMS, SAMPLER, TARGET_ACCEPT_RANGE
 from fundgap.errors import FundgapError
 
 EXIT_PROBLEMS = 1
@@ -343,14 +343,15 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--target-accept", type=_acceptance, help=TARGET_ACCEPT_HELP)
     fit.add_argument("--seed", type=int, default=20250)
     fit.add_argument("--backend", choices=BACKENDS, default="nutpie")
-    fit.add_argument("--form", choices=("auto", "marginal", "laplace", "explicit"),
+    fit.add_argument("--form", choices=FORMS,
                      default=None,
                      help="default auto, or the spec's [sampler] form; "
                           "auto: intercepts integrated out exactly for gaussian equations "
                           "(by a Laplace approximation for the families measured accurate, "
                           "defaults.LAPLACE_AUTO); laplace: by Laplace wherever it applies "
-                          "(count, binary, share equations); marginal: exactly for gaussian "
-                          "equations only; explicit: none")
+                          "(count, binary, share equations); exact: exactly for gaussian "
+                          "equations, the others explicit; marginal: as exact, for models "
+                          "of gaussian equations only; explicit: none")
     fit.add_argument("--centring", choices=("auto", "noncentred", "centred"), default=None,
                      help="explicit intercepts; auto: centred for a grouping whose median "
                           "level holds 50 campaigns or more, else non-centred")

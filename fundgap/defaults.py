@@ -81,6 +81,8 @@ DIMS = {
 # singleton counties push the mode into a flat tail, and without it the county sd is biased.
 # `--form laplace` asks for the approximation wherever it applies.
 LAPLACE_AUTO: tuple[str, ...] = ("negative_binomial", "censored_lognormal")
+# how the county and prefecture intercepts are handled (fit.choose_form)
+FORMS = ("auto", "marginal", "exact", "laplace", "explicit")
 # Newton steps for the Laplace mode on a backend without while loops (JAX); where the mode
 # is not reached (see LAPLACE_MAX_RESIDUAL) the fit fails its gate, never silently.
 LAPLACE_FIXED_ITERATIONS = 20

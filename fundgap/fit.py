@@ -23,6 +23,7 @@ import xarray as xr
 from fundgap.build import build_model
 from fundgap.defaults import (
     CENTRED_MIN_CAMPAIGNS,
+    FORMS,
     GATE,
     LAPLACE_AUTO,
     LAPLACE_FIXED_ITERATIONS,
@@ -47,7 +48,7 @@ from fundgap.marginal import draw_intercepts, structure_key
 from fundgap.predictive import predictive_groups
 from fundgap.sample import sample
 from fundgap.shrinkage import shrinkage_table
-from fundgap.spec import FORMS, ModelSpec
+from fundgap.spec import ModelSpec
 from fundgap.store import atomic_directory, frame_fingerprint, package_versions, write_json
 
 # backends whose PyTensor compilation has no while loop (JAX): the Laplace mode is found in
@@ -142,8 +143,8 @@ def _laplace_applies(design: Design, name: str) -> bool:
 def choose_form(design: Design, requested: str) -> FormChoice:
     """Each equation's form: exact for a Gaussian one (unless "explicit"), Laplace where the
     family supports it and ("auto") was measured accurate (defaults.LAPLACE_AUTO) or
-    ("laplace") wherever it applies, explicit otherwise. "marginal" needs every equation
-    Gaussian."""
+    ("laplace") wherever it applies, explicit otherwise; "exact" integrates the Gaussian
+    ones only. "marginal" needs every equation Gaussian."""
     if requested not in FORMS:
         raise FundgapError(f"unknown form {requested!r}: use {', '.join(FORMS)}")
     families = {n: e.family for n, e in design.equations.items()}
@@ -156,7 +157,7 @@ def choose_form(design: Design, requested: str) -> FormChoice:
             forms[name] = "explicit"
         elif family_name in EXACT_FAMILIES:
             forms[name] = "exact"
-        elif (_laplace_applies(design, name)
+        elif (requested != "exact" and _laplace_applies(design, name)
               and (requested == "laplace" or family_name in LAPLACE_AUTO)):
             forms[name] = "laplace"
         else:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from formulae import model_description
 
-from fundgap.defaults import TARGET_ACCEPT_RANGE
+from fundgap.defaults import FORMS, TARGET_ACCEPT_RANGE
 from fundgap.errors import SpecError
 from fundgap.families import FAMILY_NAMES, FREQUENTIST_FAMILIES
 from fundgap.prepare import EXTRA_COLUMNS, PREPARED_COLUMNS
@@ -29,8 +29,7 @@ KNOWN_KEYS = {"name", "description", "exposure", "outcome", "mediators", "terms"
               "equations", "filter", "moderator", "frequentist", "sampler"}
 # Sampler settings a spec may set as its own defaults (the command line still overrides).
 SAMPLER_KEYS = ("draws", "tune", "chains", "target_accept", "form")
-# how the county and prefecture intercepts are handled (fit.choose_form)
-FORMS = ("auto", "marginal", "laplace", "explicit")
+
 TABLE_MODEL_KEYS = {"table", "model", "formula", "equation", "filter", "family", "cluster",
                     "rename", "posterior_effect"}
 

@@ -261,7 +261,9 @@ def test_forms_are_chosen_per_equation() -> None:
     expected = "laplace" if "negative_binomial" in LAPLACE_AUTO else "explicit"
     assert choose_form(design, "auto").equations == {"y": expected}
     assert choose_form(design, "explicit").equations == {"y": "explicit"}
+    assert choose_form(design, "exact").equations == {"y": "explicit"}
     _, _, gaussian = _design("gaussian")
+    assert choose_form(gaussian, "exact").equations == {"y": "exact"}
     assert choose_form(gaussian, "laplace").equations == {"y": "exact"}
     assert choose_form(gaussian, "auto").label == "marginal"
 

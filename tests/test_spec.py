@@ -162,7 +162,7 @@ def test_broken_frequentist_section(change: tuple[str, str], message: str) -> No
     ("target_accept = 1.0", "sampler.target_accept: must be a number in"),
     ("target_accept = 0.2", "sampler.target_accept: must be a number in"),
     ('target_accept = "high"', "sampler.target_accept: must be a number in"),
-    ('form = "inla"', "sampler.form: 'inla' is not one of auto, marginal, laplace"),
+    ('form = "inla"', "sampler.form: 'inla' is not one of auto, marginal, exact"),
 ])
 def test_broken_sampler_table(sampler: str, message: str) -> None:
     with pytest.raises(SpecError, match=message):
@@ -176,8 +176,8 @@ def test_sampler_table_sets_target_accept_under_the_command_line() -> None:
     assert settings_for(spec, target_accept=None).draws == 200
     assert settings_for(parse_spec(GOOD, "s.toml")).target_accept == 0.8
     # a spec may pin its form; --form (None when not given) overrides it
-    pinned = parse_spec(GOOD + '\n[sampler]\nform = "marginal"\n', "s.toml")
-    assert settings_for(pinned, form=None).form == "marginal"
+    pinned = parse_spec(GOOD + '\n[sampler]\nform = "exact"\n', "s.toml")
+    assert settings_for(pinned, form=None).form == "exact"
     assert settings_for(pinned, form="laplace").form == "laplace"
     assert settings_for(parse_spec(GOOD, "s.toml"), form=None).form == "auto"
 
