@@ -166,11 +166,12 @@ def test_ses_gradient_recovers_the_companion_truth(companion: Path, companion_ta
     # the spec's own draws: the count and share equations' group sds need them
     fit = fit_model(spec, companion_table, settings_for(spec, seed=11, progress=False))
     assert fit.diagnostics["passed"], fit.diagnostics["reasons"]
-    # Gaussian equations exact, the counts and the capped share by Laplace (defaults.LAPLACE_AUTO)
+    # the spec pins the exact form: Gaussian equations exact, the counts and the capped
+    # share explicit
     assert fit.diagnostics["equation_forms"] == {
         **dict.fromkeys(("verifier_count", "core_capacity", "text_rating",
                          "log_amount_raised"), "exact"),
-        **dict.fromkeys(("repost_count", "donation_count", "target_completion"), "laplace")}
+        **dict.fromkeys(("repost_count", "donation_count", "target_completion"), "explicit")}
     truth = json.loads((companion / "truth.json").read_text())["effects_per_ses_point"]
     effects = fit.effects
     misses = []
