@@ -163,15 +163,13 @@ def test_mediation_on_a_logit_outcome_is_g_computation(companion_table) -> None:
 @pytest.mark.slow
 def test_ses_gradient_recovers_the_companion_truth(companion: Path, companion_table) -> None:
     spec = load_spec(SES)
-    # the spec's own draws: the count and share equations' group sds need them
     fit = fit_model(spec, companion_table, settings_for(spec, seed=11, progress=False))
     assert fit.diagnostics["passed"], fit.diagnostics["reasons"]
-    # the spec pins the exact form: Gaussian equations exact, the counts and the capped
-    # share explicit
+    # Gaussian equations exact, the counts and the capped share by Laplace (LAPLACE_AUTO)
     assert fit.diagnostics["equation_forms"] == {
         **dict.fromkeys(("verifier_count", "core_capacity", "text_rating",
                          "log_amount_raised"), "exact"),
-        **dict.fromkeys(("repost_count", "donation_count", "target_completion"), "explicit")}
+        **dict.fromkeys(("repost_count", "donation_count", "target_completion"), "laplace")}
     truth = json.loads((companion / "truth.json").read_text())["effects_per_ses_point"]
     effects = fit.effects
     misses = []
