@@ -10,7 +10,8 @@ binomial (log link, dispersion 2); the spec is models/regional_mediation.toml wi
 
 Each run is `fundgap fit` in a child process with `--per-campaign skip`:
 
-  form      auto     the four Gaussian equations marginalised, the count equation explicit
+  form      auto     the four Gaussian equations marginalised, the count equation by Laplace
+            exact    the four Gaussian equations marginalised, the count equation explicit
             explicit every equation explicit (about 14,000 county and prefecture z's)
   precision float64  or float32 (PYTENSOR_FLAGS=floatX=float32; JAX then runs in float32)
 
@@ -39,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scaling import COUNT, ROOT, _fit, simulated_table
 
 from fundgap.build import build_model
-from fundgap.defaults import BACKENDS
+from fundgap.defaults import BACKENDS, LAPLACE_FIXED_ITERATIONS
 from fundgap.design import build_design
 from fundgap.fit import choose_centring, choose_form
 from fundgap.spec import load_spec
@@ -59,14 +60,16 @@ def count_spec(path: Path) -> Path:
 def count_model(size: int, work: Path, form: str = "auto",
                 centring: str = "auto") -> tuple[pm.Model, str, tuple[str, ...]]:
     """The count-mediator model fundgap builds for `size` simulated campaigns (the table
-    written to `work` unless already there): the model, its form and its centred groupings."""
+    written to `work` unless already there) for a JAX backend (a Laplace mode in
+    LAPLACE_FIXED_ITERATIONS Newton steps, JAX having no while loop): the model, its form and
+    its centred groupings."""
     table, _ = simulated_table(size, work, count_mediator=True)
     design = build_design(load_spec(count_spec(work / "regional_count.toml")),
                           pd.read_parquet(table))
     forms = choose_form(design, form)
     centred = tuple(choose_centring(design, centring))
-    return (build_model(design, forms.named("exact"), centred, forms.named("laplace")),
-            forms.label, centred)
+    return (build_model(design, forms.named("exact"), centred, forms.named("laplace"),
+                        iterations=LAPLACE_FIXED_ITERATIONS), forms.label, centred)
 
 
 class GpuMemory:

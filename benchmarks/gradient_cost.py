@@ -25,7 +25,7 @@ from count_mediator import count_model
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=1_000_000)
-    parser.add_argument("--form", default="auto", choices=("auto", "explicit"))
+    parser.add_argument("--form", default="auto", choices=("auto", "exact", "explicit"))
     parser.add_argument("--centring", default="auto")
     parser.add_argument("--chains", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=50)
