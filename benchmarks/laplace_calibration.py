@@ -43,6 +43,8 @@ TRUTH = {
                           "dispersion": (1.0, 6.0)},
     "bernoulli": {"intercept": (-1.5, 0.5), "x": (-0.6, 0.6), "w": (-0.6, 0.6),
                   "county_sd": (0.2, 1.0), "prefecture_sd": (0.1, 0.6)},
+    "poisson": {"intercept": (0.0, 2.0), "x": (-0.4, 0.4), "w": (-0.4, 0.4),
+                "county_sd": (0.1, 0.6), "prefecture_sd": (0.1, 0.5)},
     # a share of a target capped at 1: from a few percent to about a third capped
     "censored_lognormal": {"intercept": (-1.5, -0.3), "x": (-0.4, 0.4), "w": (-0.4, 0.4),
                            "county_sd": (0.1, 0.6), "prefecture_sd": (0.1, 0.5),
@@ -82,6 +84,8 @@ def replicate(frame: pd.DataFrame, family_name: str, seed: int) -> tuple[pd.Data
     if family_name == "negative_binomial":
         mu, k = np.exp(eta), truth["dispersion"]
         y = rng.negative_binomial(k, k / (k + mu))
+    elif family_name == "poisson":
+        y = rng.poisson(np.exp(eta))
     elif family_name == "censored_lognormal":
         y = np.minimum(np.exp(rng.normal(eta, truth["sigma"])), 1.0)
     else:
