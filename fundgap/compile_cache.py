@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
+import logging
 import os
 import pickle
 import tempfile
@@ -161,6 +162,23 @@ def _modified(path: Path) -> float:
         return 0.0
 
 
+def _quiet_rewrite_failures() -> None:
+    """From the first cached model loaded on, PyTensor's rewrite-failure reports are dropped
+    for the rest of the process. An unpickled graph lacks the state its features' __getstate__ drops
+    (ReplaceValidate's history), so the in-place rewrites PyTensor retries as it links
+    a Scan's inner graph (the Laplace form's mode search) fail and log a traceback each;
+    PyTensor skips the rewrite and the function computes the same values
+    (tests/test_compile_cache.py)."""
+    rewriting = logging.getLogger("pytensor.graph.rewriting.basic")
+    if not any(isinstance(f, _DropAll) for f in rewriting.filters):
+        rewriting.addFilter(_DropAll())
+
+
+class _DropAll(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
 @contextlib.contextmanager
 def cached_functions(key: str | None, folder: Path | None) -> Iterator[dict]:
     """Within the block, nutpie.compile_pymc_model takes its rewritten PyTensor functions
@@ -177,6 +195,8 @@ def cached_functions(key: str | None, folder: Path | None) -> Iterator[dict]:
     path = folder / f"{key}.pkl"
 
     def make_functions(model, **kwargs):
+        if path.exists():
+            _quiet_rewrite_failures()  # unpickling links the functions
         entry = _load(path)
         free = [model.rvs_to_values[var].name for var in model.free_RVs]
         if entry is not None and entry[-1][0][:len(free)] == free:

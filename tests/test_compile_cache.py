@@ -10,8 +10,13 @@ import pytest
 
 import fundgap.compile_cache as compile_cache
 import fundgap.sample as sampling
+from fundgap.build import build_model
 from fundgap.callbacks import graph_key
+from fundgap.design import build_design
 from fundgap.sample import _compile, sample
+from fundgap.spec import parse_spec
+
+from conftest import GROUPED_COLUMNS, grouped_spec_text, grouped_table
 
 STRUCTURE = ("test", "one equation")
 
@@ -184,3 +189,26 @@ def test_only_the_newest_entries_are_kept(tmp_path, monkeypatch) -> None:
 def test_installed_nutpie_is_supported() -> None:
     # otherwise every fit silently compiles afresh
     assert compile_cache.supported()
+
+
+def test_a_laplace_model_is_loaded_with_the_same_draws_and_no_rewrite_reports(
+        folder, caplog) -> None:
+    # the mode search is a Scan whose unpickled inner graph PyTensor relinks (and whose
+    # in-place rewrites then fail, harmlessly): the loaded model samples as the fresh one
+    def laplace_model() -> pm.Model:
+        table = grouped_table("negative_binomial", 200, 30, 5, seed=2)
+        spec = parse_spec(grouped_spec_text("negative_binomial"), "nb.toml", GROUPED_COLUMNS)
+        return build_model(build_design(spec, table), laplace=("y",))
+
+    def fit():
+        return sample(laplace_model(), draws=50, tune=50, chains=1, seed=5, progress=False,
+                      structure=("test", "laplace"))
+
+    first = fit()
+    assert first.compile_cache == "stored"
+    with caplog.at_level("ERROR", logger="pytensor.graph.rewriting.basic"):
+        second = fit()
+    assert second.compile_cache == "hit"
+    assert not [r for r in caplog.records if "Rewrite failure" in r.getMessage()]
+    np.testing.assert_array_equal(first.idata.posterior["county_sd_y"].values,
+                                  second.idata.posterior["county_sd_y"].values)
