@@ -30,6 +30,7 @@ from scipy import stats
 
 from fundgap.build import build_model
 from fundgap.design import build_design
+from fundgap.families import family
 from fundgap.sample import sample
 from fundgap.spec import parse_spec
 
@@ -50,8 +51,6 @@ TRUTH = {
                            "county_sd": (0.1, 0.6), "prefecture_sd": (0.1, 0.5),
                            "sigma": (0.4, 1.0)},
 }
-# each family's own parameter, calibrated beside the coefficients and sds
-OWN = {"negative_binomial": "dispersion", "censored_lognormal": "sigma"}
 FORMS = ("laplace", "explicit")
 DRAWS, TUNE, CHAINS = 500, 500, 2
 
@@ -105,8 +104,8 @@ def quantities(posterior, family_name: str) -> dict[str, np.ndarray]:
            "prefecture_sd": posterior["prefecture_sd_y"].values.ravel()}
     for term in ("x", "w"):
         out[term] = posterior["coefficients_y"].sel(term_y=term).values.ravel()
-    if family_name in OWN:
-        out[OWN[family_name]] = posterior[f"{OWN[family_name]}_y"].values.ravel()
+    for own in family(family_name).auxiliary:  # the family's own parameters
+        out[own.name] = posterior[f"{own.name}_y"].values.ravel()
     return out
 
 

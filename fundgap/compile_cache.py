@@ -21,11 +21,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
-import logging
 import os
 import pickle
 import tempfile
-from collections.abc import Iterator
+from collections import defaultdict
+from collections.abc import Callable, Iterator
 from importlib.metadata import version
 from pathlib import Path
 
@@ -114,10 +114,49 @@ def supported() -> bool:
         return False
 
 
+def _restoring(base: type, **dropped: Callable[[], object]) -> type:
+    """`base` with the attributes its __getstate__ drops given back fresh on unpickling."""
+
+    def __setstate__(self, state: dict) -> None:
+        for name, make in dropped.items():
+            state.setdefault(name, make())
+        restore = getattr(base, "__setstate__", None)
+        if restore is None:
+            self.__dict__.update(state)
+        else:
+            restore(self, state)
+
+    return type(base.__name__, (base,), {"__setstate__": __setstate__})
+
+
+class _Unpickler(pickle.Unpickler):
+    """pickle's, with the state PyTensor's __getstate__ drops from a FunctionGraph
+    (execute_callbacks_times) and its ReplaceValidate feature (history) restored. Without it
+    every in-place rewrite PyTensor runs as it relinks an unpickled Scan's inner graph (the
+    Laplace form's mode search) fails and logs a traceback."""
+
+    def find_class(self, module: str, name: str):
+        found = super().find_class(module, name)
+        return _RESTORED.get((module, name), found)
+
+
+def _restored_classes() -> dict:
+    from pytensor.graph.features import ReplaceValidate
+    from pytensor.graph.fg import FunctionGraph
+
+    return {("pytensor.graph.fg", "FunctionGraph"):
+            _restoring(FunctionGraph, execute_callbacks_times=lambda: defaultdict(float)),
+            ("pytensor.graph.features", "ReplaceValidate"):
+            _restoring(ReplaceValidate, history=dict)}
+
+
+_RESTORED = _restored_classes()
+
+
 def _load(path: Path) -> tuple | None:
     try:
         with path.open("rb") as handle:
-            return pickle.load(handle)
+            return _Unpickler(handle).load()
     except OSError:  # none yet, or no folder to hold one
         return None
     except Exception:  # a file from a foreign write, or a package changed: compile afresh
@@ -162,23 +201,6 @@ def _modified(path: Path) -> float:
         return 0.0
 
 
-def _quiet_rewrite_failures() -> None:
-    """From the first cached model loaded on, PyTensor's rewrite-failure reports are dropped
-    for the rest of the process. An unpickled graph lacks the state its features' __getstate__ drops
-    (ReplaceValidate's history), so the in-place rewrites PyTensor retries as it links
-    a Scan's inner graph (the Laplace form's mode search) fail and log a traceback each;
-    PyTensor skips the rewrite and the function computes the same values
-    (tests/test_compile_cache.py)."""
-    rewriting = logging.getLogger("pytensor.graph.rewriting.basic")
-    if not any(isinstance(f, _DropAll) for f in rewriting.filters):
-        rewriting.addFilter(_DropAll())
-
-
-class _DropAll(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return False
-
-
 @contextlib.contextmanager
 def cached_functions(key: str | None, folder: Path | None) -> Iterator[dict]:
     """Within the block, nutpie.compile_pymc_model takes its rewritten PyTensor functions
@@ -195,8 +217,6 @@ def cached_functions(key: str | None, folder: Path | None) -> Iterator[dict]:
     path = folder / f"{key}.pkl"
 
     def make_functions(model, **kwargs):
-        if path.exists():
-            _quiet_rewrite_failures()  # unpickling links the functions
         entry = _load(path)
         free = [model.rvs_to_values[var].name for var in model.free_RVs]
         if entry is not None and entry[-1][0][:len(free)] == free:

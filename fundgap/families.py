@@ -333,17 +333,19 @@ def _censored_logp(y, eta, aux):
     # with _censored_curvature's exact derivatives) to miss its value's stationary point
     sigma = aux["sigma"]
     logged = pt.log(y)
-    below = (-0.5 * ((logged - eta) / sigma) ** 2 - pt.log(sigma) - 0.5 * np.log(2 * np.pi)
-             - logged)
+    below = pm.logp(pm.Normal.dist(mu=eta, sigma=sigma), logged) - logged
     return pt.switch(pt.ge(y, 1.0), _log_ndtr(eta / sigma), below)
 
 
-def _censored_curvature(y, eta, aux):
-    # y < 1: Gaussian in log y; y = 1: log Phi(a), a = eta / sigma, whose derivatives in a are
-    # r and -r (a + r) with r the inverse Mills ratio
+def _censored_pieces(y, eta, aux):
+    # sigma, a = eta / sigma, the inverse Mills ratio r at a, and which shares are capped
     sigma = aux["sigma"]
-    a, censored = eta / sigma, pt.ge(y, 1.0)
-    r = _mills(a)
+    return sigma, eta / sigma, _mills(eta / sigma), pt.ge(y, 1.0)
+
+
+def _censored_curvature(y, eta, aux):
+    # y < 1: Gaussian in log y; y = 1: log Phi(a), whose derivatives in a are r and -r (a + r)
+    sigma, a, r, censored = _censored_pieces(y, eta, aux)
     first = pt.switch(censored, r / sigma, (pt.log(y) - eta) / sigma**2)
     weight = pt.switch(censored, r * (a + r), 1.0) / sigma**2
     return first, weight
@@ -351,14 +353,11 @@ def _censored_curvature(y, eta, aux):
 
 def _censored_higher(y, eta, aux):
     # third and fourth derivatives of log Phi(a) in a, with r' = -r (a + r); zero below 1
-    sigma = aux["sigma"]
-    a = eta / sigma
-    r = _mills(a)
+    sigma, a, r, censored = _censored_pieces(y, eta, aux)
     slope = -r * (a + r)
     third = r * ((a + r) * (a + 2 * r) - 1)
     fourth = (slope * ((a + r) * (a + 2 * r) - 1)
               + r * ((1 + slope) * (a + 2 * r) + (a + r) * (1 + 2 * slope)))
-    censored = pt.ge(y, 1.0)
     return (pt.switch(censored, third / sigma**3, 0.0),
             pt.switch(censored, fourth / sigma**4, 0.0))
 
@@ -371,10 +370,8 @@ class _CensoredRegression(GenericLikelihoodModel):
         super().__init__(endog, exog, extra_params_names=["log_sigma"], **kwargs)
 
     def loglikeobs(self, params: np.ndarray) -> np.ndarray:
-        eta, sigma = self.exog @ params[:-1], np.exp(params[-1])
-        logged = np.log(self.endog)
-        return np.where(self.endog >= 1, log_ndtr(eta / sigma),
-                        stats.norm.logpdf(logged, eta, sigma) - logged)
+        return _CensoredLognormal(self.exog @ params[:-1], np.exp(params[-1])).logpdf(
+            self.endog)
 
 
 def _censored_regression(y: np.ndarray, exog: np.ndarray,

@@ -29,7 +29,6 @@ KNOWN_KEYS = {"name", "description", "exposure", "outcome", "mediators", "terms"
               "equations", "filter", "moderator", "frequentist", "sampler"}
 # Sampler settings a spec may set as its own defaults (the command line still overrides).
 SAMPLER_KEYS = ("draws", "tune", "chains", "target_accept", "form")
-
 TABLE_MODEL_KEYS = {"table", "model", "formula", "equation", "filter", "family", "cluster",
                     "rename", "posterior_effect"}
 

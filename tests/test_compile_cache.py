@@ -193,8 +193,9 @@ def test_installed_nutpie_is_supported() -> None:
 
 def test_a_laplace_model_is_loaded_with_the_same_draws_and_no_rewrite_reports(
         folder, caplog) -> None:
-    # the mode search is a Scan whose unpickled inner graph PyTensor relinks (and whose
-    # in-place rewrites then fail, harmlessly): the loaded model samples as the fresh one
+    # the mode search is a Scan whose unpickled inner graph PyTensor rewrites again as it
+    # relinks it: with the state PyTensor's pickling drops restored, no rewrite fails, and
+    # the loaded model samples as the fresh one
     def laplace_model() -> pm.Model:
         table = grouped_table("negative_binomial", 200, 30, 5, seed=2)
         spec = parse_spec(grouped_spec_text("negative_binomial"), "nb.toml", GROUPED_COLUMNS)
