@@ -25,7 +25,7 @@ import os
 import pickle
 import tempfile
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
 
@@ -114,43 +114,33 @@ def supported() -> bool:
         return False
 
 
-def _restoring(base: type, **dropped: Callable[[], object]) -> type:
-    """`base` with the attributes its __getstate__ drops given back fresh on unpickling."""
-
-    def __setstate__(self, state: dict) -> None:
-        for name, make in dropped.items():
-            state.setdefault(name, make())
-        restore = getattr(base, "__setstate__", None)
-        if restore is None:
-            self.__dict__.update(state)
-        else:
-            restore(self, state)
-
-    return type(base.__name__, (base,), {"__setstate__": __setstate__})
-
-
 class _Unpickler(pickle.Unpickler):
-    """pickle's, with the state PyTensor's __getstate__ drops from a FunctionGraph
-    (execute_callbacks_times) and its ReplaceValidate feature (history) restored. Without it
-    every in-place rewrite PyTensor runs as it relinks an unpickled Scan's inner graph (the
-    Laplace form's mode search) fails and logs a traceback."""
+    """pickle's, with the state PyTensor's __getstate__ drops restored: ReplaceValidate's
+    history and its FunctionGraph's execute_callbacks_times. Without them every in-place
+    rewrite PyTensor runs as it relinks an unpickled Scan's inner graph (the Laplace form's
+    mode search) fails and logs a traceback."""
 
     def find_class(self, module: str, name: str):
-        found = super().find_class(module, name)
-        return _RESTORED.get((module, name), found)
+        if (module, name) == ("pytensor.graph.features", "ReplaceValidate"):
+            return _ReplaceValidate
+        return super().find_class(module, name)
 
 
-def _restored_classes() -> dict:
+def _replace_validate() -> type:
     from pytensor.graph.features import ReplaceValidate
-    from pytensor.graph.fg import FunctionGraph
 
-    return {("pytensor.graph.fg", "FunctionGraph"):
-            _restoring(FunctionGraph, execute_callbacks_times=lambda: defaultdict(float)),
-            ("pytensor.graph.features", "ReplaceValidate"):
-            _restoring(ReplaceValidate, history=dict)}
+    class Restored(ReplaceValidate):
+        def unpickle(self, fgraph) -> None:  # FunctionGraph.__setstate__ calls it
+            self.__dict__.setdefault("history", {})
+            if not hasattr(fgraph, "execute_callbacks_times"):
+                fgraph.execute_callbacks_times = defaultdict(float)
+            super().unpickle(fgraph)
+
+    Restored.__name__ = Restored.__qualname__ = "ReplaceValidate"
+    return Restored
 
 
-_RESTORED = _restored_classes()
+_ReplaceValidate = _replace_validate()
 
 
 def _load(path: Path) -> tuple | None:
