@@ -45,13 +45,14 @@ from pytensor.scan.utils import until
 from fundgap.defaults import FOLDED_PREFIX
 from fundgap.design import GROUP_DIMS, Design
 from fundgap.families import family
+from fundgap.laplace_kernel import (
+    FAMILY_CODES,
+    MAX_ITERATIONS,
+    MAX_STEP,
+    TOLERANCE,
+    LaplaceMarginal,
+)
 
-# Newton iterations for the mode: at most this many, stopping when no linear predictor moves
-# more than TOLERANCE (the differentiated step after it squares the error); each step moves no
-# linear predictor by more than MAX_STEP, so a count far above its start cannot overshoot.
-MAX_ITERATIONS = 50
-TOLERANCE = 1e-8
-MAX_STEP = 1.0
 # the prefix of the per-draw quantities the conditional draws need (dropped afterwards)
 PREFIX = "laplace_"
 
@@ -259,21 +260,55 @@ def add_laplace_likelihood(design: Design, name: str, eta_fixed: pt.TensorVariab
     dims = [GROUP_DIMS[c] for c in equation.groups][::-1]   # inner first
     taus = tuple(sds[d] for d in dims)
     y = pm.Data(f"{PREFIX}y_{name}", equation.y)
-    terms = laplace_terms(equation.family, y, eta_fixed, aux, model_levels(design, name),
-                          taus, iterations)
-    at_mode, mode = terms.at_mode, terms.mode
-    pm.Potential(f"laplace_loglik_{name}", terms.value)
+    levels = model_levels(design, name)
+    if iterations is None and equation.family in FAMILY_CODES:
+        pieces = _compiled_terms(equation.family, y, eta_fixed, aux, levels, taus)
+    else:
+        terms = laplace_terms(equation.family, y, eta_fixed, aux, levels, taus, iterations)
+        at_mode = terms.at_mode
+        pieces = _Pieces(terms.value, _predictor_change(taus, terms.step), terms.iterations,
+                         terms.mode, at_mode.inner_precision, at_mode.coupling, at_mode.schur)
+    pm.Potential(f"laplace_loglik_{name}", pieces.value)
     # the last step on the linear predictor's scale: zero where the search converged
-    pm.Deterministic(f"{PREFIX}residual_{name}", _predictor_change(taus, terms.step))
-    pm.Deterministic(f"{PREFIX}iterations_{name}", terms.iterations)
-    pm.Deterministic(f"{PREFIX}mode_{dims[0]}_{name}", mode[0], dims=dims[0])
-    pm.Deterministic(f"{PREFIX}precision_{dims[0]}_{name}", at_mode.inner_precision,
-                     dims=dims[0])
+    pm.Deterministic(f"{PREFIX}residual_{name}", pieces.residual)
+    pm.Deterministic(f"{PREFIX}iterations_{name}", pieces.iterations)
+    pm.Deterministic(f"{PREFIX}mode_{dims[0]}_{name}", pieces.mode[0], dims=dims[0])
+    pm.Deterministic(f"{PREFIX}precision_{dims[0]}_{name}", pieces.precision, dims=dims[0])
     if len(dims) == 2:
-        pm.Deterministic(f"{PREFIX}mode_{dims[1]}_{name}", mode[1], dims=dims[1])
-        pm.Deterministic(f"{PREFIX}coupling_{dims[0]}_{name}", at_mode.coupling,
-                         dims=dims[0])
-        pm.Deterministic(f"{PREFIX}schur_{dims[1]}_{name}", at_mode.schur, dims=dims[1])
+        pm.Deterministic(f"{PREFIX}mode_{dims[1]}_{name}", pieces.mode[1], dims=dims[1])
+        pm.Deterministic(f"{PREFIX}coupling_{dims[0]}_{name}", pieces.coupling, dims=dims[0])
+        pm.Deterministic(f"{PREFIX}schur_{dims[1]}_{name}", pieces.schur, dims=dims[1])
+
+
+class _Pieces(NamedTuple):
+    """What a fit keeps of one equation's Laplace form: the value, the search's residual
+    and steps, the mode and H's pieces (for the intercepts' conditional draws)."""
+
+    value: pt.TensorVariable
+    residual: pt.TensorVariable
+    iterations: pt.TensorVariable
+    mode: tuple[pt.TensorVariable, ...]
+    precision: pt.TensorVariable
+    coupling: pt.TensorVariable | None
+    schur: pt.TensorVariable | None
+
+
+def _compiled_terms(family_name: str, y, eta_fixed: pt.TensorVariable, aux: dict,
+                    levels: Levels, taus: tuple[pt.TensorVariable, ...]) -> _Pieces:
+    """The equation's Laplace terms from the compiled kernel (fundgap.laplace_kernel): one
+    grouping is a single prefecture whose sd is zero."""
+    nested = levels.parent is not None and len(taus) == 2
+    parent = levels.parent if nested else np.zeros(levels.n_inner, dtype="int64")
+    n_outer = levels.n_outer if nested else 1
+    op = LaplaceMarginal(FAMILY_CODES[family_name], family(family_name).higher is not None)
+    auxiliary = pt.stack(list(aux.values())) if aux else np.zeros(0)
+    (value, _, _, _, inner_mode, outer_mode, precision, coupling, schur, iterations,
+     residual) = op(y, eta_fixed, taus[0], taus[1] if nested else 0.0, auxiliary,
+                    levels.inner, parent, n_outer)
+    if not nested:
+        return _Pieces(value, residual, iterations, (inner_mode,), precision, None, None)
+    return _Pieces(value, residual, iterations, (inner_mode, outer_mode), precision,
+                   coupling, schur)
 
 
 def draw_intercepts(posterior, design: Design, name: str,

@@ -1,0 +1,492 @@
+"""The Laplace form compiled as one operation: mode search, value and exact gradient.
+
+`fundgap.laplace.laplace_terms` writes the nested Laplace approximation as a PyTensor graph
+(a while loop for the mode, one differentiated Newton step, the second-order term) and lets
+PyTensor differentiate it. That graph is the reference, and the only form a JAX backend can
+trace, but numba compiles it node by node: 30-40 s per equation on a machine with empty
+caches, a few minutes for the SES model, every time the data change. Here the same
+approximation is one numba function, written once, cached by numba on disk with the package
+(`cache=True`), and wrapped as one PyTensor Op (`LaplaceMarginal`) whose gradient is an
+output of the same call.
+
+For campaign i in county c in prefecture p, eta_i = f_i + tau_c u_c + tau_p v_p (u, v
+standard-normal intercepts, tau the signed sds; one grouping is tau_p = 0 with a single
+prefecture). At the mode (u*, v*), with H = I + J'WJ (W the campaigns' curvature, summed by
+county: A_c = 1 + tau_c^2 W_c, B_c = tau_c tau_p W_c, Schur S_p = 1 + tau_p^2 W_p - sum
+B_c^2 / A_c),
+
+    V = sum_i log p(y_i | eta_i) - |u|^2 / 2 - |v|^2 / 2 - log det H / 2 + C2,
+
+C2 the expansion's next term (laplace._second_order). Its gradient in theta = (f, tau,
+the family's own parameter) is the partial one at fixed (u*, v*) plus, by the implicit
+function theorem, lambda' dg/dtheta with lambda = H^-1 dV/dz (one more block-arrowhead
+solve): the exact gradient of the approximation, as the graph's differentiated Newton step
+gives it. The partial derivatives of log det H and C2 are taken in reverse order through
+their county and prefecture sums by hand (`_phi`), which needs each family's log density
+differentiated five times in eta and once more in its own parameter (`_jets`);
+tests/test_laplace_kernel.py checks value and gradient against the graph.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+import pytensor.tensor as pt
+from pytensor.gradient import DisconnectedType
+from pytensor.graph.basic import Apply
+from pytensor.graph.op import Op
+from pytensor.link.numba.dispatch.basic import numba_njit, register_funcify_default_op_cache_key
+
+# Newton iterations for the mode: at most this many, stopping when no linear predictor moves
+# more than TOLERANCE (the full step after it squares the error); each step moves no linear
+# predictor by more than MAX_STEP, so a count far above its start cannot overshoot.
+MAX_ITERATIONS = 50
+TOLERANCE = 1e-8
+MAX_STEP = 1.0
+# The families with compiled derivatives (`_jets`), by the code the kernel branches on.
+FAMILY_CODES = {"gaussian": 0, "poisson": 1, "negative_binomial": 2, "bernoulli": 3,
+                "censored_lognormal": 4}
+# jets per campaign: log p and its derivatives 1-5 in eta, then the derivatives of log p and
+# of its first four eta-derivatives in the family's own parameter (zero where it has none)
+JETS = 11
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+_SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
+
+
+@numba.njit(cache=True)
+def _digamma(x: float) -> float:
+    total = 0.0
+    while x < 6.0:
+        total -= 1.0 / x
+        x += 1.0
+    inverse2 = 1.0 / (x * x)
+    return total + math.log(x) - 0.5 / x - inverse2 * (
+        1 / 12 - inverse2 * (1 / 120 - inverse2 * (1 / 252 - inverse2 * (
+            1 / 240 - inverse2 / 132))))
+
+
+@numba.njit(cache=True)
+def _erfcx(x: float) -> float:
+    # exp(x^2) erfc(x); the asymptotic series where exp(x^2) would overflow
+    if x < 25.0:
+        return math.exp(x * x) * math.erfc(x)
+    inverse2 = 1.0 / (x * x)
+    return (1 - inverse2 * (0.5 - inverse2 * (0.75 - 1.875 * inverse2))) / (
+        x * math.sqrt(math.pi))
+
+
+@numba.njit(cache=True)
+def _logistic(scale, share, out):
+    # d^k log p for k = 2..5 where d^2 = -scale share (1 - share), d share = share (1 - share)
+    slope = share * (1 - share)
+    tilt = 1 - 2 * share
+    out[2] = -scale * slope
+    out[3] = -scale * slope * tilt
+    out[4] = -scale * slope * (1 - 6 * slope)
+    out[5] = -scale * slope * tilt * (1 - 12 * slope)
+
+
+@numba.njit(cache=True)
+def _gaussian_jets(residual, sigma, out):
+    # log p = -residual^2 / (2 sigma^2) - log sigma - ...: derivatives in eta and in sigma
+    out[1] = residual / sigma**2
+    out[2] = -1 / sigma**2
+    out[3] = out[4] = out[5] = 0.0
+    out[6] = residual**2 / sigma**3 - 1 / sigma
+    out[7] = -2 * residual / sigma**3
+    out[8] = 2 / sigma**3
+    out[9] = out[10] = 0.0
+
+
+@numba.njit(cache=True)
+def _jets(code, y, eta, aux, out, full):
+    """log p(y | eta) and its derivatives (JETS values) for one campaign into `out`; without
+    `full`, only the first two eta-derivatives (what the mode search needs) are meant to be
+    read, and the special functions of log p itself are skipped."""
+    if code == 0:                                   # gaussian, aux = (sigma,)
+        sigma = aux[0]
+        _gaussian_jets(y - eta, sigma, out)
+        out[0] = -0.5 * ((y - eta) / sigma) ** 2 - math.log(sigma) - _HALF_LOG_2PI
+    elif code == 1:                                 # poisson
+        mean = math.exp(eta)
+        out[0] = y * eta - mean - math.lgamma(y + 1) if full else 0.0
+        out[1] = y - mean
+        for k in range(2, 6):
+            out[k] = -mean
+        for k in range(6, 11):
+            out[k] = 0.0
+    elif code == 2:                                 # negative binomial (NB2), aux = (alpha,)
+        alpha = aux[0]
+        share = 1.0 / (1.0 + alpha * math.exp(-eta))    # mu / (alpha + mu)
+        scale = y + alpha
+        out[1] = y - scale * share
+        _logistic(scale, share, out)
+        if not full:
+            return
+        log_alpha = math.log(alpha)
+        log_total = max(eta, log_alpha) + math.log1p(math.exp(-abs(eta - log_alpha)))
+        out[0] = (math.lgamma(y + alpha) - math.lgamma(alpha) - math.lgamma(y + 1)
+                  + alpha * (log_alpha - log_total) + y * (eta - log_total))
+        # t_k = -d^k log p / scale; d share / d alpha = -share (1 - share) / alpha, so
+        # d(d^k log p) / d alpha = -t_k + scale t_(k+1) / alpha
+        t1 = share
+        t2 = -out[2] / scale
+        t3 = -out[3] / scale
+        t4 = -out[4] / scale
+        t5 = -out[5] / scale
+        out[6] = (_digamma(y + alpha) - _digamma(alpha) + log_alpha - log_total + share
+                  - y * (1 - share) / alpha)
+        out[7] = -t1 + scale * t2 / alpha
+        out[8] = -t2 + scale * t3 / alpha
+        out[9] = -t3 + scale * t4 / alpha
+        out[10] = -t4 + scale * t5 / alpha
+    elif code == 3:                                 # bernoulli, logit link
+        share = 1 / (1 + math.exp(-eta))
+        out[0] = y * eta - (max(eta, 0.0) + math.log1p(math.exp(-abs(eta))))
+        out[1] = y - share
+        _logistic(1.0, share, out)
+        for k in range(6, 11):
+            out[k] = 0.0
+    else:                                           # censored lognormal, aux = (sigma,)
+        sigma = aux[0]
+        if y < 1.0:
+            logged = math.log(y)
+            _gaussian_jets(logged - eta, sigma, out)
+            out[0] = (-0.5 * ((logged - eta) / sigma) ** 2 - math.log(sigma) - _HALF_LOG_2PI
+                      - logged)
+        else:
+            # log Phi(a), a = eta / sigma: its a-derivatives D_k are polynomials in a and the
+            # inverse Mills ratio r (r' = -r (a + r)); d^k/d eta = D_k / sigma^k, and
+            # d(D_k / sigma^k) / d sigma = -(a D_(k+1) + k D_k) / sigma^(k+1)
+            a = eta / sigma
+            x = -a / math.sqrt(2.0)
+            r = _SQRT_2_OVER_PI / _erfcx(x)
+            if a > 0:
+                log_phi = math.log1p(-0.5 * math.erfc(a / math.sqrt(2.0)))
+            else:
+                log_phi = math.log(0.5 * _erfcx(x)) - 0.5 * a * a
+            slope = -r * (a + r)
+            d1, d2 = r, slope
+            d3 = r * ((a + r) * (a + 2 * r) - 1)
+            d4 = (slope * ((a + r) * (a + 2 * r) - 1)
+                  + r * ((1 + slope) * (a + 2 * r) + (a + r) * (1 + 2 * slope)))
+            d5 = r * (a * a * (a * a - 6) + 3 + r * (a * (15 * a * a - 25) + r * (
+                50 * a * a - 20 + r * (60 * a + 24 * r))))
+            out[0] = log_phi
+            out[1] = d1 / sigma
+            out[2] = d2 / sigma**2
+            out[3] = d3 / sigma**3
+            out[4] = d4 / sigma**4
+            out[5] = d5 / sigma**5
+            out[6] = -a * d1 / sigma
+            out[7] = -(a * d2 + d1) / sigma**2
+            out[8] = -(a * d3 + 2 * d2) / sigma**3
+            out[9] = -(a * d4 + 3 * d3) / sigma**4
+            out[10] = -(a * d5 + 4 * d4) / sigma**5
+
+
+@numba.njit(cache=True)
+def _sums(code, y, eta, aux, inner, n_inner, clip, jets, first, weight):
+    """Per county: the summed first derivative and curvature (-second) at eta; with `clip`,
+    each county's curvature kept non-negative, so the search's H stays positive definite."""
+    first[:] = 0.0
+    weight[:] = 0.0
+    out = np.empty(JETS)
+    for i in range(len(y)):
+        _jets(code, y[i], eta[i], aux, out, jets.shape[0] > 0)
+        first[inner[i]] += out[1]
+        weight[inner[i]] -= out[2]
+        if jets.shape[0]:
+            jets[i, :] = out
+    if clip:
+        for c in range(n_inner):
+            weight[c] = max(weight[c], 0.0)
+
+
+@numba.njit(cache=True)
+def _predictor(f, tau1, tau2, u, v, inner, parent, eta):
+    for i in range(len(f)):
+        c = inner[i]
+        eta[i] = f[i] + tau1 * u[c] + tau2 * v[parent[c]]
+
+
+@numba.njit(cache=True)
+def _solve(A, B, schur, parent, right_inner, right_outer, x_inner, x_outer):
+    """x = H^-1 (right_inner, right_outer) for the block-arrowhead H (county diagonal A,
+    county-prefecture coupling B, prefecture Schur complements)."""
+    x_outer[:] = right_outer
+    for c in range(len(A)):
+        x_outer[parent[c]] -= B[c] * right_inner[c] / A[c]
+    x_outer /= schur
+    for c in range(len(A)):
+        x_inner[c] = (right_inner[c] - B[c] * x_outer[parent[c]]) / A[c]
+
+
+@numba.njit(cache=True)
+def _blocks(tau1, tau2, weight, parent, n_outer, A, B, schur, outer_weight):
+    outer_weight[:] = 0.0
+    schur[:] = 1.0
+    for c in range(len(weight)):
+        A[c] = 1 + tau1 * tau1 * weight[c]
+        B[c] = tau1 * tau2 * weight[c]
+        outer_weight[parent[c]] += weight[c]
+        schur[parent[c]] -= B[c] * B[c] / A[c]
+    for p in range(n_outer):
+        schur[p] += tau2 * tau2 * outer_weight[p]
+
+
+@numba.njit(cache=True)
+def _newton_step(tau1, tau2, u, v, first, weight, parent, n_outer, A, B, schur,
+                 step_inner, step_outer):
+    """The Newton step at (u, v) from the county sums; returns the largest change it makes
+    to a linear predictor."""
+    outer_weight = np.empty(n_outer)
+    _blocks(tau1, tau2, weight, parent, n_outer, A, B, schur, outer_weight)
+    gradient_inner = tau1 * first - u
+    outer_first = np.zeros(n_outer)
+    for c in range(len(first)):
+        outer_first[parent[c]] += first[c]
+    gradient_outer = tau2 * outer_first - v
+    _solve(A, B, schur, parent, gradient_inner, gradient_outer, step_inner, step_outer)
+    change = 0.0
+    for c in range(len(u)):
+        change = max(change, abs(tau1 * step_inner[c]))
+    for p in range(n_outer):
+        change = max(change, abs(tau2 * step_outer[p]))
+    return change
+
+
+@numba.njit(cache=True)
+def _phi(tau1, tau2, weight, third, fourth, A, B, schur, parent, n_outer, correct):
+    """-log det H / 2 + C2 from the county sums, and its partial derivatives in the sums
+    (weight, third, fourth) and in the two sds, by reverse accumulation."""
+    n_inner = len(weight)
+    outer_weight = np.zeros(n_outer)
+    for c in range(n_inner):
+        outer_weight[parent[c]] += weight[c]
+    logdet = np.sum(np.log(A)) + np.sum(np.log(schur))
+    value = -0.5 * logdet
+    bar_A = -0.5 / A
+    bar_schur = -0.5 / schur
+    bar_B = np.zeros(n_inner)
+    bar_weight = np.zeros(n_inner)
+    bar_third = np.zeros(n_inner)
+    bar_fourth = np.zeros(n_inner)
+    bar_tau1 = 0.0
+    bar_tau2 = 0.0
+    if correct:
+        own = tau1 * tau1 / A
+        load = tau2 - tau1 * B / A
+        s = schur[parent]
+        var = own + load * load / s
+        rank = np.zeros(n_outer)
+        cube = np.zeros(n_outer)
+        for c in range(n_inner):
+            rank[parent[c]] += third[c] * var[c] * load[c]
+            cube[parent[c]] += third[c] * load[c] ** 3
+        value += (np.sum(fourth * var**2) / 8
+                  + (np.sum((third * var) ** 2 * own) + np.sum(rank**2 / schur)) / 8
+                  + (np.sum(third**2 * var**3) + np.sum(cube**2 / schur**3)
+                     - np.sum(third**2 * load**6 / s**3)) / 12)
+        bar_rank = rank / schur / 4                 # d/d rank of rank^2 / schur / 8
+        bar_cube = cube / schur**3 / 6
+        bar_schur += -(rank / schur) ** 2 / 8 - cube**2 / schur**4 / 4
+        bar_var = fourth * var / 4 + third**2 * var * own / 4 + third**2 * var**2 / 4
+        bar_own = third**2 * var**2 / 8
+        bar_fourth[:] = var**2 / 8
+        bar_third[:] = third * var**2 * own / 4 + third * var**3 / 6 - third * load**6 / s**3 / 6
+        bar_load = -third**2 * load**5 / s**3 / 2
+        bar_s = third**2 * load**6 / s**4 / 4
+        for c in range(n_inner):
+            p = parent[c]
+            bar_third[c] += bar_rank[p] * var[c] * load[c] + bar_cube[p] * load[c] ** 3
+            bar_var[c] += bar_rank[p] * third[c] * load[c]
+            bar_load[c] += (bar_rank[p] * third[c] * var[c]
+                            + 3 * bar_cube[p] * third[c] * load[c] ** 2)
+        bar_own += bar_var
+        bar_load += bar_var * 2 * load / s
+        bar_s -= bar_var * load**2 / s**2
+        for c in range(n_inner):
+            bar_schur[parent[c]] += bar_s[c]
+        bar_tau2 += np.sum(bar_load)
+        bar_tau1 += np.sum(-bar_load * B / A + bar_own * 2 * tau1 / A)
+        bar_B += -bar_load * tau1 / A
+        bar_A += bar_load * tau1 * B / A**2 - bar_own * tau1 * tau1 / A**2
+    # schur_p = 1 + tau2^2 W_p - sum_c B_c^2 / A_c;  A = 1 + tau1^2 W;  B = tau1 tau2 W
+    bar_tau2 += np.sum(bar_schur * 2 * tau2 * outer_weight)
+    for c in range(n_inner):
+        p = parent[c]
+        bar_weight[c] += bar_schur[p] * tau2 * tau2
+        bar_B[c] -= bar_schur[p] * 2 * B[c] / A[c]
+        bar_A[c] += bar_schur[p] * B[c] ** 2 / A[c] ** 2
+    bar_tau1 += np.sum(bar_B * tau2 * weight + bar_A * 2 * tau1 * weight)
+    bar_tau2 += np.sum(bar_B * tau1 * weight)
+    bar_weight += bar_B * tau1 * tau2 + bar_A * tau1 * tau1
+    return value, bar_weight, bar_third, bar_fourth, bar_tau1, bar_tau2
+
+
+@numba.njit(cache=True)
+def laplace_marginal(code, correct, y, f, tau1, tau2, aux, inner, parent, n_outer,
+                     max_iterations, tolerance, max_step):
+    """The Laplace approximation of log p(y | theta) for one equation and its gradient.
+
+    Returns (value, d/df per campaign, d/d(tau_inner, tau_outer), d/d aux, u*, v*, A, B,
+    Schur, Newton steps taken, the last step's largest change to a linear predictor).
+    """
+    n, n_inner = len(y), len(parent)
+    u, v = np.zeros(n_inner), np.zeros(n_outer)
+    eta, first, weight = np.empty(n), np.empty(n_inner), np.empty(n_inner)
+    A, B, schur = np.empty(n_inner), np.empty(n_inner), np.empty(n_outer)
+    step_inner, step_outer = np.empty(n_inner), np.empty(n_outer)
+    no_jets = np.empty((0, JETS))
+    iterations = 0
+    # the search: damped Newton from zero, each county's curvature kept non-negative
+    for _ in range(max_iterations):
+        _predictor(f, tau1, tau2, u, v, inner, parent, eta)
+        _sums(code, y, eta, aux, inner, n_inner, True, no_jets, first, weight)
+        change = _newton_step(tau1, tau2, u, v, first, weight, parent, n_outer, A, B, schur,
+                              step_inner, step_outer)
+        damping = min(1.0, max_step / max(change, 1e-300))
+        u += damping * step_inner
+        v += damping * step_outer
+        iterations += 1
+        if damping * change < tolerance:
+            break
+    # Newton's error is quadratic: after a step below the tolerance the mode is exact to
+    # rounding; that step's size is the residual the fit's gate checks
+    residual = damping * change
+
+    # at the mode: every campaign's jets, the county sums, H's blocks
+    jets = np.empty((n, JETS))
+    _predictor(f, tau1, tau2, u, v, inner, parent, eta)
+    _sums(code, y, eta, aux, inner, n_inner, False, jets, first, weight)
+    outer_weight = np.empty(n_outer)
+    _blocks(tau1, tau2, weight, parent, n_outer, A, B, schur, outer_weight)
+    third, fourth = np.zeros(n_inner), np.zeros(n_inner)
+    for i in range(n):
+        third[inner[i]] += jets[i, 3]
+        fourth[inner[i]] += jets[i, 4]
+    phi, bar_weight, bar_third, bar_fourth, bar_tau1, bar_tau2 = _phi(
+        tau1, tau2, weight, third, fourth, A, B, schur, parent, n_outer, correct)
+    value = np.sum(jets[:, 0]) - 0.5 * (np.sum(u * u) + np.sum(v * v)) + phi
+
+    # dPhi / d eta_i through the county sums, then dV/dz = J' that (the log joint's own
+    # z-gradient is zero at the mode) and lambda = H^-1 dV/dz
+    phi_eta = np.empty(n)
+    for i in range(n):
+        c = inner[i]
+        phi_eta[i] = (-bar_weight[c] * jets[i, 3] + bar_third[c] * jets[i, 4]
+                      + bar_fourth[c] * jets[i, 5])
+    right_inner, right_outer = np.zeros(n_inner), np.zeros(n_outer)
+    for i in range(n):
+        right_inner[inner[i]] += tau1 * phi_eta[i]
+        right_outer[parent[inner[i]]] += tau2 * phi_eta[i]
+    adjoint_inner, adjoint_outer = np.empty(n_inner), np.empty(n_outer)
+    _solve(A, B, schur, parent, right_inner, right_outer, adjoint_inner, adjoint_outer)
+
+    # dV/dtheta = partial at the mode + adjoint' dg/dtheta (g the log joint's z-gradient)
+    grad_f = np.empty(n)
+    grad_aux = np.zeros(len(aux))
+    grad_tau = np.zeros(2)
+    outer_first = np.zeros(n_outer)
+    for c in range(n_inner):
+        outer_first[parent[c]] += first[c]
+        grad_tau[0] += adjoint_inner[c] * first[c]
+    for p in range(n_outer):
+        grad_tau[1] += adjoint_outer[p] * outer_first[p]
+    grad_tau[0] += bar_tau1
+    grad_tau[1] += bar_tau2
+    for i in range(n):
+        c = inner[i]
+        p = parent[c]
+        zeta = tau1 * adjoint_inner[c] + tau2 * adjoint_outer[p]
+        grad_f[i] = jets[i, 1] + phi_eta[i] + jets[i, 2] * zeta
+        grad_tau[0] += grad_f[i] * u[c]
+        grad_tau[1] += grad_f[i] * v[p]
+        if len(aux):
+            # the county curvature is minus the summed second derivative
+            grad_aux[0] += (jets[i, 6] + jets[i, 7] * zeta - bar_weight[c] * jets[i, 8]
+                            + bar_third[c] * jets[i, 9] + bar_fourth[c] * jets[i, 10])
+    return (value, grad_f, grad_tau, grad_aux, u, v, A, B, schur, iterations, residual)
+
+
+class LaplaceMarginal(Op):
+    """One equation's Laplace marginal log likelihood as a PyTensor Op.
+
+    Inputs: y, the fixed part of the linear predictor f, the inner and outer signed sds,
+    the family's own parameters (a vector, empty for none), each campaign's county, each
+    county's prefecture, the number of prefectures. Outputs: the value, its gradient in f,
+    in the two sds and in the family's parameters, then u*, v*, A, B, the Schur complements,
+    the Newton steps taken and the residual (what `laplace.add_laplace_likelihood` keeps
+    per draw). Only the value is differentiable; its gradient is the Op's own output, so a
+    logp-and-gradient function calls the kernel once.
+    """
+
+    __props__ = ("family_code", "correct")
+
+    def __init__(self, family_code: int, correct: bool):
+        self.family_code = int(family_code)
+        self.correct = bool(correct)
+
+    def make_node(self, y, f, tau_inner, tau_outer, aux, inner, parent, n_outer) -> Apply:
+        inputs = [pt.as_tensor(y).astype("float64"), pt.as_tensor(f).astype("float64"),
+                  pt.as_tensor(tau_inner).astype("float64"),
+                  pt.as_tensor(tau_outer).astype("float64"),
+                  pt.as_tensor(aux).astype("float64"), pt.as_tensor(inner).astype("int64"),
+                  pt.as_tensor(parent).astype("int64"), pt.as_tensor(n_outer).astype("int64")]
+        vector = pt.dvector
+        outputs = [pt.dscalar(), vector(), vector(), vector(), vector(), vector(), vector(),
+                   vector(), vector(), pt.lscalar(), pt.dscalar()]
+        return Apply(self, inputs, outputs)
+
+    def perform(self, node, inputs, outputs) -> None:
+        y, f, tau_inner, tau_outer, aux, inner, parent, n_outer = inputs
+        results = laplace_marginal(self.family_code, self.correct, y, f, float(tau_inner),
+                                   float(tau_outer), aux, inner, parent, int(n_outer),
+                                   MAX_ITERATIONS, TOLERANCE, MAX_STEP)
+        for storage, result, variable in zip(outputs, results, node.outputs, strict=True):
+            storage[0] = np.asarray(result, dtype=variable.dtype)
+
+    def infer_shape(self, fgraph, node, shapes):
+        y, _, _, _, aux, _, parent, _ = shapes
+        n_outer = node.inputs[7]
+        return [(), y, (2,), aux, parent, (n_outer,), parent, parent, (n_outer,), (), ()]
+
+    def connection_pattern(self, node):
+        # the value depends on f, the sds and the family's parameters; the rest are
+        # returned for the intercepts' conditional draws, not differentiated
+        differentiable = [False, True, True, True, True, False, False, False]
+        return [[d and k == 0 for k in range(len(node.outputs))] for d in differentiable]
+
+    def grad(self, inputs, output_gradients):
+        for gradient in output_gradients[1:]:
+            if not isinstance(gradient.type, DisconnectedType):
+                raise NotImplementedError("only the Laplace value is differentiable")
+        outputs = self(*inputs)
+        value_gradient = output_gradients[0]
+        disconnected = [DisconnectedType()() for _ in range(3)]
+        return [DisconnectedType()(), value_gradient * outputs[1],
+                value_gradient * outputs[2][0], value_gradient * outputs[2][1],
+                value_gradient * outputs[3], *disconnected]
+
+
+# bump when the kernel's arithmetic changes, so PyTensor's numba cache drops old code
+KERNEL_VERSION = 3
+
+
+@register_funcify_default_op_cache_key(LaplaceMarginal)
+def _numba_laplace(op: LaplaceMarginal, node=None, **kwargs):
+    code, correct = op.family_code, op.correct
+
+    @numba_njit
+    def laplace_op(y, f, tau_inner, tau_outer, aux, inner, parent, n_outer):
+        (value, grad_f, grad_tau, grad_aux, u, v, A, B, schur, iterations,
+         residual) = laplace_marginal(code, correct, y, f, tau_inner.item(),
+                                      tau_outer.item(), aux, inner, parent, n_outer.item(),
+                                      MAX_ITERATIONS, TOLERANCE, MAX_STEP)
+        return (np.asarray(value), grad_f, grad_tau, grad_aux, u, v, A, B, schur,
+                np.asarray(iterations), np.asarray(residual))
+
+    return laplace_op, KERNEL_VERSION

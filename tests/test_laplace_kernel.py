@@ -1,0 +1,76 @@
+"""The compiled Laplace kernel (fundgap.laplace_kernel) against the graph it replaces
+(fundgap.laplace.laplace_terms, whose gradient PyTensor takes and whose value is tested
+against quadrature in test_laplace.py): the same value and the same gradient, per family,
+with one grouping and with counties nested in prefectures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+import pytest
+
+from fundgap.families import family
+from fundgap.laplace import Levels, laplace_terms
+from fundgap.laplace_kernel import FAMILY_CODES, LaplaceMarginal
+
+from conftest import grouped_table
+
+AUXILIARY = {"sigma": 0.7, "dispersion": 2.5}
+
+
+def _problem(name: str, nested: bool, seed: int = 3):
+    table = grouped_table(name, 300, 40, 6, seed, county_sd=0.5, prefecture_sd=0.4)
+    inner = table["county_code"].astype(int).to_numpy()
+    counties = np.unique(inner)
+    inner = np.searchsorted(counties, inner)
+    parent = (counties % 6) if nested else np.zeros(len(counties), dtype=int)
+    rng = np.random.default_rng(seed)
+    f = 0.5 + 0.4 * table["x"].to_numpy() + rng.normal(0, 0.1, len(table))
+    return table["y"].to_numpy(), f, inner, parent
+
+
+def _reference(name, y, inner, parent, nested, correct=True):
+    record = family(name)
+    f, tau_inner, tau_outer = pt.dvector("f"), pt.dscalar("tau_inner"), pt.dscalar("tau_outer")
+    aux = {a.name: pt.dscalar(a.name) for a in record.auxiliary}
+    levels = Levels(inner, int(parent.size), parent if nested else None,
+                    int(parent.max()) + 1 if nested else 0)
+    taus = (tau_inner, tau_outer) if nested else (tau_inner,)
+    value = laplace_terms(name, y, f, aux, levels, taus, correct=correct).value
+    wrt = [f, tau_inner, tau_outer, *aux.values()]
+    gradients = pytensor.grad(value, wrt, disconnected_inputs="ignore")
+    return pytensor.function(wrt, [value, *gradients], on_unused_input="ignore")
+
+
+def _kernel(name, y, inner, parent, correct=True):
+    record = family(name)
+    op = LaplaceMarginal(FAMILY_CODES[name], correct and record.higher is not None)
+    f, tau_inner, tau_outer = pt.dvector("f"), pt.dscalar("tau_inner"), pt.dscalar("tau_outer")
+    aux = [pt.dscalar(a.name) for a in record.auxiliary]
+    outputs = op(y, f, tau_inner, tau_outer, pt.stack(aux) if aux else np.zeros(0), inner,
+                 parent, int(parent.max()) + 1)
+    value = outputs[0]
+    wrt = [f, tau_inner, tau_outer, *aux]
+    gradients = pytensor.grad(value, wrt, disconnected_inputs="ignore")
+    return pytensor.function(wrt, [value, *gradients], on_unused_input="ignore", mode="NUMBA")
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["county", "nested"])
+@pytest.mark.parametrize("name", list(FAMILY_CODES))
+def test_kernel_value_and_gradient_are_the_graphs(name: str, nested: bool) -> None:
+    y, f, inner, parent = _problem(name, nested)
+    record = family(name)
+    reference = _reference(name, y, inner, parent, nested)
+    kernel = _kernel(name, y, inner, parent)
+    for tau_inner, tau_outer in [(0.5, 0.4), (-1.3, 0.8), (0.05, -1.1)]:
+        args = [f, tau_inner, tau_outer if nested else 0.0,
+                *[AUXILIARY[a.name] for a in record.auxiliary]]
+        expected, got = reference(*args), kernel(*args)
+        np.testing.assert_allclose(got[0], expected[0], rtol=1e-9)
+        np.testing.assert_allclose(got[1], expected[1], rtol=1e-6, atol=1e-9)
+        for k in range(2, len(expected)):
+            if k == 3 and not nested:
+                continue
+            np.testing.assert_allclose(got[k], expected[k], rtol=1e-6, atol=1e-8,
+                                       err_msg=f"gradient {k}")
