@@ -24,6 +24,14 @@ at convergence. A Gaussian equation with identity link is integrated exactly thi
 (one Newton step reaches the mode of a quadratic), which the tests check against
 fundgap.marginal.
 
+That graph (`laplace_terms`) is the reference, and what a JAX backend traces (with a fixed
+number of Newton steps). On the numba and PyMC backends, families with compiled derivatives
+(fundgap.laplace_kernel.FAMILY_CODES) use the same approximation as one compiled operation
+instead (`LaplaceMarginal`: the mode search, the value and its exact gradient in one call,
+cached by numba with the package), which numba compiles once rather than node by node for
+every new data set; tests/test_laplace_kernel.py holds the two to the same values and
+gradients.
+
 The mode, the diagonal of H and the Schur complements are kept per draw (Deterministics
 named `laplace_*`), and `draw_intercepts` draws the intercepts from the Gaussian
 conditional N(z*, H^-1) afterwards, so a Laplace fit saves the same variables and dims as
