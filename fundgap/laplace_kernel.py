@@ -101,14 +101,28 @@ def _gaussian_jets(residual, sigma, out):
 
 
 @numba.njit(cache=True)
-def _jets(code, y, eta, aux, out, full):
+def _constants(code, aux):
+    """What every campaign's jets share: functions of the family's own parameter alone."""
+    constants = np.zeros(3)
+    if code == 2:
+        alpha = aux[0]
+        constants[0] = math.lgamma(alpha)
+        constants[1] = _digamma(alpha)
+        constants[2] = math.log(alpha)
+    elif code in (0, 4):
+        constants[0] = math.log(aux[0])
+    return constants
+
+
+@numba.njit(cache=True)
+def _jets(code, y, eta, aux, constants, out, full):
     """log p(y | eta) and its derivatives (JETS values) for one campaign into `out`; without
     `full`, only the first two eta-derivatives (what the mode search needs) are meant to be
-    read, and the special functions of log p itself are skipped."""
+    read, and the special functions of log p itself are skipped. `constants`: _constants."""
     if code == 0:                                   # gaussian, aux = (sigma,)
         sigma = aux[0]
         _gaussian_jets(y - eta, sigma, out)
-        out[0] = -0.5 * ((y - eta) / sigma) ** 2 - math.log(sigma) - _HALF_LOG_2PI
+        out[0] = -0.5 * ((y - eta) / sigma) ** 2 - constants[0] - _HALF_LOG_2PI
     elif code == 1:                                 # poisson
         mean = math.exp(eta)
         out[0] = y * eta - mean - math.lgamma(y + 1) if full else 0.0
@@ -119,15 +133,16 @@ def _jets(code, y, eta, aux, out, full):
             out[k] = 0.0
     elif code == 2:                                 # negative binomial (NB2), aux = (alpha,)
         alpha = aux[0]
-        share = 1.0 / (1.0 + alpha * math.exp(-eta))    # mu / (alpha + mu)
+        ratio = alpha * math.exp(-eta)                  # alpha / mu
+        share = 1.0 / (1.0 + ratio)                     # mu / (alpha + mu)
         scale = y + alpha
         out[1] = y - scale * share
         _logistic(scale, share, out)
         if not full:
             return
-        log_alpha = math.log(alpha)
-        log_total = max(eta, log_alpha) + math.log1p(math.exp(-abs(eta - log_alpha)))
-        out[0] = (math.lgamma(y + alpha) - math.lgamma(alpha) - math.lgamma(y + 1)
+        log_alpha = constants[2]
+        log_total = eta + math.log1p(ratio)             # log(alpha + mu)
+        out[0] = (math.lgamma(y + alpha) - constants[0] - math.lgamma(y + 1)
                   + alpha * (log_alpha - log_total) + y * (eta - log_total))
         # t_k = -d^k log p / scale; d share / d alpha = -share (1 - share) / alpha, so
         # d(d^k log p) / d alpha = -t_k + scale t_(k+1) / alpha
@@ -136,7 +151,7 @@ def _jets(code, y, eta, aux, out, full):
         t3 = -out[3] / scale
         t4 = -out[4] / scale
         t5 = -out[5] / scale
-        out[6] = (_digamma(y + alpha) - _digamma(alpha) + log_alpha - log_total + share
+        out[6] = (_digamma(y + alpha) - constants[1] + log_alpha - log_total + share
                   - y * (1 - share) / alpha)
         out[7] = -t1 + scale * t2 / alpha
         out[8] = -t2 + scale * t3 / alpha
@@ -154,7 +169,7 @@ def _jets(code, y, eta, aux, out, full):
         if y < 1.0:
             logged = math.log(y)
             _gaussian_jets(logged - eta, sigma, out)
-            out[0] = (-0.5 * ((logged - eta) / sigma) ** 2 - math.log(sigma) - _HALF_LOG_2PI
+            out[0] = (-0.5 * ((logged - eta) / sigma) ** 2 - constants[0] - _HALF_LOG_2PI
                       - logged)
         else:
             # log Phi(a), a = eta / sigma: its a-derivatives D_k are polynomials in a and the
@@ -194,8 +209,9 @@ def _sums(code, y, eta, aux, inner, n_inner, clip, jets, first, weight):
     first[:] = 0.0
     weight[:] = 0.0
     out = np.empty(JETS)
+    constants = _constants(code, aux)
     for i in range(len(y)):
-        _jets(code, y[i], eta[i], aux, out, jets.shape[0] > 0)
+        _jets(code, y[i], eta[i], aux, constants, out, jets.shape[0] > 0)
         first[inner[i]] += out[1]
         weight[inner[i]] -= out[2]
         if jets.shape[0]:
@@ -473,7 +489,7 @@ class LaplaceMarginal(Op):
 
 
 # bump when the kernel's arithmetic changes, so PyTensor's numba cache drops old code
-KERNEL_VERSION = 3
+KERNEL_VERSION = 4
 
 
 @register_funcify_default_op_cache_key(LaplaceMarginal)
