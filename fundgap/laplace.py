@@ -221,26 +221,38 @@ def _second_order(record, y, at_mode: _Point, aux, levels: Levels,
     O(counties) through the rank-one blocks. Where a county holds one or two campaigns of a
     binary or low count response the plain approximation's error is largest, and it differs
     from one sd to another: left alone it biases the sds (benchmarks/laplace_calibration.py).
+    The term is taken per independent block (a prefecture with its counties; a county with
+    one grouping) and bounded there (laplace_kernel.bounded).
     """
     third, fourth = record.higher(y, at_mode.eta, aux)
     county_third = _level_sums(third, levels.inner, levels.n_inner)
     county_fourth = _level_sums(fourth, levels.inner, levels.n_inner)
     own = taus[0]**2 / at_mode.inner_precision          # the diagonal part of C
     if at_mode.schur is None:
-        variance, rank_one, cube = own, 0.0, 0.0
-    else:
-        def by_prefecture(values):
-            return _level_sums(values, levels.parent, levels.n_outer)
-        loading = taus[1] - taus[0] * at_mode.coupling / at_mode.inner_precision
-        schur = at_mode.schur[levels.parent]
-        variance = own + loading**2 / schur
-        rank_one = pt.sum(by_prefecture(county_third * variance * loading)**2
-                          / at_mode.schur)
-        cube = (pt.sum(by_prefecture(county_third * loading**3)**2 / at_mode.schur**3)
-                - pt.sum(county_third**2 * loading**6 / schur**3))
-    return (pt.sum(county_fourth * variance**2) / 8
-            + (pt.sum((county_third * variance)**2 * own) + rank_one) / 8
-            + (pt.sum(county_third**2 * variance**3) + cube) / 12)
+        # counties are independent blocks
+        variance = own
+        return pt.sum(_bounded(county_fourth * variance**2 / 8
+                               + (county_third * variance)**2 * own / 8
+                               + county_third**2 * variance**3 / 12))
+
+    def by_prefecture(values):
+        return _level_sums(values, levels.parent, levels.n_outer)
+    loading = taus[1] - taus[0] * at_mode.coupling / at_mode.inner_precision
+    schur = at_mode.schur[levels.parent]
+    variance = own + loading**2 / schur
+    # prefectures (with their counties) are independent blocks
+    county_terms = (county_fourth * variance**2 / 8 + (county_third * variance)**2 * own / 8
+                    + county_third**2 * variance**3 / 12
+                    - county_third**2 * loading**6 / schur**3 / 12)
+    block = (by_prefecture(county_terms)
+             + by_prefecture(county_third * variance * loading)**2 / at_mode.schur / 8
+             + by_prefecture(county_third * loading**3)**2 / at_mode.schur**3 / 12)
+    return pt.sum(_bounded(block))
+
+
+def _bounded(term: pt.TensorVariable) -> pt.TensorVariable:
+    # the same bound as the compiled kernel's (fundgap.laplace_kernel.bounded)
+    return term / pt.sqrt(1 + term**2)
 
 
 def model_levels(design: Design, name: str) -> Levels:
@@ -303,11 +315,11 @@ class _Pieces(NamedTuple):
 
 def _compiled_terms(family_name: str, y, eta_fixed: pt.TensorVariable, aux: dict,
                     levels: Levels, taus: tuple[pt.TensorVariable, ...]) -> _Pieces:
-    """The equation's Laplace terms from the compiled kernel (fundgap.laplace_kernel): one
-    grouping is a single prefecture whose sd is zero."""
+    """The equation's Laplace terms from the compiled kernel (fundgap.laplace_kernel): with
+    one grouping, each county is a prefecture of its own whose sd is zero."""
     nested = levels.parent is not None and len(taus) == 2
-    parent = levels.parent if nested else np.zeros(levels.n_inner, dtype="int64")
-    n_outer = levels.n_outer if nested else 1
+    parent = levels.parent if nested else np.arange(levels.n_inner, dtype="int64")
+    n_outer = levels.n_outer if nested else levels.n_inner
     op = LaplaceMarginal(FAMILY_CODES[family_name], family(family_name).higher is not None)
     auxiliary = pt.stack(list(aux.values())) if aux else np.zeros(0)
     (value, _, _, _, inner_mode, outer_mode, precision, coupling, schur, iterations,

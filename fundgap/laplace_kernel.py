@@ -275,6 +275,23 @@ def _newton_step(tau1, tau2, u, v, first, weight, parent, n_outer, A, B, schur,
 
 
 @numba.njit(cache=True)
+def bounded(term):
+    """The expansion's next term as the approximation uses it: term / sqrt(1 + term^2), per
+    independent block (a prefecture with its counties; a county where there is one grouping).
+    Where a block carries information (the term small) this is the term to its own order;
+    where it carries almost none (a county holding one binary response, its mode in the flat
+    tail of a monotone likelihood) the term grows with the sd without bound, and a sampler
+    follows it off to sds of hundreds, so it is bounded in (-1, 1) (log 1 + x, whose
+    first-order term it is, would be unbounded below)."""
+    return term / np.sqrt(1 + term * term)
+
+
+@numba.njit(cache=True)
+def bounded_slope(term):
+    return (1 + term * term) ** -1.5
+
+
+@numba.njit(cache=True)
 def _phi(tau1, tau2, weight, third, fourth, A, B, schur, parent, n_outer, correct):
     """-log det H / 2 + C2 from the county sums, and its partial derivatives in the sums
     (weight, third, fourth) and in the two sds, by reverse accumulation."""
@@ -302,19 +319,26 @@ def _phi(tau1, tau2, weight, third, fourth, A, B, schur, parent, n_outer, correc
         for c in range(n_inner):
             rank[parent[c]] += third[c] * var[c] * load[c]
             cube[parent[c]] += third[c] * load[c] ** 3
-        value += (np.sum(fourth * var**2) / 8
-                  + (np.sum((third * var) ** 2 * own) + np.sum(rank**2 / schur)) / 8
-                  + (np.sum(third**2 * var**3) + np.sum(cube**2 / schur**3)
-                     - np.sum(third**2 * load**6 / s**3)) / 12)
-        bar_rank = rank / schur / 4                 # d/d rank of rank^2 / schur / 8
-        bar_cube = cube / schur**3 / 6
-        bar_schur += -(rank / schur) ** 2 / 8 - cube**2 / schur**4 / 4
-        bar_var = fourth * var / 4 + third**2 * var * own / 4 + third**2 * var**2 / 4
-        bar_own = third**2 * var**2 / 8
-        bar_fourth[:] = var**2 / 8
-        bar_third[:] = third * var**2 * own / 4 + third * var**3 / 6 - third * load**6 / s**3 / 6
-        bar_load = -third**2 * load**5 / s**3 / 2
-        bar_s = third**2 * load**6 / s**4 / 4
+        # each prefecture's term (its counties' own and its cross terms), then bounded
+        block = rank**2 / schur / 8 + cube**2 / schur**3 / 12
+        own_terms = (fourth * var**2 / 8 + (third * var) ** 2 * own / 8
+                     + third**2 * var**3 / 12 - third**2 * load**6 / s**3 / 12)
+        for c in range(n_inner):
+            block[parent[c]] += own_terms[c]
+        value += np.sum(bounded(block))
+        slope = bounded_slope(block)                # d bounded / d block, per prefecture
+        weight_c = slope[parent]
+        bar_rank = slope * rank / schur / 4
+        bar_cube = slope * cube / schur**3 / 6
+        bar_schur += slope * (-(rank / schur) ** 2 / 8 - cube**2 / schur**4 / 4)
+        bar_var = weight_c * (fourth * var / 4 + third**2 * var * own / 4
+                              + third**2 * var**2 / 4)
+        bar_own = weight_c * third**2 * var**2 / 8
+        bar_fourth[:] = weight_c * var**2 / 8
+        bar_third[:] = weight_c * (third * var**2 * own / 4 + third * var**3 / 6
+                                   - third * load**6 / s**3 / 6)
+        bar_load = -weight_c * third**2 * load**5 / s**3 / 2
+        bar_s = weight_c * third**2 * load**6 / s**4 / 4
         for c in range(n_inner):
             p = parent[c]
             bar_third[c] += bar_rank[p] * var[c] * load[c] + bar_cube[p] * load[c] ** 3
@@ -489,7 +513,7 @@ class LaplaceMarginal(Op):
 
 
 # bump when the kernel's arithmetic changes, so PyTensor's numba cache drops old code
-KERNEL_VERSION = 4
+KERNEL_VERSION = 5
 
 
 @register_funcify_default_op_cache_key(LaplaceMarginal)

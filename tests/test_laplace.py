@@ -192,10 +192,22 @@ def test_second_order_term_is_the_dense_expansion_for_nested_groups() -> None:
                                + loadings.T @ (slope[:, None] * loadings))
     g3 = np.einsum("i,ia,ib,ic->abc", -slope * (1 - 2 * p), *[loadings] * 3)
     g4 = np.einsum("i,ia,ib,ic,id->abcd", -slope * (1 - 6 * slope), *[loadings] * 4)
-    dense = (np.einsum("abcd,ab,cd", g4, covariance, covariance) / 8
-             + np.einsum("abc,def,ab,cd,ef", g3, g3, *[covariance] * 3) / 8
-             + np.einsum("abc,def,ad,be,cf", g3, g3, *[covariance] * 3) / 12)
-    np.testing.assert_allclose(term, dense, rtol=1e-10)
+    # per prefecture (its counties and itself: independent blocks), each bounded as
+    # laplace_kernel.bounded does
+    blocks = []
+    for prefecture in range(prefectures):
+        keep = np.concatenate([np.flatnonzero(parent == prefecture), [counties + prefecture]])
+        cov = covariance[np.ix_(keep, keep)]
+        b3, b4 = g3[np.ix_(keep, keep, keep)], g4[np.ix_(keep, keep, keep, keep)]
+        blocks.append(np.einsum("abcd,ab,cd", b4, cov, cov) / 8
+                      + np.einsum("abc,def,ab,cd,ef", b3, b3, cov, cov, cov) / 8
+                      + np.einsum("abc,def,ad,be,cf", b3, b3, cov, cov, cov) / 12)
+    blocks = np.array(blocks)
+    dense = np.einsum("abcd,ab,cd", g4, covariance, covariance) / 8 + np.einsum(
+        "abc,def,ab,cd,ef", g3, g3, *[covariance] * 3) / 8 + np.einsum(
+        "abc,def,ad,be,cf", g3, g3, *[covariance] * 3) / 12
+    np.testing.assert_allclose(blocks.sum(), dense, rtol=1e-10)
+    np.testing.assert_allclose(term, np.sum(blocks / np.sqrt(1 + blocks**2)), rtol=1e-10)
 
 
 def test_censored_share_laplace_matches_quadrature() -> None:

@@ -24,7 +24,7 @@ def _problem(name: str, nested: bool, seed: int = 3):
     inner = table["county_code"].astype(int).to_numpy()
     counties = np.unique(inner)
     inner = np.searchsorted(counties, inner)
-    parent = (counties % 6) if nested else np.zeros(len(counties), dtype=int)
+    parent = (counties % 6) if nested else np.arange(len(counties))
     rng = np.random.default_rng(seed)
     f = 0.5 + 0.4 * table["x"].to_numpy() + rng.normal(0, 0.1, len(table))
     return table["y"].to_numpy(), f, inner, parent
