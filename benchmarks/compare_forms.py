@@ -31,6 +31,7 @@ def quantities(folder: Path) -> pd.DataFrame:
         table = pd.read_csv(path)
         if "reported" in table:
             table = table[table["reported"]]
+        keys = [k for k in keys if k in table]    # a fit without mediators or moderator
         name = table[keys].fillna("").astype(str).agg(" ".join, axis=1).str.split().str.join(" ")
         parts.append(pd.DataFrame({"quantity": file.split(".")[0] + ": " + name,
                                    "mean": table["mean"], "sd": table["sd"]}))

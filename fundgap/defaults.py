@@ -77,10 +77,9 @@ DIMS = {
 # approximation (fundgap.laplace): those whose calibration (benchmarks/laplace_calibration.py;
 # figures in benchmarks/README.md) shows them as accurate as the explicit form, where the
 # explicit form's group sds mix many times slower. Not beta (its shares of 1 are better a
-# censored_lognormal; not calibrated). Not Bernoulli: its second-order term can run away where
-# singleton counties push the mode into a flat tail, and without it the county sd is biased.
-# `--form laplace` asks for the approximation wherever it applies.
-LAPLACE_AUTO: tuple[str, ...] = ("negative_binomial", "censored_lognormal")
+# censored_lognormal; not calibrated). `--form laplace` asks for the approximation wherever
+# it applies.
+LAPLACE_AUTO: tuple[str, ...] = ("negative_binomial", "censored_lognormal", "bernoulli")
 # how the county and prefecture intercepts are handled (fit.choose_form)
 FORMS = ("auto", "marginal", "exact", "laplace", "explicit")
 # Newton steps for the Laplace mode on a backend without while loops (JAX); where the mode

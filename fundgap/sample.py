@@ -7,6 +7,7 @@ compiling and sampling. The same seed gives the same draws with the same backend
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import time
@@ -146,6 +147,31 @@ def _require_jax(backend: str, module: str) -> None:
     except ImportError:
         raise FundgapError(f"the {backend} backend needs {module}: "
                            "pip install 'fundgap[jax]'") from None
+    register_jax_erfcx()
+
+
+@functools.cache
+def register_jax_erfcx() -> None:
+    """Give PyTensor's JAX backend erfcx (the censored lognormal's tail uses it), which it
+    has only through tensorflow-probability: exp(x^2) erfc(x), and the asymptotic series
+    where exp(x^2) would overflow (relative error below 1e-10 there)."""
+    import jax
+    import jax.numpy as jnp
+    from pytensor.link.jax.dispatch import jax_funcify
+    from pytensor.scalar.math import Erfcx
+
+    @jax_funcify.register(Erfcx)
+    def _erfcx(op, **kwargs):
+        def erfcx(x):
+            large = x > 25.0
+            near = jnp.where(large, 0.0, x)
+            far = jnp.where(large, x, 25.0)
+            inverse2 = 1.0 / far**2
+            series = (1 - inverse2 * (0.5 - inverse2 * (0.75 - 1.875 * inverse2))) / (
+                far * jnp.sqrt(jnp.pi))
+            return jnp.where(large, series, jnp.exp(near * near) * jax.scipy.special.erfc(near))
+
+        return erfcx
 
 
 def _jax_kwargs(chains: int, warm_start: WarmStart) -> dict:

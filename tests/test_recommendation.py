@@ -1,5 +1,5 @@
-"""The hierarchical logit of Table 7 fitted for real (slow: a Bernoulli likelihood keeps
-every county intercept in the sampler)."""
+"""The hierarchical logit of Table 7 fitted for real (its intercepts integrated out by the
+Laplace approximation)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from fundgap.defaults import LAPLACE_AUTO
 from fundgap.fit import fit_model, settings_for
 from fundgap.spec import load_spec, parse_spec
 
@@ -29,7 +30,7 @@ def test_logit_recovers_the_development_slope(default_table: pd.DataFrame,
     settings = dataclasses.replace(QUICK, **{**load_spec(RECOMMENDATION).sampler,
                                              "chains": 2})
     fit = fit_model(spec, default_table, settings)
-    assert fit.diagnostics["form"] == "explicit"
+    assert fit.diagnostics["form"] == "laplace"
     assert fit.diagnostics["passed"], fit.diagnostics["reasons"]
     truth = json.loads((default_simulation / "truth.json").read_text())["recommendation"]
     row = fit.summary.loc["coefficients_recommended[development]"]
@@ -41,10 +42,10 @@ def test_logit_recovers_the_development_slope(default_table: pd.DataFrame,
     assert effect["mean"] == pytest.approx(p * (1 - p) * row["mean"], rel=0.25, abs=0.003)
 
 
-def test_recommendation_spec_sets_longer_chains_and_smaller_steps() -> None:
+def test_recommendation_spec_runs_the_laplace_form_at_default_settings() -> None:
     spec = load_spec(RECOMMENDATION)
-    assert spec.sampler == {"draws": 4000, "tune": 2000, "target_accept": 0.9}
+    assert spec.sampler == {}
+    assert "bernoulli" in LAPLACE_AUTO
     settings = settings_for(spec, draws=None, seed=3)
-    assert (settings.draws, settings.tune, settings.seed) == (4000, 2000, 3)
-    assert settings.target_accept == 0.9
+    assert (settings.draws, settings.tune, settings.seed) == (1000, 1000, 3)
     assert settings_for(spec, draws=500).draws == 500

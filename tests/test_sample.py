@@ -141,3 +141,19 @@ def test_a_jax_backend_without_its_package_says_what_to_install(backend: str, mi
     with pytest.raises(FundgapError, match=rf"the {backend} backend needs {missing}: "
                                            r"pip install 'fundgap\[jax\]'"):
         sample(model, backend=backend, draws=10, tune=10, chains=1, progress=False)
+
+
+def test_jax_backends_have_erfcx_for_the_censored_lognormal() -> None:
+    # PyTensor's JAX backend has erfcx only through tensorflow-probability
+    pytest.importorskip("jax")
+    import pytensor
+    import pytensor.tensor as pt
+    from scipy.special import erfcx
+
+    from fundgap.sample import register_jax_erfcx
+
+    register_jax_erfcx()
+    x = pt.dvector("x")
+    values = np.concatenate([np.linspace(-5, 5, 101), np.geomspace(1, 1e4, 50)])
+    got = pytensor.function([x], pt.erfcx(x), mode="JAX")(values)
+    np.testing.assert_allclose(got, erfcx(values), rtol=1e-10)
