@@ -513,14 +513,16 @@ class LaplaceMarginal(Op):
 
 
 # bump when the kernel's arithmetic changes, so PyTensor's numba cache drops old code
-KERNEL_VERSION = 5
+KERNEL_VERSION = 6
 
 
 @register_funcify_default_op_cache_key(LaplaceMarginal)
 def _numba_laplace(op: LaplaceMarginal, node=None, **kwargs):
     code, correct = op.family_code, op.correct
 
-    @numba_njit
+    # without fast-math: the kernel's arithmetic must not depend on whether numba compiled it
+    # into this wrapper in this process or loaded it from its cache
+    @numba_njit(fastmath=False)
     def laplace_op(y, f, tau_inner, tau_outer, aux, inner, parent, n_outer):
         (value, grad_f, grad_tau, grad_aux, u, v, A, B, schur, iterations,
          residual) = laplace_marginal(code, correct, y, f, tau_inner.item(),
