@@ -74,3 +74,45 @@ def test_kernel_value_and_gradient_are_the_graphs(name: str, nested: bool) -> No
                 continue
             np.testing.assert_allclose(got[k], expected[k], rtol=1e-6, atol=1e-8,
                                        err_msg=f"gradient {k}")
+
+
+_PROBE = """
+import hashlib, sys
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+from fundgap.laplace_kernel import FAMILY_CODES, LaplaceMarginal
+rng = np.random.default_rng(0)
+n, counties, prefectures = 400, 60, 9
+inner, parent = rng.integers(0, counties, n), rng.integers(0, prefectures, counties)
+f, tau_inner, tau_outer, aux = pt.dvector(), pt.dscalar(), pt.dscalar(), pt.dvector()
+y = rng.negative_binomial(2, 0.4, n).astype(float)
+value = LaplaceMarginal(FAMILY_CODES["negative_binomial"], True)(
+    y, f, tau_inner, tau_outer, aux, inner, parent, prefectures)[0]
+function = pytensor.function([f, tau_inner, tau_outer, aux],
+                             [value, *pytensor.grad(value, [f, tau_inner, tau_outer, aux])],
+                             mode="NUMBA")
+digest = hashlib.sha256()
+for _ in range(20):
+    point = (rng.normal(1, 1, n), rng.normal(0, 1), rng.normal(0, 1), rng.uniform(0.5, 4, 1))
+    digest.update(b"".join(np.asarray(o).tobytes() for o in function(*point)))
+print(digest.hexdigest())
+"""
+
+
+@pytest.mark.slow
+def test_values_do_not_depend_on_whether_the_kernel_was_compiled_or_loaded(tmp_path) -> None:
+    # the first process compiles the kernel (numba builds it into PyTensor's wrapper), the
+    # second loads it from numba's cache; each compiles PyTensor's graph afresh
+    import os
+    import subprocess
+    import sys
+
+    digests = []
+    for run in range(2):
+        env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba"),
+               "PYTENSOR_FLAGS": f"base_compiledir={tmp_path / f'pytensor{run}'}"}
+        result = subprocess.run([sys.executable, "-c", _PROBE], env=env, check=True,
+                                capture_output=True, text=True)
+        digests.append(result.stdout.strip().splitlines()[-1])
+    assert digests[0] == digests[1]
