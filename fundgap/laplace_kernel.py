@@ -114,18 +114,56 @@ def _constants(code, aux):
     return constants
 
 
+# counts up to this take their log-gamma and digamma terms from tables built by recurrence
+# once per call (`_count_tables`), not per campaign
+TABLE_COUNTS = 1024
+
+
 @numba.njit(cache=True)
-def _jets(code, y, eta, aux, constants, out, full):
+def _count_tables(code, aux, y):
+    """For count families: rows lgamma(k + 1), lgamma(k + alpha) - lgamma(alpha) and
+    digamma(k + alpha) - digamma(alpha) for k = 0 .. min(max count, TABLE_COUNTS - 1), by
+    their recurrences (the sums of log k, log(alpha + k), 1 / (alpha + k)); empty for
+    other families."""
+    if code not in (1, 2):
+        return np.zeros((3, 0))
+    largest = 0.0
+    for value in y:
+        largest = max(largest, value)
+    size = int(min(largest, TABLE_COUNTS - 1)) + 1
+    tables = np.zeros((3, size))
+    alpha = aux[0] if code == 2 else 1.0
+    for k in range(1, size):
+        tables[0, k] = tables[0, k - 1] + math.log(k)
+        tables[1, k] = tables[1, k - 1] + math.log(alpha + k - 1)
+        tables[2, k] = tables[2, k - 1] + 1.0 / (alpha + k - 1)
+    return tables
+
+
+@numba.njit(cache=True)
+def _count_terms(y, alpha, constants, tables):
+    """lgamma(y + 1), lgamma(y + alpha) - lgamma(alpha), digamma(y + alpha) - digamma(alpha):
+    from the tables where y is a count they hold."""
+    k = int(y)
+    if k == y and 0 <= k < tables.shape[1]:
+        return tables[0, k], tables[1, k], tables[2, k]
+    return (math.lgamma(y + 1), math.lgamma(y + alpha) - constants[0],
+            _digamma(y + alpha) - constants[1])
+
+
+@numba.njit(cache=True)
+def _jets(code, y, eta, aux, constants, tables, out, full):
     """log p(y | eta) and its derivatives (JETS values) for one campaign into `out`; without
     `full`, only the first two eta-derivatives (what the mode search needs) are meant to be
-    read, and the special functions of log p itself are skipped. `constants`: _constants."""
+    read, and the special functions of log p itself are skipped. `constants`: _constants;
+    `tables`: _count_tables."""
     if code == 0:                                   # gaussian, aux = (sigma,)
         sigma = aux[0]
         _gaussian_jets(y - eta, sigma, out)
         out[0] = -0.5 * ((y - eta) / sigma) ** 2 - constants[0] - _HALF_LOG_2PI
     elif code == 1:                                 # poisson
         mean = math.exp(eta)
-        out[0] = y * eta - mean - math.lgamma(y + 1) if full else 0.0
+        out[0] = y * eta - mean - _count_terms(y, 1.0, constants, tables)[0] if full else 0.0
         out[1] = y - mean
         for k in range(2, 6):
             out[k] = -mean
@@ -142,7 +180,8 @@ def _jets(code, y, eta, aux, constants, out, full):
             return
         log_alpha = constants[2]
         log_total = eta + math.log1p(ratio)             # log(alpha + mu)
-        out[0] = (math.lgamma(y + alpha) - constants[0] - math.lgamma(y + 1)
+        log_factorial, log_rising, digamma_rising = _count_terms(y, alpha, constants, tables)
+        out[0] = (log_rising - log_factorial
                   + alpha * (log_alpha - log_total) + y * (eta - log_total))
         # t_k = -d^k log p / scale; d share / d alpha = -share (1 - share) / alpha, so
         # d(d^k log p) / d alpha = -t_k + scale t_(k+1) / alpha
@@ -151,7 +190,7 @@ def _jets(code, y, eta, aux, constants, out, full):
         t3 = -out[3] / scale
         t4 = -out[4] / scale
         t5 = -out[5] / scale
-        out[6] = (_digamma(y + alpha) - constants[1] + log_alpha - log_total + share
+        out[6] = (digamma_rising + log_alpha - log_total + share
                   - y * (1 - share) / alpha)
         out[7] = -t1 + scale * t2 / alpha
         out[8] = -t2 + scale * t3 / alpha
@@ -210,8 +249,10 @@ def _sums(code, y, eta, aux, inner, n_inner, clip, jets, first, weight):
     weight[:] = 0.0
     out = np.empty(JETS)
     constants = _constants(code, aux)
+    full = jets.shape[0] > 0
+    tables = _count_tables(code, aux, y) if full else np.zeros((3, 0))
     for i in range(len(y)):
-        _jets(code, y[i], eta[i], aux, constants, out, jets.shape[0] > 0)
+        _jets(code, y[i], eta[i], aux, constants, tables, out, full)
         first[inner[i]] += out[1]
         weight[inner[i]] -= out[2]
         if jets.shape[0]:
@@ -513,7 +554,7 @@ class LaplaceMarginal(Op):
 
 
 # bump when the kernel's arithmetic changes, so PyTensor's numba cache drops old code
-KERNEL_VERSION = 6
+KERNEL_VERSION = 7
 
 
 @register_funcify_default_op_cache_key(LaplaceMarginal)

@@ -116,3 +116,22 @@ def test_values_do_not_depend_on_whether_the_kernel_was_compiled_or_loaded(tmp_p
                                 capture_output=True, text=True)
         digests.append(result.stdout.strip().splitlines()[-1])
     assert digests[0] == digests[1]
+
+
+def test_count_tables_are_log_gamma_and_digamma() -> None:
+    from scipy.special import digamma, gammaln
+
+    from fundgap.laplace_kernel import TABLE_COUNTS, _constants, _count_tables, _count_terms
+
+    alpha = np.array([2.7])
+    counts = np.array([0.0, 1, 5, 40, TABLE_COUNTS - 1, TABLE_COUNTS, 5000, 2.5])
+    constants = _constants(2, alpha)
+    tables = _count_tables(2, alpha, counts)
+    assert tables.shape == (3, TABLE_COUNTS)
+    for y in counts:
+        log_factorial, log_rising, digamma_rising = _count_terms(y, alpha[0], constants, tables)
+        np.testing.assert_allclose(log_factorial, gammaln(y + 1), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(log_rising, gammaln(y + alpha[0]) - gammaln(alpha[0]),
+                                   rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(digamma_rising, digamma(y + alpha[0]) - digamma(alpha[0]),
+                                   rtol=1e-10, atol=1e-10)
