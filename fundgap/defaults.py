@@ -79,7 +79,8 @@ DIMS = {
 # explicit form's group sds mix many times slower. Not beta (its shares of 1 are better a
 # censored_lognormal; not calibrated). `--form laplace` asks for the approximation wherever
 # it applies.
-LAPLACE_AUTO: tuple[str, ...] = ("negative_binomial", "censored_lognormal", "bernoulli")
+LAPLACE_AUTO: tuple[str, ...] = ("negative_binomial", "censored_lognormal", "bernoulli",
+                                 "poisson")
 # how the county and prefecture intercepts are handled (fit.choose_form)
 FORMS = ("auto", "marginal", "exact", "laplace", "explicit")
 # Newton steps for the Laplace mode on a backend without while loops (JAX); where the mode
