@@ -325,10 +325,8 @@ def _compiled_terms(family_name: str, y, eta_fixed: pt.TensorVariable, aux: dict
     (value, _, _, _, inner_mode, outer_mode, precision, coupling, schur, iterations,
      residual) = op(y, eta_fixed, taus[0], taus[1] if nested else 0.0, auxiliary,
                     levels.inner, parent, n_outer)
-    if not nested:
-        return _Pieces(value, residual, iterations, (inner_mode,), precision, None, None)
-    return _Pieces(value, residual, iterations, (inner_mode, outer_mode), precision,
-                   coupling, schur)
+    return _Pieces(value, residual, iterations, (inner_mode, outer_mode)[:len(taus)],
+                   precision, coupling if nested else None, schur if nested else None)
 
 
 def draw_intercepts(posterior, design: Design, name: str,

@@ -333,13 +333,12 @@ def bounded_slope(term):
 
 
 @numba.njit(cache=True)
-def _phi(tau1, tau2, weight, third, fourth, A, B, schur, parent, n_outer, correct):
-    """-log det H / 2 + C2 from the county sums, and its partial derivatives in the sums
-    (weight, third, fourth) and in the two sds, by reverse accumulation."""
+def _phi(tau1, tau2, weight, outer_weight, third, fourth, A, B, schur, parent, n_outer,
+         correct):
+    """-log det H / 2 + C2 from the county sums (and the prefecture sums of the weight, as
+    `_blocks` left them), and its partial derivatives in the county sums (weight, third,
+    fourth) and in the two sds, by reverse accumulation."""
     n_inner = len(weight)
-    outer_weight = np.zeros(n_outer)
-    for c in range(n_inner):
-        outer_weight[parent[c]] += weight[c]
     logdet = np.sum(np.log(A)) + np.sum(np.log(schur))
     value = -0.5 * logdet
     bar_A = -0.5 / A
@@ -450,7 +449,7 @@ def laplace_marginal(code, correct, y, f, tau1, tau2, aux, inner, parent, n_oute
         third[inner[i]] += jets[i, 3]
         fourth[inner[i]] += jets[i, 4]
     phi, bar_weight, bar_third, bar_fourth, bar_tau1, bar_tau2 = _phi(
-        tau1, tau2, weight, third, fourth, A, B, schur, parent, n_outer, correct)
+        tau1, tau2, weight, outer_weight, third, fourth, A, B, schur, parent, n_outer, correct)
     value = np.sum(jets[:, 0]) - 0.5 * (np.sum(u * u) + np.sum(v * v)) + phi
 
     # dPhi / d eta_i through the county sums, then dV/dz = J' that (the log joint's own
@@ -554,7 +553,7 @@ class LaplaceMarginal(Op):
 
 
 # bump when the kernel's arithmetic changes, so PyTensor's numba cache drops old code
-KERNEL_VERSION = 7
+KERNEL_VERSION = 8
 
 
 @register_funcify_default_op_cache_key(LaplaceMarginal)
