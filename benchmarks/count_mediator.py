@@ -69,7 +69,8 @@ def count_model(size: int, work: Path, form: str = "auto",
     forms = choose_form(design, form)
     centred = tuple(choose_centring(design, centring))
     return (build_model(design, forms.named("exact"), centred, forms.named("laplace"),
-                        iterations=LAPLACE_FIXED_ITERATIONS), forms.label, centred)
+                        iterations=LAPLACE_FIXED_ITERATIONS, compiled=False), forms.label,
+            centred)
 
 
 class GpuMemory:

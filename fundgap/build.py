@@ -45,7 +45,7 @@ def _likelihood(equation: EquationDesign, eta: pt.TensorVariable,
 
 
 def _equation(design: Design, name: str, form: str, centred: Collection[str],
-              iterations: int | None) -> None:
+              iterations: int | None, compiled: bool) -> None:
     """Add one equation's parameters and likelihood to the model in context.
 
     Every number that comes from the data enters as pm.Data, so a compiled model whose
@@ -63,7 +63,7 @@ def _equation(design: Design, name: str, form: str, centred: Collection[str],
     if form == "exact":
         add_marginal_likelihood(design, name, alpha, beta_std,
                                 _group_sds(equation, scales[4], folded=equation.groups),
-                                pm.HalfNormal(f"sigma_{name}", scales[3]))
+                                pm.HalfNormal(f"sigma_{name}", scales[3]), compiled)
         return
     X = pm.Data(f"X_{name}", (equation.X - equation.x_mean) / equation.x_sd,
                 dims=("campaign", term_dim(name)))
@@ -142,21 +142,23 @@ def _nested_centred(design: Design, name: str, alpha: pt.TensorVariable,
 
 def build_model(design: Design, marginal: Collection[str] = (),
                 centred: Collection[str] = (), laplace: Collection[str] = (),
-                iterations: int | None = None) -> pm.Model:
+                iterations: int | None = None, compiled: bool = True) -> pm.Model:
     """The joint model of every equation in `design`; the equations named in `marginal`
     (Gaussian ones) with their intercepts integrated out exactly, those in `laplace` by the
     Laplace approximation (its mode found in `iterations` Newton steps, or by a while loop
     where None), the others explicit, with the intercepts of the group columns in `centred`
-    centred and the rest non-centred."""
+    centred and the rest non-centred. `compiled` puts each integrated equation in as one
+    compiled operation (numba and PyMC backends); JAX backends need `compiled=False`, the
+    PyTensor graphs they can trace."""
     coords = design.coordinates()
     if set(marginal) >= set(design.equations):
         # nothing per campaign or per level is left in the graph: drop those coordinates,
         # so the compiled model does not depend on them
         coords = {k: v for k, v in coords.items()
                   if k not in (*GROUP_DIMS.values(), "campaign")}
-    with pm.Model(coords=coords) as model:
+    with pm.Model(coords=coords, check_bounds=False) as model:
         for name in design.equations:
             form = ("exact" if name in marginal else "laplace" if name in laplace
                     else "explicit")
-            _equation(design, name, form, centred, iterations)
+            _equation(design, name, form, centred, iterations, compiled)
     return model

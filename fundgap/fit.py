@@ -52,7 +52,8 @@ from fundgap.spec import ModelSpec
 from fundgap.store import atomic_directory, frame_fingerprint, package_versions, write_json
 
 # backends whose PyTensor compilation has no while loop (JAX): the Laplace mode is found in
-# a fixed number of Newton steps there
+# a fixed number of Newton steps there, and integrated equations are graphs, not compiled
+# operations (fundgap.build's `compiled`)
 FIXED_STEP_BACKENDS = ("nutpie-jax", "numpyro")
 # Explicit intercepts: non-centred (sparse groups), centred (every level data-rich), or
 # "auto": centred for a grouping whose median level holds CENTRED_MIN_CAMPAIGNS or more.
@@ -383,7 +384,8 @@ def fit_design(design: Design, settings: FitSettings | None = None,
     centred = choose_centring(design, settings.centring) if form != "marginal" else ()
     iterations = (LAPLACE_FIXED_ITERATIONS
                   if laplace and settings.backend in FIXED_STEP_BACKENDS else None)
-    model = build_model(design, marginal, centred, laplace, iterations)
+    model = build_model(design, marginal, centred, laplace, iterations,
+                        compiled=settings.backend not in FIXED_STEP_BACKENDS)
     structure = (tuple(forms.equations.items()), tuple(centred), iterations,
                  *structure_key(design))
     result = sample(model, settings.backend, settings.draws, settings.tune, settings.chains,

@@ -31,9 +31,11 @@ from __future__ import annotations
 
 import math
 
+import llvmlite.binding as llvm
 import numba
 import numpy as np
 import pytensor.tensor as pt
+from numba import types
 from pytensor.gradient import DisconnectedType
 from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
@@ -552,23 +554,71 @@ class LaplaceMarginal(Op):
                 value_gradient * outputs[3], *disconnected]
 
 
-# bump when the kernel's arithmetic changes, so PyTensor's numba cache drops old code
-KERNEL_VERSION = 8
+# bump when the kernel's arithmetic changes, so PyTensor's numba cache drops old code (the
+# C entry's symbol carries the version too, so no cached caller can reach an older kernel)
+KERNEL_VERSION = 9
+SYMBOL = f"fundgap_laplace_marginal_v{KERNEL_VERSION}"
+
+_f8p, _i8p, _i8, _f8 = (types.CPointer(types.float64), types.CPointer(types.int64),
+                        types.int64, types.float64)
+# code, correct, y, f, n, tau_inner, tau_outer, aux, n_aux, inner, parent, n_inner, n_outer,
+# then the outputs: value, grad_f, grad_tau, grad_aux, u, v, A, B, schur, iterations, residual
+_C_SIGNATURE = types.void(_i8, _i8, _f8p, _f8p, _i8, _f8, _f8, _f8p, _i8, _i8p, _i8p, _i8,
+                          _i8, _f8p, _f8p, _f8p, _f8p, _f8p, _f8p, _f8p, _f8p, _f8p, _i8p,
+                          _f8p)
+
+
+@numba.cfunc(_C_SIGNATURE, cache=True)
+def _laplace_c(code, correct, y, f, n, tau_inner, tau_outer, aux, n_aux, inner, parent,
+               n_inner, n_outer, value, grad_f, grad_tau, grad_aux, u, v, A, B, schur,
+               iterations, residual):
+    """`laplace_marginal` behind a C interface (pointers and sizes; the outputs written in
+    place), so the compiled operation calls it by symbol instead of compiling it again."""
+    results = laplace_marginal(
+        code, correct != 0, numba.carray(y, n), numba.carray(f, n), tau_inner, tau_outer,
+        numba.carray(aux, n_aux), numba.carray(inner, n), numba.carray(parent, n_inner),
+        n_outer, MAX_ITERATIONS, TOLERANCE, MAX_STEP)
+    value[0] = results[0]
+    for target, source, size in ((grad_f, results[1], n), (grad_tau, results[2], 2),
+                                 (grad_aux, results[3], n_aux), (u, results[4], n_inner),
+                                 (v, results[5], n_outer), (A, results[6], n_inner),
+                                 (B, results[7], n_inner), (schur, results[8], n_outer)):
+        out = numba.carray(target, size)
+        out[:] = source
+    iterations[0] = results[9]
+    residual[0] = results[10]
+
+
+# numba links a called function's code into its caller and optimises it again there: called
+# directly, the kernel was compiled anew into every PyTensor wrapper, every function holding
+# one and nutpie's callbacks (a third of the SES model's compile time on empty caches). Called
+# by a symbol that this process maps to the cached C entry, it is compiled once per machine,
+# and code that PyTensor or nutpie cached on disk finds it again by name.
+llvm.add_symbol(SYMBOL, _laplace_c.address)
+_laplace_external = types.ExternalFunction(SYMBOL, _C_SIGNATURE)
 
 
 @register_funcify_default_op_cache_key(LaplaceMarginal)
 def _numba_laplace(op: LaplaceMarginal, node=None, **kwargs):
-    code, correct = op.family_code, op.correct
+    code, correct = op.family_code, int(op.correct)
 
-    # without fast-math: the kernel's arithmetic must not depend on whether numba compiled it
-    # into this wrapper in this process or loaded it from its cache
+    # without fast-math: the kernel's arithmetic must not depend on how this wrapper was built
     @numba_njit(fastmath=False)
     def laplace_op(y, f, tau_inner, tau_outer, aux, inner, parent, n_outer):
-        (value, grad_f, grad_tau, grad_aux, u, v, A, B, schur, iterations,
-         residual) = laplace_marginal(code, correct, y, f, tau_inner.item(),
-                                      tau_outer.item(), aux, inner, parent, n_outer.item(),
-                                      MAX_ITERATIONS, TOLERANCE, MAX_STEP)
-        return (np.asarray(value), grad_f, grad_tau, grad_aux, u, v, A, B, schur,
-                np.asarray(iterations), np.asarray(residual))
+        y, f = np.ascontiguousarray(y), np.ascontiguousarray(f)
+        aux, inner = np.ascontiguousarray(aux), np.ascontiguousarray(inner)
+        parent = np.ascontiguousarray(parent)
+        n, n_aux, n_inner, outer = len(y), len(aux), len(parent), n_outer.item()
+        value, grad_f, grad_tau = np.empty(1), np.empty(n), np.empty(2)
+        grad_aux, u, v = np.empty(n_aux), np.empty(n_inner), np.empty(outer)
+        A, B, schur = np.empty(n_inner), np.empty(n_inner), np.empty(outer)
+        iterations, residual = np.empty(1, np.int64), np.empty(1)
+        _laplace_external(code, correct, y.ctypes, f.ctypes, n, tau_inner.item(),
+                          tau_outer.item(), aux.ctypes, n_aux, inner.ctypes, parent.ctypes,
+                          n_inner, outer, value.ctypes, grad_f.ctypes, grad_tau.ctypes,
+                          grad_aux.ctypes, u.ctypes, v.ctypes, A.ctypes, B.ctypes,
+                          schur.ctypes, iterations.ctypes, residual.ctypes)
+        return (np.asarray(value[0]), grad_f, grad_tau, grad_aux, u, v, A, B, schur,
+                np.asarray(iterations[0]), np.asarray(residual[0]))
 
     return laplace_op, KERNEL_VERSION

@@ -30,6 +30,7 @@ from scipy import sparse
 
 from fundgap.design import GROUP_DIMS, Design, EquationDesign
 from fundgap.families import EXACT_FAMILIES
+from fundgap.marginal_kernel import GaussianMarginal
 
 
 @dataclass
@@ -148,11 +149,13 @@ def structure_key(design: Design) -> tuple:
 
 def add_marginal_likelihood(design: Design, name: str, alpha: pt.TensorVariable,
                             beta_std: pt.TensorVariable, sds: dict[str, pt.TensorVariable],
-                            sigma: pt.TensorVariable) -> None:
+                            sigma: pt.TensorVariable, compiled: bool = True) -> None:
     """Add one Gaussian equation's exact marginal log likelihood (a pm.Potential) to the
     model in context, its sufficient statistics as pm.Data. `sds` maps the group dims to
     their sd parameters (outer level first, as the equation lists its groups); only their
-    squares enter, so they may be signed (fundgap.build folds them)."""
+    squares enter, so they may be signed (fundgap.build folds them). `compiled` takes the
+    one-operation form (fundgap.marginal_kernel: numba and PyMC backends); otherwise the
+    graph, which JAX can trace."""
     equation = design.equations[name]
     if equation.family not in EXACT_FAMILIES:
         raise ValueError(f"the marginalised form needs a Gaussian equation; {name} is "
@@ -164,8 +167,15 @@ def add_marginal_likelihood(design: Design, name: str, alpha: pt.TensorVariable,
     groups = [GROUP_DIMS[c] for c in equation.groups]
     tau_inner = sds[groups[-1]] if groups else None
     tau_outer = sds[groups[0]] if len(groups) == 2 else None
-    pm.Potential(f"marginal_loglik_{name}",
-                 marginal_loglik(stats, theta, sigma, tau_inner, tau_outer))
+    if compiled:
+        zero = pt.constant(0.0)
+        value = GaussianMarginal(len(groups))(
+            theta, sigma, zero if tau_inner is None else tau_inner,
+            zero if tau_outer is None else tau_outer,
+            *(getattr(stats, key) for key in GaussianMarginal.STATISTICS))[0]
+    else:
+        value = marginal_loglik(stats, theta, sigma, tau_inner, tau_outer)
+    pm.Potential(f"marginal_loglik_{name}", value)
 
 
 def draw_intercepts(design: Design, name: str, theta: np.ndarray, sigma: np.ndarray,

@@ -78,6 +78,40 @@ def test_pytensor_graph_equals_numpy() -> None:
                                                   0.6), abs=1e-10)
 
 
+@pytest.mark.parametrize("levels", ["(1|prefecture) + (1|county)", "(1|county)", ""])
+def test_compiled_operation_equals_the_graph(levels: str) -> None:
+    """The one-operation form (fundgap.marginal_kernel) and the graph give the same log
+    density and gradient, at signed sds too, through PyTensor's numba backend and through
+    the Op's Python `perform` (the PyMC backend's path)."""
+    import pytensor
+
+    from fundgap.build import build_model
+
+    design, _ = tiny_design(levels)
+    models = {compiled: build_model(design, marginal=["log_amount_raised"], compiled=compiled)
+              for compiled in (True, False)}
+    assert any("GaussianMarginal" in str(node.op)
+               for node in pytensor.graph.traversal.applys_between(
+                   models[True].value_vars, [models[True].logp()]))
+    results = {}
+    for compiled, model in models.items():
+        logp = model.logp()
+        inputs = model.value_vars
+        for mode in ("NUMBA", "FAST_COMPILE"):
+            function = pytensor.function(inputs, [logp, *pytensor.grad(logp, inputs)],
+                                         mode=mode)
+            rng = np.random.default_rng(5)
+            start = model.initial_point()
+            points = [[start[v.name] + rng.normal(size=np.shape(start[v.name]))
+                       for v in inputs] for _ in range(3)]
+            results[compiled, mode] = [function(*point) for point in points]
+    reference = results[False, "NUMBA"]
+    for key, values in results.items():
+        for got, expected in zip(values, reference, strict=True):
+            for g, e in zip(got, expected, strict=True):
+                np.testing.assert_allclose(g, e, rtol=1e-9, atol=1e-9, err_msg=str(key))
+
+
 def test_intercept_draws_follow_the_exact_conditional() -> None:
     """Mean and covariance of many draws against the dense Gaussian conditional of
     (prefecture, county) intercepts given y."""
