@@ -38,19 +38,23 @@ class KHBInputs:
 
 
 def khb_inputs(design: Design) -> KHBInputs:
-    """Arrays for the KHB decomposition of a mediation spec's design."""
+    """Arrays for the KHB decomposition of a mediation spec's design: its primary outcome
+    (`spec.outcome`) through its mediators; further outcomes take no part."""
     spec = design.spec
     outcome = design.equations[spec.outcome]
     terms = [INTERCEPT, *outcome.terms]
-    with_intercept = [np.column_stack([np.ones(len(e.y)), e.X])
-                      for e in design.equations.values()]
+
+    def with_intercept(name: str) -> np.ndarray:
+        equation = design.equations[name]
+        return np.column_stack([np.ones(len(equation.y)), equation.X])
+
     return KHBInputs(
         y=outcome.y,
-        outcome_design=with_intercept[-1],
+        outcome_design=with_intercept(spec.outcome),
         mediator_columns=[terms.index(m) for m in spec.mediators],
         exposure_column=terms.index(spec.exposure),
         mediators=np.column_stack([design.equations[m].y for m in spec.mediators]),
-        mediator_designs=with_intercept[:-1],
+        mediator_designs=[with_intercept(m) for m in spec.mediators],
         mediator_exposure_columns=[[INTERCEPT, *design.equations[m].terms].index(
             spec.exposure) for m in spec.mediators],
         clusters=level_codes(design.table, "county_code"),

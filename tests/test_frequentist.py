@@ -124,6 +124,35 @@ def test_khb_identity_paths_and_delta_errors(regional, default_table) -> None:
     assert total["std_error"] == pytest.approx(reduced.bse["development"], rel=0.05)
 
 
+def test_khb_decomposes_the_primary_outcome_of_a_spec_with_two(small_table) -> None:
+    """Every equation Gaussian and two outcomes: KHB decomposes the first outcome through
+    the mediators, as the same spec with that outcome alone does (it once took the last
+    equation as the outcome and every other as a mediator, and raised an IndexError)."""
+    from fundgap.spec import parse_spec
+
+    def spec(outcomes: str) -> str:
+        text = ('name = "two"\nexposure = "development"\n'
+                'mediators = ["core_capacity", "verifier_count"]\n'
+                f"outcome = {outcomes}\n")
+        for name in ("core_capacity", "verifier_count"):
+            text += f'[equations.{name}]\nformula = "{name} ~ development + (1|county)"\n'
+        for name in ("log_amount_raised", "log_reposts"):
+            text += (f'[equations.{name}]\nformula = "{name} ~ development + core_capacity'
+                     ' + verifier_count + (1|county)"\n')
+        return text
+
+    columns = set(small_table.columns)
+    both = parse_spec(spec('["log_amount_raised", "log_reposts"]'), columns=columns)
+    alone = parse_spec(spec('"log_amount_raised"').replace(
+        '[equations.log_reposts]\nformula = "log_reposts ~ development + core_capacity + '
+        'verifier_count + (1|county)"\n', ""), columns=columns)
+    assert alone.outcomes == ("log_amount_raised",)
+    tables = [run_frequentist(s, small_table, replicates=20, mixed_equations="none").khb
+              for s in (both, alone)]
+    assert list(tables[0]["mediator"]) == ["", "", "core_capacity", "verifier_count", ""]
+    pd.testing.assert_frame_equal(tables[0], tables[1])
+
+
 def test_bootstrap_is_reproducible_from_its_seed(regional, small_table) -> None:
     inputs = khb_inputs(build_design(regional, small_table))
     first = bootstrap_khb(inputs, 30, seed=5)
