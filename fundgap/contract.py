@@ -179,12 +179,14 @@ def _parse_table(raw: pd.DataFrame, rules: tuple[ColumnRule, ...], file: str,
 
 def _check_counties(counties: pd.DataFrame, used: set[str], file: str,
                     problems: list[Problem]) -> None:
-    provinces = counties.dropna(subset=["prefecture_code", "province_code"])
-    multi = provinces.groupby("prefecture_code")["province_code"].nunique()
-    for code in multi[multi > 1].index:
-        rows = np.flatnonzero((counties["prefecture_code"] == code).to_numpy())
-        problems.append(Problem(file, int(rows[0]) + 1, "province_code",
-                                f"prefecture {code} is placed in more than one province"))
+    # a column left out is reported as missing already; the rules that need it wait for it
+    if {"prefecture_code", "province_code"} <= set(counties.columns):
+        provinces = counties.dropna(subset=["prefecture_code", "province_code"])
+        multi = provinces.groupby("prefecture_code")["province_code"].nunique()
+        for code in multi[multi > 1].index:
+            rows = np.flatnonzero((counties["prefecture_code"] == code).to_numpy())
+            problems.append(Problem(file, int(rows[0]) + 1, "province_code",
+                                    f"prefecture {code} is placed in more than one province"))
     in_use = counties["county_code"].isin(used).to_numpy()
     indicators = [*DEVELOPMENT_INDICATORS, *COUNTY_CONTROLS]
     for name in indicators:
