@@ -98,25 +98,30 @@ def _parse_column(raw: pd.Series, rule: ColumnRule, file: str,
         if rule.kind == "code":
             bad = ~missing & ~text.str.fullmatch(r"\d{6}")
             _report(problems, file, rule.name, bad, text,
-                    lambda v: f"'{v}' is not a 6-digit code")
+                    lambda v: f"'{v}' is not a 6-digit code", "is not a 6-digit code")
             parsed = parsed.where(~bad, None)
         return parsed.astype(object)
     numbers = pd.to_numeric(text.where(~missing, None), errors="coerce").astype(float)
     bad = ~missing & (numbers.isna() | ~np.isfinite(numbers.fillna(0)))
-    _report(problems, file, rule.name, bad, text, lambda v: f"'{v}' is not a number")
+    _report(problems, file, rule.name, bad, text, lambda v: f"'{v}' is not a number",
+            "is not a number")
     numbers = numbers.where(~bad)
     if rule.kind == "integer":
         fractional = numbers.notna() & (numbers % 1 != 0)
         _report(problems, file, rule.name, fractional, text,
-                lambda v: f"'{v}' is not a whole number")
+                lambda v: f"'{v}' is not a whole number", "is not a whole number")
         numbers = numbers.where(~fractional)
     return numbers
 
 
 def _report(problems: list[Problem], file: str, column: str, mask: pd.Series,
-            values: pd.Series, message) -> None:
+            values: pd.Series, message, rule: str | None = None) -> None:
+    """A problem for each row in `mask`: message(value); `rule`, where the message holds
+    the value, is the same without it (what the rows have in common)."""
     for index in np.flatnonzero(mask.to_numpy()):
-        problems.append(Problem(file, int(index) + 1, column, message(values.iloc[index])))
+        value = values.iloc[index]
+        problems.append(Problem(file, int(index) + 1, column, message(value), rule,
+                                f"'{value}'" if rule else None))
 
 
 def _schema(rules: Iterable[ColumnRule]) -> pa.DataFrameSchema:
@@ -147,12 +152,14 @@ def _check_values(frame: pd.DataFrame, rules: tuple[ColumnRule, ...], file: str,
     except pa.errors.SchemaErrors as errors:
         for case in errors.failure_cases.itertuples():
             row = None if pd.isna(case.index) else int(case.index) + 1
-            message = str(case.check)
-            if message == "field_uniqueness":
+            rule = str(case.check)
+            if rule == "field_uniqueness":
+                rule = "appears more than once"
                 message = f"'{case.failure_case}' appears more than once"
             else:
-                message = f"{message} (got {case.failure_case})"
-            problems.append(Problem(file, row, str(case.column), message))
+                message = f"{rule} (got {case.failure_case})"
+            problems.append(Problem(file, row, str(case.column), message, rule,
+                                    f"'{case.failure_case}'"))
 
 
 def _parse_table(raw: pd.DataFrame, rules: tuple[ColumnRule, ...], file: str,
@@ -195,10 +202,11 @@ def _check_counties(counties: pd.DataFrame, used: set[str], file: str,
             continue
         both_missing = counties[columns].isna().all(axis=1).to_numpy() & in_use
         for index in np.flatnonzero(both_missing):
+            county = counties["county_code"].iloc[index]
             problems.append(Problem(
                 file, int(index) + 1, f"{columns[0]}/_{CENSUS_YEARS[1]}",
-                f"county {counties['county_code'].iloc[index]} has campaigns but no value "
-                "in either census year"))
+                f"county {county} has campaigns but no value in either census year",
+                "a county with campaigns has no value in either census year", str(county)))
 
 
 def _check_campaign_links(campaigns: pd.DataFrame, counties: pd.DataFrame, file: str,
@@ -206,14 +214,14 @@ def _check_campaign_links(campaigns: pd.DataFrame, counties: pd.DataFrame, file:
     known = set(counties["county_code"].dropna())
     unknown = campaigns["county_code"].notna() & ~campaigns["county_code"].isin(known)
     _report(problems, file, "county_code", unknown, campaigns["county_code"],
-            lambda v: f"county code {v} is not in counties")
+            lambda v: f"county code {v} is not in counties", "county code not in counties")
 
 
 def _check_child_ids(child: pd.DataFrame, campaign_ids: set[str], file: str,
                      problems: list[Problem]) -> None:
     unknown = child["campaign_id"].notna() & ~child["campaign_id"].isin(campaign_ids)
     _report(problems, file, "campaign_id", unknown, child["campaign_id"],
-            lambda v: f"campaign {v} is not in campaigns")
+            lambda v: f"campaign {v} is not in campaigns", "campaign not in campaigns")
 
 
 def _check_sequences(donations: pd.DataFrame, file: str, problems: list[Problem]) -> None:
@@ -229,7 +237,10 @@ def _check_sequences(donations: pd.DataFrame, file: str, problems: list[Problem]
         what = "repeats" if got < want else f"skips to {got}"
         problems.append(Problem(file, int(index) + 1, "seq",
                                 f"campaign {row['campaign_id']}: seq {what} where {want} "
-                                "was expected (no gaps or repeats)"))
+                                "was expected (no gaps or repeats)",
+                                "seq must run 1, 2, 3, ... in each campaign",
+                                f"campaign {row['campaign_id']} {what} where {want} was "
+                                "expected"))
 
 
 def _check_optional_sources(campaigns: pd.DataFrame, has: dict[str, bool], file: str,
@@ -305,7 +316,9 @@ def _collect(folder: Path) -> tuple[Dataset | None, list[Problem]]:
             _report(problems, files["campaigns"], "campaign_id", lacking,
                     campaigns["campaign_id"],
                     lambda v, t=table: f"campaign {v} has no rows in {t}, so its "
-                                       f"{SUPPLIED_BY[t]} cannot be computed")
+                                       f"{SUPPLIED_BY[t]} cannot be computed",
+                    f"a campaign has no rows in {table}, so its {SUPPLIED_BY[table]} "
+                    "cannot be computed")
         if table == "donations" and "seq" in child:
             _check_sequences(child, files[table], problems)
 

@@ -216,3 +216,27 @@ def test_any_column_dropped_is_a_message_never_a_traceback(tiny: Path, table: st
             load_dataset(tiny)
     else:
         prepare(load_dataset(tiny))
+
+
+def test_a_rule_broken_on_many_rows_is_one_line_and_hides_no_other(tiny: Path,
+                                                                     capsys) -> None:
+    """Hundreds of rows with an unknown county and one negative donation and one score out
+    of range: `fundgap validate` prints each rule once, with its count and first rows, and
+    the two single problems in full, however low the limit."""
+    path = tiny / "campaigns.csv"
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    frame["county_code"] = "999999"
+    frame.to_csv(path, index=False)
+    edit_cell(tiny, "donations.csv", 3, "amount", "-5")
+    edit_cell(tiny, "ratings.csv", 2, "score", "12")
+    problems = validate(tiny)
+    assert len(problems) > len(frame)
+    assert main(["validate", str(tiny), "--limit", "3"]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0].startswith(f"{len(problems)} problem(s) in") and "3 distinct" in lines[0]
+    assert len(lines) == 4, lines
+    assert (f"campaigns.csv, column county_code: county code not in counties: {len(frame)} "
+            "rows (row 1: '999999', row 2: '999999'") in lines[1]
+    assert lines[1].endswith(", ...)")
+    assert "donations.csv, row 3, column amount: must be > 0 (got -5" in lines[2]
+    assert "ratings.csv, row 2, column score: must be >= 0 and <= 10 (got 12" in lines[3]
