@@ -189,9 +189,10 @@ def _input_fingerprint(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def prepare_data(folder: Path, fits: Path) -> tuple[Path, str]:
+def prepare_data(folder: Path, fits: Path) -> tuple[Path, str, pd.DataFrame]:
     """Validate and prepare a data folder into `fits/prepared.parquet` (reused while the
-    input files are unchanged); returns the prepared table's path and fingerprint."""
+    input files are unchanged); returns the prepared table's path, fingerprint and the
+    table itself."""
     from fundgap.contract import load_dataset
     from fundgap.prepare import prepare, read_prepared
 
@@ -206,7 +207,21 @@ def prepare_data(folder: Path, fits: Path) -> tuple[Path, str]:
         write_json({**prepared.diagnostics, "input_fingerprint": fingerprint,
                     "source": str(folder)}, sidecar)
     # the fingerprint of the table as the fits read it back (what fit.json records)
-    return target, frame_fingerprint(read_prepared(target).table)
+    table = read_prepared(target).table
+    return target, frame_fingerprint(table), table
+
+
+def not_applicable(spec, table: pd.DataFrame) -> str | None:
+    """Why `table` cannot serve `spec` (a column any of its models uses is absent or empty
+    in every row), naming where that column comes from; None where it can."""
+    from fundgap.prepare import column_source
+
+    empty = [c for c in spec.all_variables
+             if c and (c not in table.columns or table[c].isna().all())]
+    if not empty:
+        return None
+    return "not applicable to these data: " + "; ".join(
+        f"it needs {c}, which no row has (it comes from {column_source(c)})" for c in empty)
 
 
 def plan(data: Iterable[str | Path], models: Iterable[str | Path], out: str | Path,
@@ -222,7 +237,7 @@ def plan(data: Iterable[str | Path], models: Iterable[str | Path], out: str | Pa
     for folder in data_folders(data):
         fits = Path(out) / folder.name
         try:
-            prepared, fingerprint = prepare_data(folder, fits)
+            prepared, fingerprint, table = prepare_data(folder, fits)
         except FundgapError as error:
             if prepare_failed is None:
                 raise
@@ -230,8 +245,15 @@ def plan(data: Iterable[str | Path], models: Iterable[str | Path], out: str | Pa
             continue
         _clean_leftovers(fits)
         for spec in specs:
+            reason = not_applicable(spec, table)
             for kind in KINDS:
                 if kind == "bayesian" and not spec.is_bayesian:
+                    continue
+                if reason is not None:
+                    skipped.append({"data": folder.name, "spec": spec.name, "kind": kind,
+                                    "folder": "", "action": "skipped",
+                                    "status": "not applicable", "message": reason,
+                                    "wall_seconds": 0.0})
                     continue
                 wanted = ({k: v for k, v in settings.items() if k != "replicates"}
                           if kind == "bayesian" else
@@ -390,10 +412,11 @@ def summary_text(result: BatchResult) -> str:
     messages = frame["message"].fillna("")
     frame["message"] = messages.map(lambda m: m.splitlines()[0][:90] if m else "")
     counts = frame.groupby("status").size().to_dict()
-    # errors in full below the table (a data problem names its file, row and column)
+    # errors and what does not apply in full below the table (a data problem names its
+    # file, row and column)
     errors = [f"{row.data} {row.spec} {row.kind}: {message}"
               for row, message in zip(result.rows.itertuples(), messages, strict=True)
-              if row.status == "error"]
+              if row.status in ("error", "not applicable")]
     return "\n".join([frame.drop(columns=["folder"]).to_string(index=False),
                       ", ".join(f"{n} {status}" for status, n in counts.items())
                       + f"; index: {result.index}", *errors])

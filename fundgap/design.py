@@ -128,8 +128,9 @@ class Design:
 def select_rows(table: pd.DataFrame, row_filter: str | None, variables: list[str],
                 source: str, allow_empty: bool = False) -> tuple[pd.DataFrame, dict[str, int]]:
     """Rows passing `row_filter` (a pandas query) with every one of `variables` present,
-    and how many each step dropped. No row left is an error unless `allow_empty` (a chunk
-    of a larger table)."""
+    and how many each step dropped ("filter", "missing", and "missing <column>" for each
+    column that is missing somewhere). No row left is an error, naming the columns that
+    emptied the table, unless `allow_empty` (a chunk of a larger table)."""
     missing_columns = [c for c in variables if c not in table.columns]
     if missing_columns:
         raise SpecError(f"{source}: the data have no column(s) {', '.join(missing_columns)}")
@@ -142,11 +143,22 @@ def select_rows(table: pd.DataFrame, row_filter: str | None, variables: list[str
             raise SpecError(f"{source}: filter {row_filter!r} cannot be applied "
                             f"({error})") from None
         dropped["filter"] = len(table) - len(rows)
-    complete = rows[variables].notna().all(axis=1)
+    present = rows[variables].notna()
+    complete = present.all(axis=1)
     dropped["missing"] = int((~complete).sum())
+    absent = (~present).sum()
+    dropped.update({f"missing {c}": int(n) for c, n in absent.items() if n})
+    if not complete.any() and not allow_empty:
+        if rows.empty:
+            raise SpecError(f"{source}: no rows left after the filter {row_filter!r} "
+                            f"({len(table):,} rows before it)")
+        empty = [c for c, n in absent.items() if n == len(rows)]
+        why = (f"{', '.join(empty)} {'is' if len(empty) == 1 else 'are'} missing in every "
+               f"row" if empty else "no row has all of " + ", ".join(
+                   f"{c} (missing in {n:,})" for c, n in absent.items() if n))
+        raise SpecError(f"{source}: no rows left: {why} ({len(rows):,} rows"
+                        f"{' after the filter' if row_filter else ''})")
     rows = rows[complete].reset_index(drop=True)
-    if rows.empty and not allow_empty:
-        raise SpecError(f"{source}: no rows left after the filter and missing values")
     return rows, dropped
 
 

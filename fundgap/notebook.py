@@ -57,7 +57,7 @@ def default_table() -> pd.DataFrame:
     from fundgap.batch import prepare_data
     from fundgap.prepare import read_prepared
 
-    prepared, _ = prepare_data(default_data(), repository() / "fits" / "default")
+    prepared, _, _ = prepare_data(default_data(), repository() / "fits" / "default")
     return read_prepared(prepared).table
 
 

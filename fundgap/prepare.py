@@ -46,6 +46,27 @@ EXTRA_COLUMNS: tuple[str, ...] = (
 )
 
 
+# Where a prepared column comes from, for messages about data that lack it (the rest come
+# from the column of the same name in campaigns.csv or counties.csv: data/README.md).
+COLUMN_SOURCES = {
+    "text_rating": "ratings.csv with text scores, or a text_rating column in campaigns.csv",
+    "image_rating": "ratings.csv with image scores, or an image_rating column in "
+                    "campaigns.csv",
+    "emotional_rating": "ratings.csv, or an emotional_rating column in campaigns.csv",
+    "core_capacity": "donations.csv, or a core_capacity column in campaigns.csv",
+    "derived_capacity": "donations.csv, or a derived_capacity column in campaigns.csv",
+    "ses_index": "ses_item_* columns or an ses_index column in campaigns.csv",
+    "development": "the development indicators in counties.csv",
+    "gdp_per_capita": "gdp_per_capita_2010/_2020 in counties.csv",
+}
+
+
+def column_source(column: str) -> str:
+    """Where the prepared table's `column` comes from, in words."""
+    return COLUMN_SOURCES.get(column, "a column of campaigns.csv or counties.csv; see "
+                                      "data/README.md")
+
+
 @dataclass(frozen=True)
 class PrepareOptions:
     """Choices a user may make about derived variables; every one is recorded in the output.
@@ -314,12 +335,15 @@ def prepare(dataset: Dataset, options: PrepareOptions | None = None) -> Prepared
         aligned = rated.reindex(campaigns["campaign_id"])
         for column in ("image_rating", "text_rating", "emotional_rating"):
             table[column] = aligned[column].to_numpy()
-        if "emotional_rating" in campaigns.columns:
-            notes.append("emotional_rating in campaigns was ignored: computed from ratings")
+        given = [c for c in ("emotional_rating", "image_rating", "text_rating")
+                 if c in campaigns.columns]
+        if given:
+            notes.append(f"{', '.join(given)} in campaigns ignored: computed from ratings")
     else:
         table["emotional_rating"] = campaigns["emotional_rating"].astype(float).to_numpy()
-        table["image_rating"] = np.nan
-        table["text_rating"] = np.nan
+        for column in ("image_rating", "text_rating"):
+            table[column] = (campaigns[column].astype(float).to_numpy()
+                             if column in campaigns.columns else np.nan)
 
     indicators = [name for name in DEVELOPMENT_INDICATORS if name in table.columns]
     if "gdp_per_capita" not in indicators:

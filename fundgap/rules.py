@@ -75,6 +75,9 @@ CAMPAIGN_RULES: tuple[ColumnRule, ...] = (
     ColumnRule("derived_capacity", "number", required=False, low=0, strict_low=True,
                unit="100 yuan"),
     ColumnRule("emotional_rating", "number", required=False),
+    # the two dimensions of the rating, where no ratings.csv gives the raters' scores
+    ColumnRule("image_rating", "number", required=False, nullable=True),
+    ColumnRule("text_rating", "number", required=False, nullable=True),
 )
 
 DONATION_RULES: tuple[ColumnRule, ...] = (

@@ -164,3 +164,39 @@ def test_run_key_follows_fundgaps_source(monkeypatch) -> None:
     assert store.package_versions()["fundgap source"] == store.source_digest()[:16]
     monkeypatch.setattr(store, "source_digest", lambda: "0" * 64)
     assert batch.run_key("spec", "data", "bayesian", {"draws": 10}) != key
+
+
+def test_a_spec_the_data_cannot_serve_is_not_applicable_and_fails_nothing(
+        batch_inputs: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A data folder without ratings (so no text_rating): a spec that needs it is reported
+    as not applicable, naming the column and where it comes from; the other spec is fitted
+    and the run exits 0. Fitting it alone names the column that emptied the table."""
+    data = tmp_path / "data" / "unrated"
+    shutil.copytree(batch_inputs / "data" / "first", data)
+    (data / "ratings.csv").unlink()
+    campaigns = pd.read_csv(data / "campaigns.csv", dtype=str)
+    campaigns["emotional_rating"] = "0.5"
+    campaigns.to_csv(data / "campaigns.csv", index=False)
+    models = tmp_path / "models"
+    models.mkdir()
+    plain = ('name = "{name}"\nexposure = "development"\noutcome = "log_amount_raised"\n'
+             '[equations.log_amount_raised]\n'
+             'formula = "log_amount_raised ~ development + male{extra}"\n')
+    (models / "tiny.toml").write_text(plain.format(name="tiny", extra=""))
+    (models / "rated.toml").write_text(plain.format(name="rated", extra=" + text_rating"))
+    out = tmp_path / "fits"
+    code = main(["run", "--data", str(data), "--models", str(models), "--out", str(out),
+                 "--draws", "300", "--tune", "300", "--chains", "2", "--replicates", "9",
+                 "--quiet"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "2 not applicable" in printed
+    assert ("unrated rated bayesian: not applicable to these data: it needs text_rating, "
+            "which no row has (it comes from ratings.csv with text scores, or a "
+            "text_rating column in campaigns.csv)") in printed
+    assert (out / "unrated" / "tiny" / "fit.json").is_file()
+    assert not (out / "unrated" / "rated").exists()
+
+    assert main(["fit", str(models / "rated.toml"), "--data", str(data),
+                 "--out", str(tmp_path / "alone")]) == 1
+    assert "no rows left: text_rating is missing in every row" in capsys.readouterr().err

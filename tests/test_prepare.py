@@ -184,12 +184,15 @@ def test_given_mediators_are_used_without_streams(tiny: Path) -> None:
     (tiny / "donations.csv").unlink()
     (tiny / "ratings.csv").unlink()
     campaigns = tiny_campaigns().assign(core_capacity=0.4, derived_capacity=0.2,
-                                        emotional_rating=0.1)
+                                        emotional_rating=0.1, text_rating=0.3)
+    campaigns.loc[2, "text_rating"] = None      # a campaign without text may lack it
     campaigns.to_csv(tiny / "campaigns.csv", index=False)
     table = prepare(load_dataset(tiny)).table
     assert set(table["derived_capacity_rule"]) == {"given"}
     assert table["core_capacity"].tolist() == pytest.approx([0.4] * 8)
     assert table["emotional_rating"].tolist() == pytest.approx([0.1] * 8)
+    assert table["text_rating"].isna().tolist() == [False, False, True, *[False] * 5]
+    assert table["image_rating"].isna().all()
 
 
 def test_prepare_cli_csv_and_parquet_agree(tiny: Path, tmp_path: Path) -> None:
