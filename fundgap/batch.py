@@ -31,6 +31,7 @@ import pandas as pd
 from fundgap.errors import FundgapError
 from fundgap.store import (
     atomic_path,
+    damaged,
     frame_fingerprint,
     package_versions,
     to_json,
@@ -73,9 +74,11 @@ def _record_file(folder: Path, kind: str) -> Path:
 
 
 def current_key(folder: str | Path, kind: str) -> str | None:
-    """The run key recorded in a complete fit folder, or None."""
+    """The run key recorded in a complete, intact fit folder, or None (so it is fitted
+    again): a folder whose files differ from what its record lists (a posterior.nc
+    truncated or overwritten since) is not current, whatever its key."""
     path = _record_file(Path(folder), kind)
-    if not path.is_file():
+    if not path.is_file() or damaged(path):
         return None
     return json.loads(path.read_text("utf-8")).get("run_key")
 
@@ -340,8 +343,14 @@ def build_index(out: str | Path) -> pd.DataFrame:
     rows = []
     for record in sorted(Path(out).glob("*/*/fit.json")):
         folder = record.parent
-        fit = json.loads(record.read_text("utf-8"))
-        diagnostics = json.loads((folder / "diagnostics.json").read_text("utf-8"))
+        try:
+            fit = json.loads(record.read_text("utf-8"))
+            diagnostics = json.loads((folder / "diagnostics.json").read_text("utf-8"))
+        except (OSError, ValueError):   # the next run fits it again (current_key)
+            rows.append({"data": folder.parent.name, "spec": folder.name,
+                         "kind": "bayesian", "status": "damaged", "folder": str(folder),
+                         "finished_at": record.stat().st_mtime})
+            continue
         rows.append({"data": folder.parent.name, "spec": fit["spec_name"],
                      "kind": "bayesian", "backend": diagnostics.get("backend"),
                      "form": fit.get("form"),
@@ -389,7 +398,37 @@ class BatchResult:
 def run_batch(data: Iterable[str | Path], models: Iterable[str | Path], out: str | Path,
               settings: dict | None = None, force: bool = False, client=None,
               progress: bool = True) -> BatchResult:
-    """Plan, run what is not current, and rebuild the index (see the module docstring)."""
+    """Plan, run what is not current, and rebuild the index (see the module docstring).
+    One run at a time writes to `out`: a second one refuses while the first holds its
+    lock (a FundgapError naming it)."""
+    with _writer_lock(out):
+        return _run_batch(data, models, out, settings, force, client, progress)
+
+
+LOCK_NAME = ".fundgap-run.lock"
+
+
+@contextlib.contextmanager
+def _writer_lock(out: str | Path) -> Iterator[None]:
+    """Hold `out`'s writer lock (an OS file lock, released however the process ends)."""
+    from filelock import FileLock, Timeout
+
+    Path(out).mkdir(parents=True, exist_ok=True)
+    lock = FileLock(Path(out) / LOCK_NAME)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise FundgapError(f"{out}: another fundgap run is writing to this folder (it holds "
+                           f"{lock.lock_file}); wait for it to finish, or give another "
+                           "--out") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _run_batch(data: Iterable[str | Path], models: Iterable[str | Path], out: str | Path,
+               settings: dict | None, force: bool, client, progress: bool) -> BatchResult:
     failures: list[dict] = []
 
     def prepare_failed(folder: Path, error: Exception) -> None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import gc
+import signal
 import sys
+import threading
 import tomllib
 import warnings
 from collections.abc import Sequence
@@ -439,6 +441,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="PyTensor could not link to a BLAS")
     thresholds = gc.get_threshold()
     gc.set_threshold(*GC_THRESHOLDS)
+    # SIGTERM (a scheduler, `kill`) ends the command as Ctrl-C does: the folder being
+    # written is removed, those finished stay, and a rerun resumes
+    terminate = (signal.signal(signal.SIGTERM, _interrupt)
+                 if threading.current_thread() is threading.main_thread() else None)
     try:
         return args.run(args)
     except FundgapError as error:
@@ -449,10 +455,19 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{error.filename or ''}".rstrip(": "), file=sys.stderr)
         return EXIT_PROBLEMS
     except KeyboardInterrupt:
-        print(f"fundgap {args.command}: interrupted; nothing was written", file=sys.stderr)
+        what = ("the fits finished before it are kept, the one in progress was not "
+                "written; run it again to resume" if args.command == "run"
+                else "nothing was written")
+        print(f"fundgap {args.command}: interrupted; {what}", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
         gc.set_threshold(*thresholds)
+        if terminate is not None:
+            signal.signal(signal.SIGTERM, terminate)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from fundgap.store import (
     atomic_directory,
     frame_fingerprint,
     package_versions,
-    write_json,
+    write_record,
     write_table,
 )
 
@@ -428,7 +428,7 @@ def write_frequentist(result: FrequentistResult, table: pd.DataFrame, out: str |
         write_table(comparison, folder / "comparison.csv")
         (folder / "comparison.md").write_text(to_markdown(comparison, title, notes), "utf-8")
         (folder / "comparison.html").write_text(to_html(comparison, title, notes), "utf-8")
-        write_json({"spec_name": result.spec.name, "spec_source": result.spec.source,
+        write_record({"spec_name": result.spec.name, "spec_source": result.spec.source,
                     "data_fingerprint": frame_fingerprint(table),
                     "bootstrap_replicates": replicates, "bootstrap_seed": seed,
                     "khb_identity_gap": result.khb.attrs.get("identity_gap"),

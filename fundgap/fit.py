@@ -49,7 +49,13 @@ from fundgap.predictive import predictive_groups
 from fundgap.sample import sample
 from fundgap.shrinkage import shrinkage_table
 from fundgap.spec import ModelSpec
-from fundgap.store import atomic_directory, frame_fingerprint, package_versions, write_json
+from fundgap.store import (
+    atomic_directory,
+    frame_fingerprint,
+    package_versions,
+    write_json,
+    write_record,
+)
 
 # backends whose PyTensor compilation has no while loop (JAX): the Laplace mode is found in
 # a fixed number of Newton steps there, and integrated equations are graphs, not compiled
@@ -497,6 +503,6 @@ def write_fit(result: FitResult, folder: str | Path) -> Path:
         if not result.shrinkage.empty:
             result.shrinkage.to_csv(temporary / "shrinkage.csv", index=False)
         write_json(result.diagnostics, temporary / "diagnostics.json")
-        write_json(result.record, temporary / "fit.json")
         (temporary / "spec.toml").write_text(result.spec.text, encoding="utf-8")
+        write_record(result.record, temporary / "fit.json")
     return folder

@@ -217,7 +217,7 @@ def reduce_prepared(spec: ModelSpec, path: str | Path,
                                    membership.get(inner_column.get(name), empty))
 
     design = Design(spec, table, {}, levels, {c: np.zeros(0, int) for c in levels},
-                    {"filter": dropped.get("filter", 0), "missing": dropped.get("missing", 0)},
+                    {"filter": 0, "missing": 0, **dropped},
                     statistics={}, n_rows=used)
     for name, equation in spec.equations.items():
         groups_of = equation.groups

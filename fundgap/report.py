@@ -32,7 +32,7 @@ from fundgap.describe import descriptives, occupancy
 from fundgap.errors import FundgapError
 from fundgap.prepare import read_prepared
 from fundgap.spec import parse_spec
-from fundgap.store import atomic_directory, atomic_path
+from fundgap.store import atomic_directory, atomic_path, damaged
 
 Z95 = 1.959964
 POSTERIOR_COLOUR, FREQUENTIST_COLOUR = "#1f5fa8", "#d9731a"
@@ -58,7 +58,7 @@ class Analysis:
 
     name: str
     description: str
-    status: str                       # passed, FAILED, or "no Bayesian fit"
+    status: str                       # passed, FAILED, damaged, or "no Bayesian fit"
     reasons: list[str]
     diagnostics: dict
     effects: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -224,10 +224,19 @@ def _analysis(fits: Path, name: str) -> Analysis:
     comparison = pd.DataFrame()
     notes: list[str] = []
     if (frequentist / "comparison.csv").is_file():
-        comparison = pd.read_csv(frequentist / "comparison.csv")
-        notes = json.loads((frequentist / "frequentist.json").read_text("utf-8"))["notes"]
+        broken = damaged(frequentist / "frequentist.json")
+        if broken:
+            notes = [f"the frequentist folder is damaged ({'; '.join(broken)}): its "
+                     "comparison is not shown; the next `fundgap run` writes it again"]
+        else:
+            comparison = pd.read_csv(frequentist / "comparison.csv")
+            notes = json.loads((frequentist / "frequentist.json").read_text("utf-8"))["notes"]
     if spec_file is None:
         return Analysis(name, "", "no Bayesian fit", [], {}, comparison=comparison,
+                        comparison_notes=notes)
+    broken = damaged(folder / "fit.json")
+    if broken:  # e.g. a posterior.nc truncated after it was written: shown as missing
+        return Analysis(name, "", "damaged", broken, {}, comparison=comparison,
                         comparison_notes=notes)
     text = spec_file.read_text("utf-8")
     spec = parse_spec(text, str(spec_file), columns=None)
@@ -317,7 +326,12 @@ def build_report(fits: str | Path) -> Report:
     index = build_index(fits.parent)
     index = index[index["data"] == fits.name]
     facts, table = data_summary(fits)
-    return Report(fits.name, facts, table, index, [_analysis(fits, n) for n in names])
+    analyses = [_analysis(fits, n) for n in names]
+    # the index reads records, not the files they list: what the analyses found damaged
+    # is marked there too
+    broken = [a.name for a in analyses if a.status == "damaged"]
+    index.loc[(index["kind"] == "bayesian") & index["spec"].isin(broken), "status"] = "damaged"
+    return Report(fits.name, facts, table, index, analyses)
 
 
 def _effects_table(effects: pd.DataFrame) -> pd.DataFrame:
@@ -381,6 +395,9 @@ def render_markdown(report: Report, figures_folder: str) -> str:
         if analysis.status == "FAILED":
             lines += [f"**FAILED diagnostics**: {'; '.join(analysis.reasons)}. Its results "
                       "are not shown.", ""]
+        elif analysis.status == "damaged":
+            lines += [f"**Fit folder damaged** ({'; '.join(analysis.reasons)}): its results "
+                      "are not shown; the next `fundgap run` fits it again.", ""]
         elif analysis.status == "passed":
             d = analysis.diagnostics
             lines += [f"Diagnostics passed: {d['divergences']} divergences, max R-hat "
@@ -457,6 +474,9 @@ max R-hat {{ "%.3f"|format(a.diagnostics.max_r_hat) }}, min bulk ESS
 {% elif a.status == "FAILED" %}
 <p class="status failed">FAILED diagnostics: {{ a.reasons|join("; ") }}. The fit's results are
 not shown.</p>
+{% elif a.status == "damaged" %}
+<p class="status missing">Fit folder damaged ({{ a.reasons|join("; ") }}): its results are not
+shown; the next <code>fundgap run</code> fits it again.</p>
 {% else %}<p class="status missing">No Bayesian fit for this spec.</p>{% endif %}
 {% if item.comparison %}<h3>Published, frequentist and Bayesian side by side</h3>
 {% for section in item.comparison %}<h4>{{ section.table }}</h4>{{ section.html }}{% endfor %}

@@ -94,6 +94,39 @@ def write_json(data: object, path: str | Path) -> Path:
     return path
 
 
+def write_record(data: dict, path: str | Path) -> Path:
+    """Write a folder's record (fit.json, frequentist.json) last, holding the size and
+    SHA-256 of every other file in its folder (`files`), so that a file damaged later
+    (truncated, overwritten) is found by `damaged` instead of being read."""
+    path = Path(path)
+    files = {other.name: {"bytes": other.stat().st_size, "sha256": file_fingerprint(other)}
+             for other in sorted(path.parent.iterdir())
+             if other.is_file() and other.name != path.name}
+    return write_json({**data, "files": files}, path)
+
+
+def damaged(record: str | Path) -> list[str]:
+    """What differs from the `files` a record (written by `write_record`) lists beside it:
+    one line per file that is missing, or whose size or content changed; an unreadable
+    record is damaged itself. Records from before `files` existed are taken as they are."""
+    record = Path(record)
+    try:
+        files = json.loads(record.read_text("utf-8")).get("files", {})
+    except (OSError, ValueError) as error:
+        return [f"{record.name}: cannot be read ({type(error).__name__})"]
+    problems = []
+    for name, expected in files.items():
+        path = record.parent / name
+        if not path.is_file():
+            problems.append(f"{name}: missing")
+        elif path.stat().st_size != expected["bytes"]:
+            problems.append(f"{name}: {path.stat().st_size:,} bytes where "
+                            f"{expected['bytes']:,} were written")
+        elif file_fingerprint(path) != expected["sha256"]:
+            problems.append(f"{name}: its content changed since it was written")
+    return problems
+
+
 def to_json(data: object) -> str:
     return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False, default=_plain)
 

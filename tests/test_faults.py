@@ -1,0 +1,146 @@
+"""Faults while results are written: two runs on one folder, a damaged fit folder, the disk
+filling up, SIGTERM. Each leaves complete folders or none, says what happened, and a rerun
+resumes."""
+
+from __future__ import annotations
+
+import errno
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fundgap.batch import LOCK_NAME, run_batch
+from fundgap.cli import main
+from fundgap.report import build_report
+from fundgap.simulate import simulate, write_simulation
+from fundgap.store import damaged
+
+SPEC = """name = "{name}"
+exposure = "development"
+outcome = "log_amount_raised"
+[equations.log_amount_raised]
+formula = "log_amount_raised ~ development + male"
+"""
+FAST = {"draws": 300, "tune": 300, "chains": 2, "replicates": 9}
+FAST_ARGS = ["--draws", "300", "--tune", "300", "--chains", "2", "--replicates", "9",
+             "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("faults")
+    write_simulation(simulate(n_campaigns=250, seed=11), root / "data" / "one")
+    models = root / "models"
+    models.mkdir()
+    for name in ("first", "second"):
+        (models / f"{name}.toml").write_text(SPEC.format(name=name))
+    return root
+
+
+def _run(inputs: Path, out: Path, *extra: str) -> list[str]:
+    return ["run", "--data", str(inputs / "data" / "one"), "--models",
+            str(inputs / "models"), "--out", str(out), *FAST_ARGS, *extra]
+
+
+def _leftovers(out: Path) -> list[Path]:
+    return [p for p in out.rglob(".*") if p.name.endswith((".tmp", ".old"))]
+
+
+def test_a_second_run_on_the_same_folder_refuses(inputs: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    from filelock import FileLock
+
+    out = tmp_path / "fits"
+    out.mkdir()
+    with FileLock(out / LOCK_NAME):      # as a first run holds it while it writes
+        assert main(_run(inputs, out)) == 1
+    message = capsys.readouterr().err
+    assert "another fundgap run is writing to this folder" in message
+    assert "Traceback" not in message
+    assert not (out / "one").exists()
+    assert main(_run(inputs, out)) == 0     # the lock is released with its holder
+
+
+def test_a_damaged_fit_is_shown_as_such_and_fitted_again(inputs: Path,
+                                                         tmp_path: Path) -> None:
+    out = tmp_path / "fits"
+    models = sorted((inputs / "models").glob("*.toml"))
+    run_batch([inputs / "data" / "one"], models, out, FAST, progress=False)
+    posterior = out / "one" / "first" / "posterior.nc"
+    written = posterior.stat().st_size
+    with open(posterior, "r+b") as handle:           # truncated, as by a full disk
+        handle.truncate(written // 3)
+    assert damaged(out / "one" / "first" / "fit.json") == [
+        f"posterior.nc: {written // 3:,} bytes where {written:,} were written"]
+
+    report = build_report(out / "one")
+    shown = {a.name: a for a in report.analyses}
+    assert shown["first"].status == "damaged" and shown["second"].status == "passed"
+    assert shown["first"].effects.empty
+    status = report.index.set_index(["spec", "kind"])["status"]
+    assert status[("first", "bayesian")] == "damaged"
+
+    again = run_batch([inputs / "data" / "one"], models, out, FAST, progress=False)
+    action = again.rows.set_index(["spec", "kind"])["action"]
+    assert action[("first", "bayesian")] == "fitted"
+    assert action[("second", "bayesian")] == "skipped"
+    assert not damaged(out / "one" / "first" / "fit.json")
+
+
+def test_a_full_disk_keeps_the_earlier_fit_and_says_so(inputs: Path, tmp_path: Path,
+                                                       monkeypatch, capsys) -> None:
+    """The posterior cannot be written (no space left): the run reports it and exits 1, the
+    folder written before stays as it was, and nothing half-written remains."""
+    import fundgap.fit
+
+    out = tmp_path / "fits"
+    assert main(_run(inputs, out)) == 0
+    record = out / "one" / "first" / "fit.json"
+    before = json.loads(record.read_text("utf-8"))
+    real_compact = fundgap.fit.compact
+
+    class FullDisk:
+        def __init__(self, idata):
+            self.idata = idata
+
+        def to_netcdf(self, path: str, **kwargs) -> None:
+            Path(path).write_bytes(b"\0" * 4096)     # what fitted before the disk filled
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    monkeypatch.setattr(fundgap.fit, "compact", lambda idata: FullDisk(real_compact(idata)))
+    capsys.readouterr()
+    assert main(_run(inputs, out, "--force")) == 1
+    printed = capsys.readouterr().out
+    assert "No space left on device" in printed and "Traceback" not in printed
+    assert json.loads(record.read_text("utf-8")) == before
+    assert not damaged(record)
+    assert not _leftovers(out)
+
+
+def test_sigterm_ends_a_run_cleanly_and_a_rerun_resumes(inputs: Path,
+                                                        tmp_path: Path) -> None:
+    out = tmp_path / "fits"
+    process = subprocess.Popen([sys.executable, "-m", "fundgap.cli", *_run(inputs, out)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    started = out / "one" / "logs" / "second.bayesian.log"   # opened as that fit begins
+    deadline = time.time() + 300
+    while time.time() < deadline and not started.exists():
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr and "run it again to resume" in stderr
+    assert "Traceback" not in stderr
+    assert not damaged(out / "one" / "first" / "fit.json")
+    assert not (out / "one" / "second").exists()
+    assert not _leftovers(out)
+    resumed = run_batch([inputs / "data" / "one"], sorted((inputs / "models").glob("*.toml")),
+                        out, FAST, progress=False)
+    action = resumed.rows.set_index(["spec", "kind"])["action"]
+    assert action[("first", "bayesian")] == "skipped"
+    assert action[("second", "bayesian")] == "fitted"
