@@ -5,6 +5,7 @@ regional fit is made once per worker)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -234,11 +235,11 @@ def report_files(regional_fit, default_table: pd.DataFrame,
     write_table(default_table, fits / "prepared.parquet")
     (fits / "prepared.diagnostics.json").write_text("{}")
     write_fit(regional_fit, fits / "regional_mediation")
-    failed = fits / "regional_failed"
-    shutil.copytree(fits / "regional_mediation", failed)
-    diagnostics = json.loads((failed / "diagnostics.json").read_text())
-    diagnostics.update(passed=False, reasons=["max R-hat 1.050 > 1.01 (test)"])
-    (failed / "diagnostics.json").write_text(json.dumps(diagnostics))
+    # the same fit written as one that failed its gate (editing diagnostics.json in place
+    # would make a damaged folder, which the report shows as such)
+    write_fit(dataclasses.replace(regional_fit, diagnostics={
+        **regional_fit.diagnostics, "passed": False,
+        "reasons": ["max R-hat 1.050 > 1.01 (test)"]}), fits / "regional_failed")
     result = run_frequentist(regional_fit.spec, default_table, replicates=19, seed=1)
     write_frequentist(result, default_table, fits / "frequentist" / "regional_mediation",
                       fits, 19, 1)
