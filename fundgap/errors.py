@@ -32,7 +32,16 @@ class Problem:
             where.append(f"row {self.row}")
         if self.column is not None:
             where.append(f"column {self.column}")
-        return f"{', '.join(where)}: {self.message}"
+        return printable(f"{', '.join(where)}: {self.message}")
+
+
+def printable(text: str) -> str:
+    """`text` with control characters (a line break, a form feed inside a cell) escaped, so
+    one problem stays one line however its value was damaged."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
 
 
 class DataContractError(FundgapError):
@@ -74,7 +83,8 @@ def _group_line(group: list[Problem]) -> str:
     else:
         examples = "rows " + ", ".join(str(p.row) for p in shown)
     more = ", ..." if len(group) > len(shown) else ""
-    return f"{where}: {first.rule or first.message}: {len(group)} rows ({examples}{more})"
+    return printable(f"{where}: {first.rule or first.message}: {len(group)} rows "
+                     f"({examples}{more})")
 
 
 class SpecError(FundgapError):
