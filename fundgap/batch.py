@@ -39,6 +39,11 @@ from fundgap.store import (
     write_table,
 )
 
+# the writer lock of an output folder (`run_batch`)
+LOCK_NAME = ".fundgap-run.lock"
+# runs of a Dask task after the first, where its worker died (not where it raised: a task
+# reports its own errors in its row)
+TASK_RETRIES = 1
 INDEX_COLUMNS = ("data", "spec", "kind", "backend", "form", "status", "data_fingerprint",
                  "run_key", "wall_seconds", "divergences", "max_r_hat", "min_ess_bulk",
                  "folder", "finished_at")
@@ -322,54 +327,71 @@ def run_tasks(tasks: list[Task], client=None, progress: bool = True) -> list[dic
         return rows
     from distributed import as_completed
 
-    futures, bayesian = [], {}
+    futures, bayesian, of_future = [], {}, {}
     for task in tasks:
         before = bayesian.get((task.data, task.spec_name)) if task.kind == "frequentist" \
             else None
-        future = client.submit(run_task, task, before, pure=False,
+        # a task whose worker dies is run again once elsewhere (its half-written folder is
+        # a hidden temporary one, removed at the end of the run)
+        future = client.submit(run_task, task, before, pure=False, retries=TASK_RETRIES,
                                key=f"{task.kind}-{task.data}-{task.spec_name}-{task.key[:8]}")
         if task.kind == "bayesian":
             bayesian[(task.data, task.spec_name)] = future
         futures.append(future)
+        of_future[future.key] = task
     for future in as_completed(futures):
-        rows.append(future.result())
+        try:
+            rows.append(future.result())
+        except Exception as error:  # the task never reported: its worker died, or the cluster
+            task = of_future[future.key]
+            rows.append({"data": task.data, "spec": task.spec_name, "kind": task.kind,
+                         "folder": task.folder, "log": task.log, "action": "fitted",
+                         "status": "error", "wall_seconds": 0.0,
+                         "message": f"the Dask task did not finish ({type(error).__name__}: "
+                                    f"{error}); nothing was written, a rerun fits it"})
         bar.update()
     bar.close()
     return rows
 
 
+def _bayesian_row(record: Path) -> dict:
+    folder = record.parent
+    fit = json.loads(record.read_text("utf-8"))
+    diagnostics = json.loads((folder / "diagnostics.json").read_text("utf-8"))
+    return {"data": folder.parent.name, "spec": fit["spec_name"], "kind": "bayesian",
+            "backend": diagnostics.get("backend"), "form": fit.get("form"),
+            "status": "passed" if diagnostics["passed"] else "failed",
+            "data_fingerprint": fit["data_fingerprint"], "run_key": fit.get("run_key"),
+            "wall_seconds": diagnostics.get("wall_seconds"),
+            "divergences": diagnostics.get("divergences"),
+            "max_r_hat": diagnostics.get("max_r_hat"),
+            "min_ess_bulk": diagnostics.get("min_ess_bulk")}
+
+
+def _frequentist_row(record: Path) -> dict:
+    freq = json.loads(record.read_text("utf-8"))
+    return {"data": record.parent.parent.parent.name, "spec": freq["spec_name"],
+            "kind": "frequentist", "backend": "statsmodels", "form": None, "status": "done",
+            "data_fingerprint": freq["data_fingerprint"], "run_key": freq.get("run_key")}
+
+
 def build_index(out: str | Path) -> pd.DataFrame:
-    """One row per complete fit folder under `out` (every data set), from the folders."""
+    """One row per fit folder under `out` (every data set), from the folders; one whose
+    record cannot be read (not written by fundgap, or damaged) is a row marked damaged."""
     rows = []
-    for record in sorted(Path(out).glob("*/*/fit.json")):
-        folder = record.parent
-        try:
-            fit = json.loads(record.read_text("utf-8"))
-            diagnostics = json.loads((folder / "diagnostics.json").read_text("utf-8"))
-        except (OSError, ValueError):   # the next run fits it again (current_key)
-            rows.append({"data": folder.parent.name, "spec": folder.name,
-                         "kind": "bayesian", "status": "damaged", "folder": str(folder),
+    for pattern, kind, row in (("*/*/fit.json", "bayesian", _bayesian_row),
+                               ("*/frequentist/*/frequentist.json", "frequentist",
+                                _frequentist_row)):
+        for record in sorted(Path(out).glob(pattern)):
+            folder = record.parent
+            try:
+                values = row(record)
+            except (OSError, ValueError, KeyError, TypeError):  # refitted by the next run
+                data = (folder.parent.parent if kind == "frequentist" else folder.parent).name
+                values = {"data": data, "spec": folder.name, "kind": kind,
+                          "status": "damaged"}
+            rows.append({**values, "folder": str(folder),
                          "finished_at": record.stat().st_mtime})
-            continue
-        rows.append({"data": folder.parent.name, "spec": fit["spec_name"],
-                     "kind": "bayesian", "backend": diagnostics.get("backend"),
-                     "form": fit.get("form"),
-                     "status": "passed" if diagnostics["passed"] else "failed",
-                     "data_fingerprint": fit["data_fingerprint"],
-                     "run_key": fit.get("run_key"),
-                     "wall_seconds": diagnostics.get("wall_seconds"),
-                     "divergences": diagnostics.get("divergences"),
-                     "max_r_hat": diagnostics.get("max_r_hat"),
-                     "min_ess_bulk": diagnostics.get("min_ess_bulk"),
-                     "folder": str(folder), "finished_at": record.stat().st_mtime})
-    for record in sorted(Path(out).glob("*/frequentist/*/frequentist.json")):
-        folder = record.parent
-        freq = json.loads(record.read_text("utf-8"))
-        rows.append({"data": folder.parent.parent.name, "spec": freq["spec_name"],
-                     "kind": "frequentist", "backend": "statsmodels", "form": None,
-                     "status": "done", "data_fingerprint": freq["data_fingerprint"],
-                     "run_key": freq.get("run_key"), "folder": str(folder),
-                     "finished_at": record.stat().st_mtime})
     frame = pd.DataFrame(rows).reindex(columns=list(INDEX_COLUMNS))
     frame["finished_at"] = pd.to_datetime(frame["finished_at"], unit="s", utc=True)
     return frame.sort_values(["data", "spec", "kind"], ignore_index=True)
@@ -405,7 +427,6 @@ def run_batch(data: Iterable[str | Path], models: Iterable[str | Path], out: str
         return _run_batch(data, models, out, settings, force, client, progress)
 
 
-LOCK_NAME = ".fundgap-run.lock"
 
 
 @contextlib.contextmanager
@@ -438,6 +459,8 @@ def _run_batch(data: Iterable[str | Path], models: Iterable[str | Path], out: st
 
     tasks, skipped = plan(data, models, out, settings, force, prepare_failed)
     rows = failures + skipped + run_tasks(tasks, client, progress)
+    for fits in {Path(task.fits) for task in tasks}:  # what died with a worker
+        _clean_leftovers(fits)
     index = write_index(out)
     frame = pd.DataFrame(rows).reindex(columns=["data", "spec", "kind", "action", "status",
                                                 "wall_seconds", "message", "folder"])

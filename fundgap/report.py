@@ -235,13 +235,16 @@ def _analysis(fits: Path, name: str) -> Analysis:
         return Analysis(name, "", "no Bayesian fit", [], {}, comparison=comparison,
                         comparison_notes=notes)
     broken = damaged(folder / "fit.json")
+    try:
+        text = spec_file.read_text("utf-8")
+        spec = parse_spec(text, str(spec_file), columns=None)
+        diagnostics = json.loads((folder / "diagnostics.json").read_text("utf-8"))
+        passed = diagnostics["passed"]
+    except (OSError, ValueError, KeyError, FundgapError) as error:  # not a folder fundgap wrote
+        broken.append(f"cannot be read ({type(error).__name__}: {error})")
     if broken:  # e.g. a posterior.nc truncated after it was written: shown as missing
         return Analysis(name, "", "damaged", broken, {}, comparison=comparison,
                         comparison_notes=notes)
-    text = spec_file.read_text("utf-8")
-    spec = parse_spec(text, str(spec_file), columns=None)
-    diagnostics = json.loads((folder / "diagnostics.json").read_text("utf-8"))
-    passed = diagnostics["passed"]
     analysis = Analysis(name, spec.description.strip(), "passed" if passed else "FAILED",
                         diagnostics["reasons"], diagnostics, comparison=comparison,
                         comparison_notes=notes)

@@ -144,3 +144,68 @@ def test_sigterm_ends_a_run_cleanly_and_a_rerun_resumes(inputs: Path,
     action = resumed.rows.set_index(["spec", "kind"])["action"]
     assert action[("first", "bayesian")] == "skipped"
     assert action[("second", "bayesian")] == "fitted"
+
+
+def test_a_dask_worker_killed_mid_fit_leaves_nothing_half_written(inputs: Path,
+                                                                   tmp_path: Path) -> None:
+    """The only worker is killed (SIGKILL) while it fits: its nanny starts another, the task
+    runs again there, and the run ends with every folder complete and no leftovers."""
+    import os
+    import threading
+
+    from distributed import Client, LocalCluster
+
+    out = tmp_path / "fits"
+    started = out / "one" / "logs" / "first.bayesian.log"
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        (pid,) = client.run(os.getpid).values()
+        result = {}
+        runner = threading.Thread(target=lambda: result.update(batch=run_batch(
+            [inputs / "data" / "one"], sorted((inputs / "models").glob("*.toml")), out,
+            FAST, client=client, progress=False)))
+        runner.start()
+        deadline = time.time() + 300
+        while time.time() < deadline and not started.exists():
+            time.sleep(0.02)
+        os.kill(pid, signal.SIGKILL)
+        runner.join(timeout=600)
+    rows = result["batch"].rows
+    assert set(rows["status"]) <= {"passed", "done"}, rows
+    for spec in ("first", "second"):
+        assert not damaged(out / "one" / spec / "fit.json")
+    assert not _leftovers(out)
+
+
+def test_the_report_reads_around_what_it_cannot_use(inputs: Path, tmp_path: Path) -> None:
+    """A fits folder also holding a folder fundgap did not write, a comparison without its
+    Bayesian fit and a fit missing a file: the report is written, each shown for what it
+    is, none with numbers it cannot vouch for."""
+    import shutil
+
+    from fundgap.report import write_report
+
+    out = tmp_path / "fits"
+    models = sorted((inputs / "models").glob("*.toml"))
+    run_batch([inputs / "data" / "one"], models, out, FAST, progress=False)
+    data = out / "one"
+    (data / "foreign").mkdir()
+    (data / "foreign" / "fit.json").write_text('{"made_by": "another tool"}')
+    (data / "foreign" / "spec.toml").write_text("not a spec")
+    shutil.copytree(data / "frequentist" / "first", data / "frequentist" / "lonely")
+    (data / "second" / "effects.csv").unlink()
+
+    report = build_report(data)
+    html, markdown = write_report(report, tmp_path / "report.html")
+    shown = {a.name: a for a in report.analyses}
+    assert shown["first"].status == "passed"
+    assert shown["foreign"].status == "damaged" and "cannot be read" in shown[
+        "foreign"].reasons[-1]
+    assert shown["second"].status == "damaged"
+    assert shown["second"].reasons == ["effects.csv: missing"]
+    assert shown["lonely"].status == "no Bayesian fit" and not shown["lonely"].comparison.empty
+    status = report.index.set_index(["spec", "kind"])["status"]
+    assert status[("foreign", "bayesian")] == "damaged"
+    page = html.read_text("utf-8")
+    assert page.count("Fit folder damaged") == 2 and "Traceback" not in page
+    assert markdown.read_text("utf-8").count("**Fit folder damaged**") == 2
