@@ -122,8 +122,12 @@ def test_a_full_disk_keeps_the_earlier_fit_and_says_so(inputs: Path, tmp_path: P
     assert not _leftovers(out)
 
 
-def test_sigterm_ends_a_run_cleanly_and_a_rerun_resumes(inputs: Path,
-                                                        tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_ends_a_run_cleanly_and_a_rerun_resumes(inputs: Path, tmp_path: Path,
+                                                         signum: int) -> None:
+    """SIGTERM (a scheduler, `kill`) and SIGINT (Ctrl-C) in the middle of the second fit:
+    exit 130 with a message, the first fit intact, no trace of the second, and a rerun fits
+    only what is missing."""
     out = tmp_path / "fits"
     process = subprocess.Popen([sys.executable, "-m", "fundgap.cli", *_run(inputs, out)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -131,7 +135,7 @@ def test_sigterm_ends_a_run_cleanly_and_a_rerun_resumes(inputs: Path,
     deadline = time.time() + 300
     while time.time() < deadline and not started.exists():
         time.sleep(0.02)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
     assert "interrupted" in stderr and "run it again to resume" in stderr
