@@ -13,8 +13,9 @@ import pytest
 from fundgap.cli import main
 from fundgap.contract import load_dataset, validate
 from fundgap.errors import DataContractError, Problem
+from fundgap.rules import TABLES
 
-from conftest import edit_cell, tiny_campaigns
+from conftest import edit_cell, tiny_campaigns, tiny_counties, tiny_donations, tiny_ratings
 
 
 def only(problems: list[Problem]) -> Problem:
@@ -187,9 +188,11 @@ def test_cli_reports_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 def _every_column() -> list[tuple[str, str]]:
-    from fundgap.rules import TABLES
-
-    return [(table, rule.name) for table, (rules, _) in TABLES.items() for rule in rules]
+    """Each column of the contract that the tiny folder holds, with its file."""
+    held = {"campaigns": tiny_campaigns(), "counties": tiny_counties(),
+            "donations": tiny_donations(), "ratings": tiny_ratings()}
+    return [(table, rule.name) for table, (rules, _) in TABLES.items() for rule in rules
+            if rule.name in held[table].columns]
 
 
 @pytest.mark.parametrize(("table", "column"), _every_column())
@@ -202,11 +205,7 @@ def test_any_column_dropped_is_a_message_never_a_traceback(tiny: Path, table: st
     from fundgap.prepare import prepare
 
     path = tiny / f"{table}.csv"
-    if not path.exists():
-        pytest.skip(f"the tiny folder has no {path.name}")
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    if column not in frame.columns:
-        pytest.skip(f"the tiny folder's {path.name} has no {column}")
     frame.drop(columns=column).to_csv(path, index=False)
     problems = validate(tiny)
     assert all(p.file for p in problems)
