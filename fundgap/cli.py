@@ -281,6 +281,61 @@ def _robustness(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sensitivity(args: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+    import pandas as pd
+    import xarray as xr
+
+    from fundgap.report import sensitivity_figure
+    from fundgap.sensitivity import (
+        RHO_GRID,
+        not_supported,
+        paths,
+        r_squared,
+        sensitivity_table,
+        thresholds,
+    )
+    from fundgap.spec import parse_spec
+    from fundgap.store import atomic_directory, damaged, write_table
+
+    folder = Path(args.fit)
+    record_file = folder / "fit.json"
+    if not record_file.is_file():
+        raise FundgapError(f"{folder}: not a fit folder (no fit.json)")
+    broken = damaged(record_file)
+    if broken:
+        raise FundgapError(f"{folder}: damaged ({'; '.join(broken)}); fit it again")
+    spec = parse_spec((folder / "spec.toml").read_text("utf-8"), str(folder / "spec.toml"),
+                      columns=None)
+    reason = not_supported(spec, {n: e.family for n, e in spec.equations.items()})
+    if reason is not None:
+        raise FundgapError(f"{folder}: no sensitivity curve: {reason}")
+    rho = np.asarray(args.rho if args.rho else RHO_GRID, dtype=float)
+    if np.any(np.abs(rho) >= 1):
+        raise FundgapError("--rho: each value must lie strictly between -1 and 1")
+    levels = []
+    if spec.moderator:
+        effects = pd.read_csv(folder / "effects.csv", keep_default_na=False)
+        levels = sorted({str(v) for v in effects[spec.moderator] if str(v)})
+    record = json.loads(record_file.read_text("utf-8"))
+    with xr.open_dataset(folder / "posterior.nc", group="posterior") as posterior:
+        path_draws = paths(posterior.load(), spec, levels)
+        explained = r_squared(posterior, spec, record.get("response_variance", {}))
+    curve, limits = sensitivity_table(path_draws, rho), thresholds(path_draws, explained)
+    print(limits.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if args.out:
+        with atomic_directory(args.out) as out:
+            write_table(curve, out / "sensitivity.csv")
+            write_table(limits, out / "sensitivity_thresholds.csv")
+            for figure in sensitivity_figure(curve, limits):
+                (out / f"{figure.name}.png").write_bytes(figure.png)
+        print(f"written: {args.out}/sensitivity.csv, sensitivity_thresholds.csv, "
+              "sensitivity.png")
+    return 0
+
+
 LOW, HIGH = TARGET_ACCEPT_RANGE
 TARGET_ACCEPT_HELP = (f"NUTS target acceptance rate, in [{LOW}, {HIGH:g}) (default "
                       f"{SAMPLER['target_accept']}, or the spec's)")
@@ -397,6 +452,16 @@ def build_parser() -> argparse.ArgumentParser:
     rob.add_argument("--seed", type=int, default=20250)
     rob.add_argument("--quiet", action="store_true", help="no progress bar")
     rob.set_defaults(run=_robustness)
+
+    sens = commands.add_parser(
+        "sensitivity", help="how much unmeasured mediator-outcome confounding (rho) would "
+                            "explain each indirect effect of a fit away")
+    sens.add_argument("fit", help="a fit folder (fundgap fit or run)")
+    sens.add_argument("--rho", type=float, nargs="+",
+                      help="correlations to evaluate (default -0.9 to 0.9 by 0.05)")
+    sens.add_argument("--out", help="folder for sensitivity.csv, sensitivity_thresholds.csv "
+                                    "and sensitivity.png (default: print the thresholds)")
+    sens.set_defaults(run=_sensitivity)
 
     run = commands.add_parser(
         "run", help="validate, prepare and fit every spec (Bayesian and frequentist) on one "

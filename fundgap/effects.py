@@ -35,6 +35,7 @@ from fundgap.design import Design
 from fundgap.errors import SpecError
 from fundgap.families import auxiliary_draws, family
 from fundgap.predictive import linear_predictor
+from fundgap.spec import ModelSpec
 
 T = TypeVar("T", xr.DataArray, xr.Dataset)
 EFFECTS = ("total", "direct", "indirect", "share", "a", "b")
@@ -59,16 +60,15 @@ def _slope_terms(terms: list[str], variable: str, moderator: str | None,
     return names
 
 
-def slope(posterior: xr.Dataset, design: Design, equation: str, variable: str,
+def slope(posterior: xr.Dataset, spec: ModelSpec, equation: str, variable: str,
           level: str | None = None) -> xr.DataArray:
     """A variable's coefficient in an equation (at a moderator level), dims (chain, draw)."""
     coefficients = posterior[f"coefficients_{equation}"]
     dim = f"term_{equation}"
-    names = _slope_terms(list(coefficients[dim].values), variable, design.spec.moderator,
-                         level)
+    names = _slope_terms(list(coefficients[dim].values), variable, spec.moderator, level)
     if not names:
-        at = f" at {design.spec.moderator} = {level}" if level is not None else ""
-        raise SpecError(f"{design.spec.source}: equations.{equation} has no slope for "
+        at = f" at {spec.moderator} = {level}" if level is not None else ""
+        raise SpecError(f"{spec.source}: equations.{equation} has no slope for "
                         f"{variable}{at}")
     return coefficients.sel({dim: names}).sum(dim)
 
@@ -105,7 +105,7 @@ def _campaign_average(posterior: xr.Dataset, design: Design, equation: str,
 def _exposure_path(posterior: xr.Dataset, design: Design, equation: str,
                    level: str | None) -> xr.DataArray:
     """The exposure's effect on an equation's response (its mean), per unit, per draw."""
-    exposure_slope = slope(posterior, design, equation, design.spec.exposure, level)
+    exposure_slope = slope(posterior, design.spec, equation, design.spec.exposure, level)
     family_name = design.equations[equation].family
     if family(family_name).identity_link:
         return exposure_slope
@@ -124,7 +124,7 @@ def _outcome_effects(posterior: xr.Dataset, design: Design, outcome: str,
         return xr.Dataset({"total": direct, "direct": direct})
     a = xr.concat([_exposure_path(posterior, design, m, level) for m in mediators],
                   dim="mediator").assign_coords(mediator=mediators)
-    b = xr.concat([slope(posterior, design, outcome, m, level) for m in mediators],
+    b = xr.concat([slope(posterior, spec, outcome, m, level) for m in mediators],
                   dim="mediator").assign_coords(mediator=mediators)
     if family(design.equations[outcome].family).identity_link:
         indirect = a * b
@@ -156,7 +156,7 @@ def _natural_effects(posterior: xr.Dataset, design: Design, outcome: str, level:
                         f"outcome {outcome} needs gaussian or student_t mediators; "
                         f"{', '.join(not_linear)} are not")
     family_name = design.equations[outcome].family
-    direct_slope = slope(posterior, design, outcome, spec.exposure, level)
+    direct_slope = slope(posterior, spec, outcome, spec.exposure, level)
 
     def contrasts(eta: xr.DataArray) -> xr.Dataset:
         shifted = eta + direct_slope

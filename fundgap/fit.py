@@ -47,6 +47,7 @@ from fundgap.laplace import draw_intercepts as laplace_intercepts
 from fundgap.marginal import draw_intercepts, structure_key
 from fundgap.predictive import predictive_groups
 from fundgap.sample import sample
+from fundgap.sensitivity import fit_sensitivity, response_variance
 from fundgap.shrinkage import shrinkage_table
 from fundgap.spec import ModelSpec
 from fundgap.store import (
@@ -115,6 +116,9 @@ class FitResult:
     record: dict = field(default_factory=dict)
     contrasts: pd.DataFrame = field(default_factory=pd.DataFrame)
     shrinkage: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # the indirect effects' sensitivity to mediator-outcome confounding (fundgap.sensitivity)
+    sensitivity: pd.DataFrame = field(default_factory=pd.DataFrame)
+    sensitivity_thresholds: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 @dataclass(frozen=True)
@@ -457,10 +461,15 @@ def fit_design(design: Design, settings: FitSettings | None = None,
                                   if groups else 0),
         "versions": package_versions(),
     }
+    sensitivity, limits, unsupported = fit_sensitivity(posterior, design)
+    record["sensitivity"] = unsupported or "computed (sensitivity.csv)"
+    # what `fundgap sensitivity` needs for the R^2 equivalents without the data
+    record["response_variance"] = {name: response_variance(design, name)
+                                   for name in design.equations}
     idata.posterior.attrs.update({"spec": spec.name, "data_fingerprint":
                                   record["data_fingerprint"], "seed": settings.seed})
     return FitResult(spec, design, idata, effects, summary, diagnostics, record, contrasts,
-                     shrinkage_table(posterior, design))
+                     shrinkage_table(posterior, design), sensitivity, limits)
 
 
 def prior_predictive(spec: ModelSpec, table: pd.DataFrame, draws: int = 500,
@@ -502,6 +511,10 @@ def write_fit(result: FitResult, folder: str | Path) -> Path:
             result.contrasts.to_csv(temporary / "contrasts.csv", index=False)
         if not result.shrinkage.empty:
             result.shrinkage.to_csv(temporary / "shrinkage.csv", index=False)
+        if not result.sensitivity.empty:
+            result.sensitivity.to_csv(temporary / "sensitivity.csv", index=False)
+            result.sensitivity_thresholds.to_csv(temporary / "sensitivity_thresholds.csv",
+                                                 index=False)
         write_json(result.diagnostics, temporary / "diagnostics.json")
         (temporary / "spec.toml").write_text(result.spec.text, encoding="utf-8")
         write_record(result.record, temporary / "fit.json")

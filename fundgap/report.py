@@ -183,6 +183,43 @@ def contrast_figure(contrasts: pd.DataFrame) -> list[Figure]:
     return [Figure("contrasts", "Contrasts between the moderator's levels", _png(figure))]
 
 
+def sensitivity_figure(curve: pd.DataFrame, limits: pd.DataFrame) -> list[Figure]:
+    """Each mediator's indirect effect (mean and 95% interval) against rho, the correlation
+    of its equation's and the outcome's campaign-level errors that the fit assumes 0; the
+    rho at which the interval first includes 0 dashed (fundgap.sensitivity)."""
+    indirect = curve[curve["effect"] == "indirect"]
+    if indirect.empty:
+        return []
+    mediators = list(dict.fromkeys(indirect["mediator"]))
+    level = next((c for c in indirect.columns if c not in (
+        "mediator", "rho", "effect", "mean", "sd", "ci_lower", "ci_upper")), None)
+    groups = list(dict.fromkeys(indirect[level])) if level else [None]
+    figure, axes = plt.subplots(1, len(mediators), figsize=(3.2 * len(mediators), 3.0),
+                                sharey=False, squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for axis, mediator in zip(axes[0], mediators, strict=True):
+        for k, group in enumerate(groups):
+            rows = indirect[indirect["mediator"] == mediator]
+            marks = limits[limits["mediator"] == mediator]
+            if level:
+                rows, marks = rows[rows[level] == group], marks[marks[level] == group]
+            colour = colours[k % len(colours)]
+            axis.fill_between(rows["rho"], rows["ci_lower"], rows["ci_upper"], color=colour,
+                              alpha=0.2, lw=0)
+            axis.plot(rows["rho"], rows["mean"], color=colour, lw=1.5, label=group)
+            for value in marks["rho_interval_zero"].dropna():
+                axis.axvline(value, color=colour, lw=0.9, ls="--")
+        axis.axhline(0, color="#888", lw=0.8)
+        axis.set_title(mediator, fontsize=9)
+        axis.set_xlabel("rho (mediator-outcome error correlation)", fontsize=8)
+    axes[0][0].set_ylabel("indirect effect", fontsize=8)
+    if level:
+        axes[0][0].legend(fontsize=7, title=level, title_fontsize=7)
+    return [Figure("sensitivity", "Sensitivity of each indirect effect to unmeasured "
+                   "mediator-outcome confounding: mean and 95% interval against rho (the fit "
+                   "assumes 0); dashed where the interval first includes 0", _png(figure))]
+
+
 def shrinkage_figure(shrinkage: pd.DataFrame, equation: str) -> list[Figure]:
     """County intercepts (posterior means) against their campaign counts, beside the
     no-pooling estimates: sparse counties are pulled to zero, well-observed ones are not."""
@@ -271,6 +308,10 @@ def _figures(folder: Path, frequentist: Path, text: str, spec, analysis: Analysi
         figures += contrast_figure(analysis.contrasts)
     if (folder / "shrinkage.csv").is_file():
         figures += shrinkage_figure(pd.read_csv(folder / "shrinkage.csv"), spec.outcome)
+    if (folder / "sensitivity.csv").is_file():
+        figures += sensitivity_figure(
+            pd.read_csv(folder / "sensitivity.csv", keep_default_na=False),
+            pd.read_csv(folder / "sensitivity_thresholds.csv"))
     return figures + ppc_figure(folder / "posterior.nc", spec.outcome)
 
 
