@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import arviz as az
@@ -84,6 +84,8 @@ class Fitted:
     summary: pd.DataFrame
     diagnostics: dict
     source: str                     # the folder it was read from, or "fitted now"
+    sensitivity: pd.DataFrame = field(default_factory=pd.DataFrame)
+    sensitivity_thresholds: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def fits_folder(name: str) -> Path | None:
@@ -108,14 +110,15 @@ def fit_or_load(name: str, table: pd.DataFrame) -> Fitted:
         return Fitted(name, az.from_netcdf(folder / "posterior.nc"), frame("effects.csv"),
                       frame("contrasts.csv"), frame("shrinkage.csv"),
                       pd.read_csv(folder / "summary.csv"),
-                      json.loads((folder / "diagnostics.json").read_text()), str(folder))
+                      json.loads((folder / "diagnostics.json").read_text()), str(folder),
+                      frame("sensitivity.csv"), frame("sensitivity_thresholds.csv"))
     model = spec(name)
     result = fit_model(model, table, settings(model))
     if folder is not None:
         write_fit(result, folder)
     return Fitted(name, result.idata, result.effects, result.contrasts, result.shrinkage,
                   result.summary.reset_index(names="parameter"), result.diagnostics,
-                  "fitted now")
+                  "fitted now", result.sensitivity, result.sensitivity_thresholds)
 
 
 def status_line(fitted: Fitted) -> str:

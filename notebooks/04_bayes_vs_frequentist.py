@@ -24,10 +24,12 @@
 
 # %%
 import pandas as pd
+from IPython.display import Image, display
 
 from fundgap import notebook
 from fundgap.compare import comparison_frame, display_frame, read_posterior
 from fundgap.frequentist import run_frequentist
+from fundgap.report import sensitivity_figure
 from fundgap.store import frame_fingerprint
 
 table = notebook.default_table()
@@ -71,6 +73,26 @@ display_frame(regional)
 # %%
 regional_result.khb[["component", "mediator", "estimate", "std_error",
                      "reduced_model_std_error", "bootstrap_std_error", "share"]].round(4)
+
+# %% [markdown]
+# ### How much unmeasured confounding would explain each indirect effect away?
+# Neither KHB nor the posterior can check that nothing unmeasured drives both a mediator and
+# the outcome. `fundgap.sensitivity` asks how strong such confounding would have to be:
+# rho is the correlation of the mediator's and the outcome's campaign-level errors (the fit
+# assumes 0), and per draw the outcome's path becomes b - rho / sqrt(1 - rho^2) x
+# sigma_outcome / sigma_mediator (Imai, Keele and Yamamoto 2010). The table gives, per
+# mediator, the rho at which the posterior mean of the indirect effect reaches 0 and the
+# rho at which its 95% interval first includes 0 (0 where it does already), with rho^2 as
+# the product of the shares of residual variance a confounder would have to explain in the
+# two equations; the figure shows the whole curve (`sensitivity.csv` in the fit folder,
+# `fundgap sensitivity FIT --rho ...` for other values).
+
+# %%
+regional_fit = notebook.fit_or_load("regional_mediation", table)
+for figure in sensitivity_figure(regional_fit.sensitivity,
+                                 regional_fit.sensitivity_thresholds):
+    display(Image(figure.png))
+regional_fit.sensitivity_thresholds.round(3)
 
 # %% [markdown]
 # ## Tables 5 and 6: channels
