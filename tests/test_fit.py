@@ -98,9 +98,10 @@ def test_effects_identities(regional_fit):
 def test_write_fit_folder(regional_fit, tmp_path: Path):
     folder = write_fit(regional_fit, tmp_path / "fit")
     assert sorted(p.name for p in folder.iterdir()) == [
-        "diagnostics.json", "effects.csv", "fit.json", "posterior.nc", "shrinkage.csv",
-        "spec.toml", "summary.csv"]
+        "diagnostics.json", "effects.csv", "fit.json", "posterior.nc", "sensitivity.csv",
+        "sensitivity_thresholds.csv", "shrinkage.csv", "spec.toml", "summary.csv"]
     record = json.loads((folder / "fit.json").read_text())
+    assert record["sensitivity"] == "computed (sensitivity.csv)"
     assert len(record["data_fingerprint"]) == 64 and record["versions"]["pymc"]
     assert record["settings"]["seed"] == 11
     idata = az.from_netcdf(folder / "posterior.nc")
@@ -253,9 +254,10 @@ def test_report_shows_a_passing_fit_with_its_figures(report_files: Path) -> None
     figures = sorted(p.name for p in (report_files / "report_figures").iterdir())
     assert figures == ["regional_mediation_forest.png",
                        "regional_mediation_ppc_log_amount_raised.png",
+                       "regional_mediation_sensitivity.png",
                        "regional_mediation_shrinkage_log_amount_raised.png"]
     # every figure is embedded in the page itself
-    assert html.count("data:image/png;base64,") == 3
+    assert html.count("data:image/png;base64,") == 4
     # the side-by-side table with the published Table 2 and the KHB rows
     assert "table2_outcome_ols" in html and "table3_khb_decomposition" in html
     markdown = (report_files / "report.md").read_text()
@@ -291,4 +293,4 @@ def test_report_renders_in_headless_chromium(report_files: Path, tmp_path: Path)
     assert len(np.unique(pixels.reshape(-1, pixels.shape[-1])[::50], axis=0)) > 50
     dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", page], check=True,
                          capture_output=True, text=True, timeout=120).stdout
-    assert dom.count("<img") == 3 and "FAILED diagnostics" in dom
+    assert dom.count("<img") == 4 and "FAILED diagnostics" in dom
