@@ -38,9 +38,14 @@ SAMPLER: dict[str, object] = {
 # what a spec or the command line may set it to: from, and up to (not including)
 TARGET_ACCEPT_RANGE = (0.5, 1.0)
 
-# A fit passes only with no divergence, R-hat <= 1.01 and bulk ESS >= 400 on every reported
-# quantity (effects, coefficients, intercepts, residual and group sds).
-GATE: dict[str, float] = {"max_divergences": 0, "max_r_hat": 1.01, "min_ess_bulk": 400}
+# A fit passes only with no divergence, R-hat <= 1.01, bulk and tail ESS >= 400 on every
+# reported quantity (effects, coefficients, intercepts, residual and group sds) and E-BFMI
+# >= 0.3 in every chain; hits of the maximum tree depth are reported as warnings.
+GATE: dict[str, float] = {"max_divergences": 0, "max_r_hat": 1.01, "min_ess_bulk": 400,
+                          # the 95% intervals' ends are tail quantiles (Vehtari et al. 2021)
+                          "min_ess_tail": 400,
+                          # E-BFMI below 0.3 (Betancourt): the energy is not explored
+                          "min_bfmi": 0.3}
 
 # Per-campaign draws (posterior predictive, pointwise log likelihood) are kept for this many
 # draws, thinned evenly over the chains; the posterior itself is kept whole.

@@ -205,7 +205,8 @@ def contrast_draws(effects: xr.Dataset, moderator: str) -> xr.Dataset:
     return contrasts.drop_vars(shared)
 
 
-def _rows(values: xr.DataArray, rhat: xr.DataArray, ess: xr.DataArray) -> list[dict]:
+def _rows(values: xr.DataArray, rhat: xr.DataArray, ess: xr.DataArray,
+          tail: xr.DataArray) -> list[dict]:
     """One row per cell of the non-sample dims: label columns, then the statistics."""
     dims = [d for d in values.dims if d not in SAMPLE_DIMS]
     rows = []
@@ -219,6 +220,8 @@ def _rows(values: xr.DataArray, rhat: xr.DataArray, ess: xr.DataArray) -> list[d
                      "ci_upper": float(np.quantile(draws, 0.975)),
                      "r_hat": float(rhat.sel(pick)),
                      "ess_bulk": float(ess.sel(pick)),
+                     # the interval's ends are tail quantiles: their ESS is the tail one
+                     "ess_tail": float(tail.sel(pick)),
                      "p_positive": float((draws > 0).mean())})
     return rows
 
@@ -226,14 +229,17 @@ def _rows(values: xr.DataArray, rhat: xr.DataArray, ess: xr.DataArray) -> list[d
 def _summary(draws: xr.Dataset, label: str) -> pd.DataFrame:
     rhat = az.rhat(draws)
     ess = az.ess(draws, method="bulk")
+    tail = az.ess(draws, method="tail")
     rows = []
     for name in EFFECTS:
         if name in draws:
-            rows += [{label: name, **row} for row in _rows(draws[name], rhat[name], ess[name])]
+            rows += [{label: name, **row}
+                     for row in _rows(draws[name], rhat[name], ess[name], tail[name])]
     frame = pd.DataFrame(rows)
     if "mediator" not in frame:
         frame["mediator"] = ""
-    statistics = ["mean", "sd", "ci_lower", "ci_upper", "r_hat", "ess_bulk", "p_positive"]
+    statistics = ["mean", "sd", "ci_lower", "ci_upper", "r_hat", "ess_bulk", "ess_tail",
+                  "p_positive"]
     labels = [label, "mediator", *[c for c in frame if c not in (label, "mediator",
                                                                    *statistics)]]
     frame[labels] = frame[labels].fillna("")
@@ -242,7 +248,7 @@ def _summary(draws: xr.Dataset, label: str) -> pd.DataFrame:
 
 def summarise_effects(effects: xr.Dataset) -> pd.DataFrame:
     """One row per effect (and mediator, and moderator level): mean, sd, 95% equal-tailed
-    interval, R-hat, bulk ESS, P(> 0)."""
+    interval, R-hat, bulk and tail ESS, P(> 0)."""
     return _summary(effects, "effect")
 
 
@@ -250,6 +256,7 @@ def summarise_contrasts(contrasts: xr.Dataset) -> pd.DataFrame:
     """One row per effect, mediator and contrast: mean, sd, 95% interval, R-hat, bulk ESS,
     and p_greater, the posterior probability that the first level's effect is the larger."""
     frame = _summary(contrasts, "effect").rename(columns={"p_positive": "p_greater"})
-    statistics = ["mean", "sd", "ci_lower", "ci_upper", "p_greater", "r_hat", "ess_bulk"]
+    statistics = ["mean", "sd", "ci_lower", "ci_upper", "p_greater", "r_hat", "ess_bulk",
+                  "ess_tail"]
     labels = [c for c in frame.columns if c not in (*statistics, "contrast")]
     return frame[[*labels, "contrast", *statistics]]

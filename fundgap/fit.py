@@ -291,7 +291,8 @@ def _effect_labels(effects: pd.DataFrame) -> pd.Series:
     """`indirect[core_capacity, mixed]`-style names for effect and contrast rows."""
     qualifiers = [c for c in effects.columns if c not in ("effect", "mean", "sd", "ci_lower",
                                                           "ci_upper", "r_hat", "ess_bulk",
-                                                          "p_positive", "p_greater")]
+                                                          "ess_tail", "p_positive",
+                                                          "p_greater")]
     inside = effects[qualifiers].fillna("").astype(str).apply(
         lambda row: ", ".join(v for v in row if v), axis=1) if qualifiers else ""
     return effects["effect"] + inside.map(lambda s: f"[{s}]" if s else "")
@@ -306,8 +307,12 @@ def _diagnostics(idata: az.InferenceData, effects: pd.DataFrame, summary: pd.Dat
     labelled = effects.set_index(_effect_labels(effects))
     r_hat = pd.concat([reported["r_hat"], labelled["r_hat"]])
     ess = pd.concat([reported["ess_bulk"], labelled["ess_bulk"]])
+    tail = pd.concat([reported["ess_tail"], labelled["ess_tail"]])
+    # E-BFMI per chain (energy's step-to-step variation against its spread): low values
+    # mean the momentum resampling cannot move the sampler across the energy levels
+    bfmi = az.bfmi(idata) if "energy" in stats else np.array([np.nan])
     divergences = int(stats["diverging"].sum())
-    reasons = []
+    reasons, warnings = [], []
     if divergences > GATE["max_divergences"]:
         reasons.append(f"{divergences} divergent transitions")
     if r_hat.max() > GATE["max_r_hat"]:
@@ -315,14 +320,27 @@ def _diagnostics(idata: az.InferenceData, effects: pd.DataFrame, summary: pd.Dat
     if ess.min() < GATE["min_ess_bulk"]:
         reasons.append(f"min bulk ESS {ess.min():.0f} < {GATE['min_ess_bulk']:.0f} "
                        f"({ess.idxmin()})")
+    if tail.min() < GATE["min_ess_tail"]:
+        reasons.append(f"min tail ESS {tail.min():.0f} < {GATE['min_ess_tail']:.0f} "
+                       f"({tail.idxmin()})")
+    if np.nanmin(bfmi) < GATE["min_bfmi"]:
+        reasons.append(f"E-BFMI {np.nanmin(bfmi):.2f} < {GATE['min_bfmi']} in chain "
+                       f"{int(np.nanargmin(bfmi))}")
+    if depth_hits:
+        warnings.append(f"{depth_hits} transitions reached the maximum tree depth: the "
+                        "sampler's steps are short for the posterior's scale")
     draws = idata.posterior.sizes["chain"] * idata.posterior.sizes["draw"]
     return {
         "passed": not reasons,
         "reasons": reasons,
+        "warnings": warnings,
         "divergences": divergences,
         "max_r_hat": float(r_hat.max()),
         "min_ess_bulk": float(ess.min()),
         "min_ess_quantity": str(ess.idxmin()),
+        "min_ess_tail": float(tail.min()),
+        "min_ess_tail_quantity": str(tail.idxmin()),
+        "min_bfmi": float(np.nanmin(bfmi)),
         "max_r_hat_quantity": str(r_hat.idxmax()),
         "tree_depth_hits": depth_hits,
         "draws": draws,

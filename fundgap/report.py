@@ -445,8 +445,11 @@ def render_markdown(report: Report, figures_folder: str) -> str:
         elif analysis.status == "passed":
             d = analysis.diagnostics
             lines += [f"Diagnostics passed: {d['divergences']} divergences, max R-hat "
-                      f"{d['max_r_hat']:.3f}, min bulk ESS {d['min_ess_bulk']:.0f}, "
-                      f"{d['wall_seconds']:.0f} s ({d['form']} form).", "",
+                      f"{d['max_r_hat']:.3f}, min bulk ESS {d['min_ess_bulk']:.0f}"
+                      + (f", min tail ESS {d['min_ess_tail']:.0f}, min E-BFMI "
+                         f"{d['min_bfmi']:.2f}" if "min_ess_tail" in d else "")
+                      + f", {d['wall_seconds']:.0f} s ({d['form']} form)."
+                      + "".join(f" Warning: {w}." for w in d.get("warnings", [])), "",
                       _effects_table(analysis.effects).to_markdown(index=False,
                                                                    floatfmt=".4g"), ""]
             if not analysis.contrasts.empty:
@@ -489,6 +492,7 @@ th:first-child, td:first-child { text-align: left; }
 .passed { background: #e3f4e6; color: #1b5e20; }
 .failed { background: #fde2e1; color: #b00020; font-weight: bold; }
 .missing { background: #eee; color: #555; }
+.warning { background: #fff4d6; color: #7a5200; }
 figure { margin: 1rem 0; } figcaption { font-size: 0.8rem; color: #555; }
 .legend, .notes, .meta { font-size: 0.8rem; color: #555; }
 dl { display: grid; grid-template-columns: max-content auto; gap: 0.2rem 1rem; }
@@ -508,8 +512,13 @@ dt { font-weight: 600; }
 {% if a.status == "passed" %}
 <p class="status passed">Diagnostics passed: {{ a.diagnostics.divergences }} divergences,
 max R-hat {{ "%.3f"|format(a.diagnostics.max_r_hat) }}, min bulk ESS
-{{ "%.0f"|format(a.diagnostics.min_ess_bulk) }}, {{ "%.0f"|format(a.diagnostics.wall_seconds) }} s
+{{ "%.0f"|format(a.diagnostics.min_ess_bulk) }},{% if a.diagnostics.min_ess_tail is defined %}
+min tail ESS {{ "%.0f"|format(a.diagnostics.min_ess_tail) }}, min E-BFMI
+{{ "%.2f"|format(a.diagnostics.min_bfmi) }},{% endif %}
+{{ "%.0f"|format(a.diagnostics.wall_seconds) }} s
 ({{ a.diagnostics.form }} form, {{ a.diagnostics.backend }})</p>
+{% for w in a.diagnostics.get("warnings", []) %}<p class="status warning">Warning: {{ w }}</p>
+{% endfor %}
 <h3>Effects</h3>
 {{ item.effects }}
 {% for f in a.figures %}<figure><img alt="{{ f.caption }}" src="{{ f.data_uri }}">

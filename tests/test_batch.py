@@ -186,7 +186,7 @@ def test_a_spec_the_data_cannot_serve_is_not_applicable_and_fails_nothing(
     (models / "rated.toml").write_text(plain.format(name="rated", extra=" + text_rating"))
     out = tmp_path / "fits"
     code = main(["run", "--data", str(data), "--models", str(models), "--out", str(out),
-                 "--draws", "300", "--tune", "300", "--chains", "2", "--replicates", "9",
+                 "--draws", "600", "--tune", "300", "--chains", "2", "--replicates", "9",
                  "--quiet"])
     printed = capsys.readouterr().out
     assert code == 0, printed

@@ -26,8 +26,9 @@ outcome = "log_amount_raised"
 [equations.log_amount_raised]
 formula = "log_amount_raised ~ development + male"
 """
-FAST = {"draws": 300, "tune": 300, "chains": 2, "replicates": 9}
-FAST_ARGS = ["--draws", "300", "--tune", "300", "--chains", "2", "--replicates", "9",
+# enough draws for the gate (tail ESS >= 400) on this small model
+FAST = {"draws": 600, "tune": 300, "chains": 2, "replicates": 9}
+FAST_ARGS = ["--draws", "600", "--tune", "300", "--chains", "2", "--replicates", "9",
              "--quiet"]
 
 

@@ -92,7 +92,8 @@ def test_effects_identities(regional_fit):
     assert effects.loc[("total", "")] == pytest.approx(effects.loc[("direct", "")]
                                                        + indirect.sum(), rel=1e-9)
     assert list(regional_fit.effects.columns) == ["effect", "mediator", "mean", "sd", "ci_lower",
-                                                  "ci_upper", "r_hat", "ess_bulk", "p_positive"]
+                                                  "ci_upper", "r_hat", "ess_bulk", "ess_tail",
+                                                  "p_positive"]
 
 
 def test_write_fit_folder(regional_fit, tmp_path: Path):
