@@ -85,11 +85,11 @@ def _validate(args: argparse.Namespace) -> int:
 def _prepare(args: argparse.Namespace) -> int:
     from fundgap.contract import load_dataset
     from fundgap.prepare import PrepareOptions, prepare
-    from fundgap.store import write_json, write_table
+    from fundgap.store import TABLE_SUFFIXES, write_json, write_table
 
     out = Path(args.out)
-    if out.suffix.lower() not in (".csv", ".parquet"):
-        raise FundgapError(f"{out}: --out must end in .csv or .parquet")
+    if out.suffix.lower() not in TABLE_SUFFIXES:
+        raise FundgapError(f"{out}: --out must end in {', '.join(TABLE_SUFFIXES)}")
     diagnostics_path = Path(args.diagnostics) if args.diagnostics else \
         out.with_name(f"{out.stem}.diagnostics.json")
     options = PrepareOptions(factor_method=args.factor_method, short_streams=args.short_streams)
@@ -381,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     prep = commands.add_parser("prepare", help="write the analysis-ready table")
     prep.add_argument("data", help="data folder")
-    prep.add_argument("--out", required=True, help="prepared table, .csv or .parquet")
+    prep.add_argument("--out", required=True,
+                      help="prepared table: .csv, .parquet or .dta (Stata 14+, R's haven)")
     prep.add_argument("--diagnostics", help="JSON of the factor and other diagnostics "
                                             "(default: OUT's name + .diagnostics.json)")
     prep.add_argument("--short-streams", choices=("fallback", "missing"), default="fallback",

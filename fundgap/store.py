@@ -72,15 +72,21 @@ def _umask() -> int:
     return current
 
 
+TABLE_SUFFIXES = (".csv", ".parquet", ".dta")
+
+
 def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
-    """Write a frame as CSV or Parquet (by suffix), atomically."""
+    """Write a frame as CSV, Parquet or Stata (.dta, format 118: Unicode text, for Stata 14
+    and later and R's haven) by suffix, atomically."""
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix not in (".csv", ".parquet"):
-        raise ValueError(f"{path}: the output must end in .csv or .parquet")
+    if suffix not in TABLE_SUFFIXES:
+        raise ValueError(f"{path}: the output must end in {', '.join(TABLE_SUFFIXES)}")
     with atomic_path(path) as temporary:
         if suffix == ".csv":
             frame.to_csv(temporary, index=False, lineterminator="\n")
+        elif suffix == ".dta":
+            frame.to_stata(temporary, write_index=False, version=118)
         else:
             frame.to_parquet(temporary, index=False)
     return path

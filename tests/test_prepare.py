@@ -209,6 +209,22 @@ def test_prepare_cli_csv_and_parquet_agree(tiny: Path, tmp_path: Path) -> None:
     assert from_csv.diagnostics == diagnostics
 
 
+def test_prepare_writes_stata_for_stata_and_r_users(tiny: Path, tmp_path: Path) -> None:
+    """--out FILE.dta: the same table as Parquet, Unicode names (county_name) intact."""
+    assert main(["prepare", str(tiny), "--out", str(tmp_path / "p.dta")]) == 0
+    assert main(["prepare", str(tiny), "--out", str(tmp_path / "p.parquet")]) == 0
+    stata = pd.read_stata(tmp_path / "p.dta")
+    parquet = read_prepared(tmp_path / "p.parquet").table
+    assert list(stata.columns) == list(parquet.columns)
+    numeric = parquet.select_dtypes("number").columns
+    np.testing.assert_allclose(stata[numeric].to_numpy(dtype=float),
+                               parquet[numeric].to_numpy(dtype=float))
+    for column in ("county_code", "county_name", "channel"):
+        assert stata[column].fillna("").astype(str).tolist() == \
+            parquet[column].fillna("").astype(str).tolist()
+    assert main(["prepare", str(tiny), "--out", str(tmp_path / "p.xlsx")]) == 1
+
+
 def test_prepare_options_are_recorded(tiny: Path) -> None:
     options = PrepareOptions(short_streams="missing", factor_method="pa")
     prepared = prepare(load_dataset(tiny), options)
