@@ -248,8 +248,29 @@ def _summary(draws: xr.Dataset, label: str) -> pd.DataFrame:
 
 def summarise_effects(effects: xr.Dataset) -> pd.DataFrame:
     """One row per effect (and mediator, and moderator level): mean, sd, 95% equal-tailed
-    interval, R-hat, bulk and tail ESS, P(> 0)."""
-    return _summary(effects, "effect")
+    interval, R-hat, bulk and tail ESS, P(> 0), and `defined` (`mark_undefined_shares`)."""
+    return mark_undefined_shares(_summary(effects, "effect"))
+
+
+UNDEFINED_SHARE = ("not defined: the total effect's 95% interval includes 0, so indirect / "
+                   "total has no stable value (its draws run to both infinities)")
+
+
+def mark_undefined_shares(effects: pd.DataFrame) -> pd.DataFrame:
+    """`defined`: False for a share whose total effect (same outcome and moderator level) has
+    a 95% interval that includes 0; True for every other row."""
+    statistics = {"effect", "mediator", "mean", "sd", "ci_lower", "ci_upper", "r_hat",
+                  "ess_bulk", "ess_tail", "p_positive", "defined"}
+    qualifiers = [c for c in effects.columns if c not in statistics]
+
+    def key(row: pd.Series) -> tuple:
+        return tuple(str(row[q]) for q in qualifiers)
+
+    spans_zero = {key(row): row["ci_lower"] <= 0 <= row["ci_upper"]
+                  for _, row in effects[effects["effect"] == "total"].iterrows()}
+    defined = [row["effect"] != "share" or not spans_zero[key(row)]
+               for _, row in effects.iterrows()]
+    return effects.assign(defined=defined)
 
 
 def summarise_contrasts(contrasts: xr.Dataset) -> pd.DataFrame:

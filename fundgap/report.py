@@ -29,6 +29,7 @@ from markupsafe import Markup
 from fundgap import __version__
 from fundgap.compare import LEGEND, html_sections
 from fundgap.describe import descriptives, occupancy
+from fundgap.effects import mark_undefined_shares
 from fundgap.errors import FundgapError
 from fundgap.prepare import read_prepared
 from fundgap.spec import parse_spec
@@ -378,10 +379,37 @@ def build_report(fits: str | Path) -> Report:
     return Report(fits.name, facts, table, index, analyses)
 
 
+def significant(value: float, digits: int = 3) -> str:
+    """`value` to `digits` significant digits in positional notation (never 1.2e-05), with
+    thousands separated: 0.000894, 0.0447, 31,600."""
+    if not np.isfinite(value):
+        return str(value)
+    if value == 0:
+        return "0"
+    decimals = digits - 1 - int(np.floor(np.log10(abs(value))))
+    return f"{round(value, decimals):,.{max(decimals, 0)}f}"
+
+
 def _effects_table(effects: pd.DataFrame) -> pd.DataFrame:
+    """The effects as a reader sees them: effects to 3 significant digits, R-hat to 3
+    decimals, ESS whole; a share whose total's interval includes 0 as not defined."""
+    if "defined" not in effects:  # a fit written before effects.csv had the flag
+        effects = mark_undefined_shares(effects)
     main = effects[effects["effect"].isin((*MAIN_EFFECTS, "share"))]
-    keep = [c for c in main.columns if c not in ("sd", "p_positive")]
-    return main[keep]
+    keep = [c for c in main.columns if c not in ("sd", "p_positive", "defined")]
+    shown = main[keep].copy().astype(object)
+    undefined = (~main["defined"].astype(bool)) if "defined" in main else \
+        pd.Series(False, index=main.index)
+    for column in ("mean", "ci_lower", "ci_upper"):
+        shown[column] = main[column].map(significant)
+    shown["r_hat"] = main["r_hat"].map(lambda v: f"{v:.3f}")
+    for column in ("ess_bulk", "ess_tail"):
+        if column in main:
+            shown[column] = main[column].map(lambda v: f"{v:,.0f}")
+    shown.loc[undefined, "mean"] = "not defined: the total's 95% interval includes 0"
+    shown.loc[undefined, [c for c in ("ci_lower", "ci_upper", "r_hat", "ess_bulk",
+                                      "ess_tail") if c in shown]] = "–"
+    return shown
 
 
 def _frame_html(frame: pd.DataFrame) -> str:

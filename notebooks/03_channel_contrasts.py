@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from fundgap import notebook
+from fundgap.effects import UNDEFINED_SHARE, mark_undefined_shares
 
 table = notebook.default_table()
 fitted = notebook.fit_or_load("channel_moderation", table)
@@ -63,6 +64,22 @@ axis.invert_yaxis()
 axis.legend(fontsize=8)
 axis.set_xlabel("per 1 sd of development (log amount raised)")
 plt.show()
+
+# %% [markdown]
+# ## Shares mediated: only where the total effect is clearly away from 0
+# The share mediated is indirect / total. Where the total effect's 95% interval includes 0
+# (the mixed channel here) its draws pass through 0 and the ratio runs to both infinities:
+# no share is defined, and intervals such as -15 to 20 are not results. effects.csv flags
+# such rows (`defined` false); the table shows them as not defined.
+
+# %%
+shares = mark_undefined_shares(effects) if "defined" not in effects else effects
+shares = shares[shares["effect"] == "share"].copy()
+for column in ("mean", "ci_lower", "ci_upper"):
+    shares[column] = shares[column].round(3).astype(object)
+    shares.loc[~shares["defined"].astype(bool), column] = "not defined"
+print(UNDEFINED_SHARE)
+shares[["mediator", "channel", "mean", "ci_lower", "ci_upper"]]
 
 # %% [markdown]
 # ## The contrasts

@@ -193,3 +193,29 @@ def test_campaign_blocks_give_the_same_effects(monkeypatch: pytest.MonkeyPatch) 
     blocks = effect_draws(post, design)
     for name in ("total", "direct", "indirect", "a"):
         np.testing.assert_allclose(blocks[name], whole[name], rtol=1e-12)
+
+
+def test_a_share_is_not_defined_where_the_total_interval_includes_zero() -> None:
+    """Per moderator level: the share of a level whose total effect's interval spans 0 is
+    flagged, the other level's is not, and no other row is."""
+    from fundgap.effects import mark_undefined_shares
+    from fundgap.report import _effects_table, significant
+
+    effects = pd.DataFrame({
+        "effect": ["total", "total", "share", "share", "indirect"],
+        "mediator": ["", "", "m", "m", "m"],
+        "channel": ["acquaintance", "mixed", "acquaintance", "mixed", "mixed"],
+        "mean": [0.12, 0.013, 0.34, 2.1, 0.00004467],
+        "sd": [0.03, 0.02, 0.1, 9.0, 0.00001],
+        "ci_lower": [0.057, -0.027, 0.18, -14.5, 0.0000251],
+        "ci_upper": [0.19, 0.053, 0.72, 19.9, 0.0000652],
+        "r_hat": [1.0, 1.0, 1.0, 1.01, 1.0], "ess_bulk": [5000.0] * 5,
+        "ess_tail": [4000.0] * 5, "p_positive": [1.0, 0.7, 1.0, 0.6, 1.0]})
+    marked = mark_undefined_shares(effects)
+    assert marked["defined"].tolist() == [True, True, True, False, True]
+    shown = _effects_table(marked).set_index(["effect", "channel"])
+    assert shown.loc[("share", "mixed"), "mean"].startswith("not defined")
+    assert shown.loc[("share", "acquaintance"), "mean"] == "0.340"
+    assert shown.loc[("indirect", "mixed"), "mean"] == "0.0000447"
+    assert not any("e-" in str(v) or "e+" in str(v) for v in shown.to_numpy().ravel())
+    assert significant(31590.2) == "31,600" and significant(-0.04463) == "-0.0446"

@@ -93,7 +93,7 @@ def test_effects_identities(regional_fit):
                                                        + indirect.sum(), rel=1e-9)
     assert list(regional_fit.effects.columns) == ["effect", "mediator", "mean", "sd", "ci_lower",
                                                   "ci_upper", "r_hat", "ess_bulk", "ess_tail",
-                                                  "p_positive"]
+                                                  "p_positive", "defined"]
 
 
 def test_write_fit_folder(regional_fit, tmp_path: Path):
