@@ -127,12 +127,14 @@ def forest_figures(effects: pd.DataFrame, frequentist: pd.DataFrame,
         part = part.iloc[::-1].reset_index(drop=True)
         height = 0.45 * len(part) + 1.2
         figure, axis = plt.subplots(figsize=(7.5, height))
+        compared = 0
         for position, row in part.iterrows():
             axis.plot([row["ci_lower"], row["ci_upper"]], [position, position],
                       color=POSTERIOR_COLOUR, lw=2.2)
             axis.plot(row["mean"], position, "o", color=POSTERIOR_COLOUR, ms=5)
             match = _matching(frequentist, row, qualifiers)
             if match is not None:
+                compared += 1
                 low = match["estimate"] - Z95 * match["se"]
                 high = match["estimate"] + Z95 * match["se"]
                 axis.plot([low, high], [position - 0.25, position - 0.25],
@@ -143,8 +145,10 @@ def forest_figures(effects: pd.DataFrame, frequentist: pd.DataFrame,
         axis.set_yticks(range(len(part)))
         axis.set_yticklabels([_label(r, qualifiers) for _, r in part.iterrows()])
         scale = f" ({outcome})" if outcome is not None else ""
-        axis.set_title(f"{title}{scale}: posterior (blue) and frequentist (orange), 95%",
-                       fontsize=9)
+        # name a frequentist series only where one is drawn
+        series = ("posterior (blue) and frequentist (orange)" if compared
+                  else "posterior (no frequentist counterpart)")
+        axis.set_title(f"{title}{scale}: {series}, 95%", fontsize=9)
         axis.set_xlabel("effect per unit of the exposure")
         figures.append(Figure(f"forest{'_' + str(outcome) if outcome else ''}",
                               f"Effects{scale}", _png(figure)))
@@ -417,6 +421,11 @@ def _frame_html(frame: pd.DataFrame) -> str:
                          classes="grid")
 
 
+# how each analysis status is coloured in the contents and on its section
+STATUS_CLASS = {"passed": "passed", "FAILED": "failed", "damaged": "missing",
+                "no Bayesian fit": "missing"}
+
+
 def render_html(report: Report) -> str:
     """The report as one self-contained HTML page."""
     index = report.index.drop(columns=["run_key", "data_fingerprint", "folder"],
@@ -438,7 +447,7 @@ def render_html(report: Report) -> str:
         report=report, analyses=analyses, index=Markup(_status_html(index)),
         descriptives=Markup(report.descriptives.to_html(float_format=lambda v: f"{v:.3f}",
                                                         border=0, classes="grid")),
-        legend=LEGEND, version=__version__,
+        legend=LEGEND, version=__version__, status_class=STATUS_CLASS,
         generated=pd.Timestamp.now(tz="UTC").strftime("%Y-%m-%d %H:%M UTC"))
 
 
@@ -461,6 +470,8 @@ def render_markdown(report: Report, figures_folder: str) -> str:
     lines += [f"- **{k}**: {v}" for k, v in report.facts.items()] + [""]
     index = report.index.drop(columns=["run_key", "data_fingerprint", "folder"],
                               errors="ignore")
+    lines += ["## Contents", "", *[f"- [{a.name}](#{a.name}): {a.status}"
+                                   for a in report.analyses], ""]
     lines += ["## Fits", "", index.to_markdown(index=False), ""]
     for analysis in report.analyses:
         lines += [f"## {analysis.name}", "", analysis.description, ""]
@@ -488,7 +499,8 @@ def render_markdown(report: Report, figures_folder: str) -> str:
             from fundgap.compare import display_frame
 
             lines += ["### Published, frequentist and Bayesian side by side", "",
-                      display_frame(analysis.comparison).to_markdown(index=False), ""]
+                      display_frame(analysis.comparison).to_markdown(index=False), "",
+                      f"*{LEGEND}*", ""]
     return "\n".join(lines)
 
 
@@ -521,6 +533,7 @@ th:first-child, td:first-child { text-align: left; }
 .failed { background: #fde2e1; color: #b00020; font-weight: bold; }
 .missing { background: #eee; color: #555; }
 .warning { background: #fff4d6; color: #7a5200; }
+nav .status { padding: 0 0.4rem; font-size: 0.75rem; }
 figure { margin: 1rem 0; } figcaption { font-size: 0.8rem; color: #555; }
 .legend, .notes, .meta { font-size: 0.8rem; color: #555; }
 dl { display: grid; grid-template-columns: max-content auto; gap: 0.2rem 1rem; }
@@ -528,11 +541,16 @@ dt { font-weight: 600; }
 </style></head><body>
 <h1>fundgap report: {{ report.data }}</h1>
 <p class="meta">fundgap {{ version }}, {{ generated }}</p>
-<h2>Data</h2>
+<nav id="contents"><h2>Contents</h2><ul>
+<li><a href="#data">Data</a></li><li><a href="#fits">Fits</a></li>
+{% for item in analyses %}{% set a = item.a %}<li><a href="#{{ a.name }}">{{ a.name }}</a>
+<span class="status {{ status_class[a.status] }}">{{ a.status }}</span></li>
+{% endfor %}</ul></nav>
+<h2 id="data">Data</h2>
 <dl>{% for key, value in report.facts.items() %}
 <dt>{{ key }}</dt><dd>{{ value }}</dd>{% endfor %}</dl>
 <details><summary>Descriptives (Table 1's variables)</summary>{{ descriptives }}</details>
-<h2>Fits</h2>
+<h2 id="fits">Fits</h2>
 {{ index }}
 {% for item in analyses %}{% set a = item.a %}
 <h2 id="{{ a.name }}">{{ a.name }}</h2>
@@ -561,9 +579,9 @@ shown; the next <code>fundgap run</code> fits it again.</p>
 {% else %}<p class="status missing">No Bayesian fit for this spec.</p>{% endif %}
 {% if item.comparison %}<h3>Published, frequentist and Bayesian side by side</h3>
 {% for section in item.comparison %}<h4>{{ section.table }}</h4>{{ section.html }}{% endfor %}
+<p class="legend">{{ legend }}</p>
 <ul class="notes">{% for note in a.comparison_notes %}<li>{{ note }}</li>{% endfor %}</ul>
 {% endif %}
 {% endfor %}
-<p class="legend">{{ legend }}</p>
 </body></html>
 """

@@ -265,6 +265,22 @@ def test_report_shows_a_passing_fit_with_its_figures(report_files: Path) -> None
     assert "](report_figures/regional_mediation_forest.png)" in markdown
 
 
+def test_report_contents_link_every_section_with_its_status(report_files: Path) -> None:
+    import re
+
+    html = (report_files / "report.html").read_text()
+    nav = html.split('<nav id="contents">')[1].split("</nav>")[0]
+    targets = re.findall(r'href="#([^"]+)"', nav)
+    assert targets == ["data", "fits", "regional_failed", "regional_mediation"]
+    for target in targets:
+        assert f'id="{target}"' in html
+    assert '<span class="status failed">FAILED</span>' in nav
+    assert '<span class="status passed">passed</span>' in nav
+    # the marks' legend sits below the comparison that uses them
+    comparison = html.split("side by side</h3>")[1]
+    assert "† the published figure lies outside" in comparison.split("</ul>")[0]
+
+
 def test_report_shows_a_failed_fit_as_failed_without_its_numbers(report_files: Path) -> None:
     html = (report_files / "report.html").read_text()
     section = html.split('<h2 id="regional_failed">')[1].split("<h2 id=")[0]
