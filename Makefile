@@ -13,7 +13,7 @@ PYTEST_ARGS ?= -n 2 --dist loadfile --durations=15
 # repeated-simulation coverage); `make test-slow` runs those; CI runs both.
 FAST := -m "not slow"
 
-.PHONY: install browser demo notebooks test test-slow lint clean
+.PHONY: install browser graphviz demo notebooks test test-slow lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-demo: install
+demo: install graphviz
 	$(BIN)/fundgap simulate --out $(DEFAULT_DATA) --reuse $(COUNTIES_ARG)
 	$(BIN)/fundgap describe $(DEFAULT_DATA)
 	@# validate, prepare and fit every spec in models/ (Bayesian and frequentist); a fit that
@@ -45,19 +45,25 @@ notebooks: install
 			--output-dir $(FITS)/notebooks notebooks/$$name.ipynb || exit 1; \
 	done; echo "notebooks: $(FITS)/notebooks/*.html"
 
-# The report's browser check renders the page in Debian's chromium: installed here where
-# apt-get can (as root, as on CI); elsewhere that one test is skipped and says why.
-browser:
-	@command -v chromium >/dev/null 2>&1 || { \
-		if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-			(apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
-				|| echo "could not install chromium: the report's browser check is skipped"; \
-		else echo "no chromium: the report's browser check is skipped"; fi; }
+# Debian packages some checks use, installed where apt-get can (as root, as on CI):
+# chromium renders the report in its browser test (skipped, saying why, without it), and
+# Graphviz's dot draws each model's graph in the report and notebook 02 (the model's
+# variables are listed instead without it).
+APT_INSTALL = if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && apt-get install -y -qq $(1) >/dev/null) \
+			|| echo "could not install $(1): $(2)"; \
+	else echo "no $(1) (needs root and apt-get): $(2)"; fi
 
-test: install browser
+browser:
+	@command -v chromium >/dev/null 2>&1 || { $(call APT_INSTALL,chromium,the report's browser check is skipped); }
+
+graphviz:
+	@command -v dot >/dev/null 2>&1 || { $(call APT_INSTALL,graphviz,models are listed instead of drawn); }
+
+test: install browser graphviz
 	$(BIN)/python -m pytest $(FAST) $(PYTEST_ARGS)
 
-test-slow: install
+test-slow: install browser graphviz
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 lint: install

@@ -67,6 +67,8 @@ class Analysis:
     comparison: pd.DataFrame = field(default_factory=pd.DataFrame)
     comparison_notes: list[str] = field(default_factory=list)
     figures: list[Figure] = field(default_factory=list)
+    graph_svg: str = ""               # the model's graph (Graphviz), where dot is installed
+    graph_text: str = ""              # the model's variables, as PyMC lists them
 
 
 def _png(figure: plt.Figure) -> bytes:
@@ -259,7 +261,7 @@ def ppc_figure(posterior_file: Path, outcome: str) -> list[Figure]:
     return [Figure(f"ppc_{outcome}", f"Posterior predictive check of {outcome}", _png(figure))]
 
 
-def _analysis(fits: Path, name: str) -> Analysis:
+def _analysis(fits: Path, name: str, table: pd.DataFrame) -> Analysis:
     folder = fits / name
     frequentist = fits / "frequentist" / name
     spec_file = folder / "spec.toml" if (folder / "spec.toml").is_file() else None
@@ -290,10 +292,36 @@ def _analysis(fits: Path, name: str) -> Analysis:
     analysis = Analysis(name, spec.description.strip(), "passed" if passed else "FAILED",
                         diagnostics["reasons"], diagnostics, comparison=comparison,
                         comparison_notes=notes)
+    analysis.graph_svg, analysis.graph_text = model_graph(
+        spec, table, json.loads((folder / "fit.json").read_text("utf-8")))
     if not passed:
         return analysis  # a failed fit's numbers are never shown
     analysis.figures = _named(name, _figures(folder, frequentist, text, spec, analysis))
     return analysis
+
+
+def model_graph(spec, table: pd.DataFrame, record: dict) -> tuple[str, str]:
+    """The fitted model's graph as SVG (empty where Graphviz's dot is not installed) and its
+    variable listing, built in the form the fit used (`record`: its fit.json)."""
+    import pymc as pm
+
+    from fundgap.build import build_model
+    from fundgap.design import build_design
+
+    forms = record.get("equation_forms", {})
+    try:
+        model = build_model(build_design(spec, table),
+                            [e for e, f in forms.items() if f == "exact"],
+                            record.get("centred", []),
+                            [e for e, f in forms.items() if f == "laplace"])
+    except (FundgapError, ValueError, KeyError) as error:
+        return "", f"(the model cannot be built from these data: {error})"
+    text = model.str_repr()
+    try:
+        svg = pm.model_to_graphviz(model).pipe(format="svg").decode("utf-8")
+    except Exception:  # no dot binary (graphviz.ExecutableNotFound) or no Python package
+        return "", text
+    return svg[svg.find("<svg"):], text
 
 
 def _named(prefix: str, figures: list[Figure]) -> list[Figure]:
@@ -375,7 +403,8 @@ def build_report(fits: str | Path) -> Report:
     index = build_index(fits.parent)
     index = index[index["data"] == fits.name]
     facts, table = data_summary(fits)
-    analyses = [_analysis(fits, n) for n in names]
+    prepared = read_prepared(fits / "prepared.parquet").table
+    analyses = [_analysis(fits, n, prepared) for n in names]
     # the index reads records, not the files they list: what the analyses found damaged
     # is marked there too
     broken = [a.name for a in analyses if a.status == "damaged"]
@@ -481,7 +510,10 @@ def render_markdown(report: Report, figures_folder: str) -> str:
         elif analysis.status == "damaged":
             lines += [f"**Fit folder damaged** ({'; '.join(analysis.reasons)}): its results "
                       "are not shown; the next `fundgap run` fits it again.", ""]
-        elif analysis.status == "passed":
+        if analysis.graph_text:
+            lines += ["<details><summary>The model's variables</summary>", "", "```",
+                      analysis.graph_text, "```", "", "</details>", ""]
+        if analysis.status == "passed":
             d = analysis.diagnostics
             lines += [f"Diagnostics passed: {d['divergences']} divergences, max R-hat "
                       f"{d['max_r_hat']:.3f}, min bulk ESS {d['min_ess_bulk']:.0f}"
@@ -539,6 +571,10 @@ figure { margin: 1rem 0; } figcaption { font-size: 0.8rem; color: #555; }
 dl { display: grid; grid-template-columns: max-content auto; gap: 0.2rem 1rem; }
 dt { font-weight: 600; }
 </style></head><body>
+{% macro graph(a) %}{% if a.graph_svg or a.graph_text %}<details class="graph"><summary>The
+model ({{ "graph" if a.graph_svg else "its variables; install Graphviz for the graph" }})</summary>
+{% if a.graph_svg %}{{ a.graph_svg|safe }}{% else %}<pre>{{ a.graph_text }}</pre>{% endif %}
+</details>{% endif %}{% endmacro %}
 <h1>fundgap report: {{ report.data }}</h1>
 <p class="meta">fundgap {{ version }}, {{ generated }}</p>
 <nav id="contents"><h2>Contents</h2><ul>
@@ -565,6 +601,7 @@ min tail ESS {{ "%.0f"|format(a.diagnostics.min_ess_tail) }}, min E-BFMI
 ({{ a.diagnostics.form }} form, {{ a.diagnostics.backend }})</p>
 {% for w in a.diagnostics.get("warnings", []) %}<p class="status warning">Warning: {{ w }}</p>
 {% endfor %}
+{{ graph(a) }}
 <h3>Effects</h3>
 {{ item.effects }}
 {% for f in a.figures %}<figure><img alt="{{ f.caption }}" src="{{ f.data_uri }}">
@@ -573,6 +610,7 @@ min tail ESS {{ "%.0f"|format(a.diagnostics.min_ess_tail) }}, min E-BFMI
 {% elif a.status == "FAILED" %}
 <p class="status failed">FAILED diagnostics: {{ a.reasons|join("; ") }}. The fit's results are
 not shown.</p>
+{{ graph(a) }}
 {% elif a.status == "damaged" %}
 <p class="status missing">Fit folder damaged ({{ a.reasons|join("; ") }}): its results are not
 shown; the next <code>fundgap run</code> fits it again.</p>

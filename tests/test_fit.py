@@ -265,6 +265,20 @@ def test_report_shows_a_passing_fit_with_its_figures(report_files: Path) -> None
     assert "](report_figures/regional_mediation_forest.png)" in markdown
 
 
+def test_report_shows_each_model(report_files: Path) -> None:
+    """The fitted model as Graphviz draws it (inline SVG) where dot is installed (make test
+    installs it where it can), else its variables as PyMC lists them."""
+    html = (report_files / "report.html").read_text()
+    section = html.split('<h2 id="regional_mediation">')[1].split("<h2 id=")[0]
+    model = section.split('<details class="graph">')[1].split("</details>")[0]
+    if shutil.which("dot"):
+        assert "<svg" in model and "sigma_log_amount_raised" in model
+    else:
+        assert "sigma_log_amount_raised ~ HalfNormal" in model
+    markdown = (report_files / "report.md").read_text()
+    assert "sigma_log_amount_raised ~ HalfNormal" in markdown
+
+
 def test_report_contents_link_every_section_with_its_status(report_files: Path) -> None:
     import re
 

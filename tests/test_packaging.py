@@ -10,9 +10,13 @@ from packaging.requirements import Requirement
 
 from conftest import REPO
 
+# conda-forge's names for packages the package index names otherwise
+CONDA_NAMES = {"python-graphviz": "graphviz"}
+
 
 def _normalise(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
+    name = re.sub(r"[-_.]+", "-", name).lower()
+    return CONDA_NAMES.get(name, name)
 
 
 def _pyproject_requirements() -> dict[str, str]:
