@@ -278,16 +278,28 @@ def _outside(frame: pd.DataFrame, side: str) -> pd.Series:
 # ---------------------------------------------------------------- rendering
 
 
-def _number(value: float) -> str:
-    return "" if value is None or pd.isna(value) else f"{value:.3f}"
+def _decimals(value: float | None) -> int:
+    """Three decimals, as the study prints, or more where that would print a nonzero value as
+    0.000: enough for its first two significant digits."""
+    if value is None or pd.isna(value) or value == 0 or abs(value) >= 0.0005:
+        return 3
+    return 1 - int(np.floor(np.log10(abs(value))))
+
+
+def _number(value: float, decimals: int = 3) -> str:
+    return "" if value is None or pd.isna(value) else f"{value:.{decimals}f}"
 
 
 def _cell(estimate: float, std_error: float | None = None, mark: str = "") -> str:
+    """estimate[mark] (se), both to the decimals the smaller of them needs (a verifier
+    count's coefficient of 0.0031 with se 0.0004 is not 0.003 (0.000))."""
     if estimate is None or pd.isna(estimate):
         return ""
-    text = f"{_number(estimate)}{mark if isinstance(mark, str) else ''}"
-    if std_error is not None and not pd.isna(std_error):
-        text += f" ({_number(std_error)})"
+    has_error = std_error is not None and not pd.isna(std_error)
+    decimals = _decimals(std_error if has_error and std_error else estimate)
+    text = f"{_number(estimate, decimals)}{mark if isinstance(mark, str) else ''}"
+    if has_error:
+        text += f" ({_number(std_error, decimals)})"
     return text
 
 
