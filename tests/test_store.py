@@ -33,6 +33,6 @@ def test_table_suffix_and_fingerprint(tmp_path: Path) -> None:
     write_table(frame, tmp_path / "t.parquet")
     assert frame_fingerprint(pd.read_parquet(tmp_path / "t.parquet")) == frame_fingerprint(frame)
     assert frame_fingerprint(frame.iloc[::-1]) != frame_fingerprint(frame)
-    with pytest.raises(ValueError, match=r"\.csv or \.parquet"):
+    with pytest.raises(ValueError, match=r"\.csv, \.parquet, \.dta"):
         write_table(frame, tmp_path / "t.xlsx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.parquet"]
