@@ -8,8 +8,17 @@ scale) with the exposure raised by one unit minus at its observed value, over th
 campaigns, per draw. b paths are the outcome's mediator coefficients (on its link scale).
 For an identity-link outcome indirect = a * b and total = direct + sum of indirect; for a
 count, share or 0/1 outcome the indirect and total effects are g-computation contrasts too
-(`_natural_effects`). share = indirect / total. A spec with several outcomes gets every
-effect per outcome (dim `outcome`).
+(`_natural_effects`). share = indirect / total. indirect_total, the joint indirect effect of
+all mediators moved at once, is total - direct in every case. A spec with several outcomes
+gets every effect per outcome (dim `outcome`).
+
+The estimands: the direct effect is the pure natural direct effect of a one-unit shift in
+the exposure (mediators at their observed values); each mediator's indirect effect is
+path-specific (the direct path at x + 1, the other mediators at their observed values), so
+on a non-linear outcome the per-mediator effects need not add up to the joint one
+(indirect_total), while total = direct + indirect_total always. Every effect averages over
+the observed campaigns and their counties' intercepts: an in-sample population average, not
+the effect in a new county.
 
 With a moderator (`moderator = "channel"` in the spec) every slope is taken at each level:
 the coefficient of the variable plus that of its interaction with the level
@@ -38,7 +47,7 @@ from fundgap.predictive import linear_predictor
 from fundgap.spec import ModelSpec
 
 T = TypeVar("T", xr.DataArray, xr.Dataset)
-EFFECTS = ("total", "direct", "indirect", "share", "a", "b")
+EFFECTS = ("total", "direct", "indirect", "indirect_total", "share", "a", "b")
 SAMPLE_DIMS = ("chain", "draw")
 
 
@@ -131,8 +140,11 @@ def _outcome_effects(posterior: xr.Dataset, design: Design, outcome: str,
         total = direct + indirect.sum("mediator")
     else:
         indirect, total = _natural_effects(posterior, design, outcome, level, a, b)
+    # the joint indirect effect (every mediator moved at once): total - direct exactly, the
+    # sum of the per-mediator ones only on an identity-link outcome
     return xr.Dataset({"total": total, "direct": direct, "indirect": indirect,
-                       "share": indirect / total, "a": a, "b": b})
+                       "indirect_total": total - direct, "share": indirect / total,
+                       "a": a, "b": b})
 
 
 def _natural_effects(posterior: xr.Dataset, design: Design, outcome: str, level: str | None,

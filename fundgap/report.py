@@ -37,7 +37,7 @@ from fundgap.store import atomic_directory, atomic_path, damaged
 
 Z95 = 1.959964
 POSTERIOR_COLOUR, FREQUENTIST_COLOUR = "#1f5fa8", "#d9731a"
-MAIN_EFFECTS = ("total", "direct", "indirect")
+MAIN_EFFECTS = ("total", "direct", "indirect", "indirect_total")
 
 
 @dataclass

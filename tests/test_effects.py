@@ -64,8 +64,10 @@ def test_identity_links_multiply_paths() -> None:
     direct = post["coefficients_log_amount_raised"].sel(term_log_amount_raised="development")
     np.testing.assert_allclose(effects["total"], direct + effects["indirect"].sum("mediator"))
     np.testing.assert_allclose(effects["share"].sum("mediator") + direct / effects["total"], 1)
+    # the joint indirect effect is the sum of the paths on an identity-link outcome
+    np.testing.assert_allclose(effects["indirect_total"], effects["indirect"].sum("mediator"))
     summary = summarise_effects(effects)
-    assert len(summary) == 2 + 4 * 2
+    assert len(summary) == 3 + 4 * 2   # total, direct, indirect_total; 4 per mediator
     row = summary[(summary["effect"] == "a") & (summary["mediator"] == "verifier_count")].iloc[0]
     assert row["mean"] == pytest.approx(float(a.mean()))
     assert row["p_positive"] == pytest.approx(float((a > 0).mean()))
@@ -120,6 +122,11 @@ def test_lognormal_outcome_effects_are_g_computation_on_the_mean() -> None:
     mu = np.exp(linear_predictor(draws, design, "log_amount_raised") + 0.125)
     np.testing.assert_allclose(effects["total"], (mu * (np.exp(c + ab) - 1)).mean("campaign"))
     np.testing.assert_allclose(effects["direct"], (mu * (np.exp(c) - 1)).mean("campaign"))
+    # the joint indirect effect: every mediator moved at once, total - direct; on this
+    # non-linear outcome the per-mediator (path-specific) effects do not add up to it
+    joint = (mu * (np.exp(c + ab) - np.exp(c))).mean("campaign")
+    np.testing.assert_allclose(effects["indirect_total"], joint)
+    assert not np.allclose(effects["indirect"].sum("mediator"), joint)
 
 
 MODERATED = """
