@@ -46,16 +46,17 @@ notebooks: install
 	done; echo "notebooks: $(FITS)/notebooks/*.html"
 
 # Debian packages some checks use, installed where apt-get can (as root, as on CI):
-# chromium renders the report in its browser test (skipped, saying why, without it), and
-# Graphviz's dot draws each model's graph in the report and notebook 02 (the model's
-# variables are listed instead without it).
+# chromium and chromium-driver render the report for its browser test (Selenium; skipped,
+# saying why, without them), and Graphviz's dot draws each model's graph in the report and
+# notebook 02 (the model's variables are listed instead without it).
 APT_INSTALL = if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 		(apt-get update -qq && apt-get install -y -qq $(1) >/dev/null) \
 			|| echo "could not install $(1): $(2)"; \
 	else echo "no $(1) (needs root and apt-get): $(2)"; fi
 
 browser:
-	@command -v chromium >/dev/null 2>&1 || { $(call APT_INSTALL,chromium,the report's browser check is skipped); }
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || \
+		{ $(call APT_INSTALL,chromium chromium-driver,the report's browser check is skipped); }
 
 graphviz:
 	@command -v dot >/dev/null 2>&1 || { $(call APT_INSTALL,graphviz,models are listed instead of drawn); }
