@@ -427,8 +427,6 @@ def run_batch(data: Iterable[str | Path], models: Iterable[str | Path], out: str
         return _run_batch(data, models, out, settings, force, client, progress)
 
 
-
-
 @contextlib.contextmanager
 def _writer_lock(out: str | Path) -> Iterator[None]:
     """Hold `out`'s writer lock (an OS file lock, released however the process ends)."""

@@ -431,8 +431,7 @@ def _effects_table(effects: pd.DataFrame) -> pd.DataFrame:
     main = effects[effects["effect"].isin((*MAIN_EFFECTS, "share"))]
     keep = [c for c in main.columns if c not in ("sd", "p_positive", "defined")]
     shown = main[keep].copy().astype(object)
-    undefined = (~main["defined"].astype(bool)) if "defined" in main else \
-        pd.Series(False, index=main.index)
+    undefined = ~main["defined"].astype(bool)
     for column in ("mean", "ci_lower", "ci_upper"):
         shown[column] = main[column].map(significant)
     shown["r_hat"] = main["r_hat"].map(lambda v: f"{v:.3f}")
