@@ -591,7 +591,7 @@ def _laplace_c(code, correct, y, f, n, tau_inner, tau_outer, aux, n_aux, inner, 
 
 # numba links a called function's code into its caller and optimises it again there: called
 # directly, the kernel was compiled anew into every PyTensor wrapper, every function holding
-# one and nutpie's callbacks (a third of the SES model's compile time on empty caches). Called
+# one and nutpie's callbacks (benchmarks/README.md, "Compiling less"). Called
 # by a symbol that this process maps to the cached C entry, it is compiled once per machine,
 # and code that PyTensor or nutpie cached on disk finds it again by name.
 llvm.add_symbol(SYMBOL, _laplace_c.address)

@@ -3,8 +3,8 @@
 `fundgap.marginal.marginal_loglik` writes a Gaussian equation's marginal likelihood (county
 and prefecture intercepts integrated out) as a PyTensor graph. That graph is the reference
 and what the JAX backends trace, but PyTensor's numba backend compiles it and its gradient
-node by node: about 300 nodes and 25-40 s for the five equations of the regional model on a
-machine with empty caches, paid again by every model that holds a Gaussian equation. Here
+node by node, hundreds of nodes paid again on a machine with empty caches by every model that
+holds a Gaussian equation (benchmarks/README.md, "Compiling less"). Here
 the same sums are one numba function with its gradient written out, cached by numba on disk
 with the package (`cache=True`, compiled once per machine), wrapped as one PyTensor Op
 (`GaussianMarginal`) whose gradient is an output of the same call.
