@@ -84,6 +84,7 @@ def sample(model: pm.Model, backend: str = "nutpie", draws: int = 1000, tune: in
         idata = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=seed,
                               progress_bar=progress, save_warmup=False,
                               target_accept=target_accept)
+        _require_all_draws(idata, draws)
         return SampleResult(idata, backend, compiled_at - start,
                             time.perf_counter() - compiled_at, cache)
     if backend == "numpyro":
@@ -98,10 +99,21 @@ def sample(model: pm.Model, backend: str = "nutpie", draws: int = 1000, tune: in
                           cores=min(chains, os.cpu_count() or 1), nuts_sampler=backend,
                           progressbar=progress, compute_convergence_checks=False,
                           target_accept=target_accept, **kwargs)
+    _require_all_draws(idata, draws)
     # PyMC compiles inside pm.sample; its time is counted as sampling time (and the warm
     # start's, which it records apart).
     return SampleResult(idata, backend, 0.0, time.perf_counter() - start,
                         warm_start=warm_start and warm_start.record())
+
+
+def _require_all_draws(idata: az.InferenceData, draws: int) -> None:
+    """Raise KeyboardInterrupt where the sampler returned fewer draws than asked for: nutpie
+    answers Ctrl-C (or fundgap's SIGTERM handler) by returning the draws so far, and a fit
+    must not go on to be written from them as if it were complete."""
+    posterior = getattr(idata, "posterior", None)
+    got = 0 if posterior is None else int(posterior.sizes.get("draw", 0))
+    if got < draws:
+        raise KeyboardInterrupt(f"sampling was interrupted after {got} of {draws} draws")
 
 
 def _compile(model: pm.Model, structure: tuple | None, frozen: bool) -> tuple[object, str]:

@@ -157,3 +157,21 @@ def test_jax_backends_have_erfcx_for_the_censored_lognormal() -> None:
     values = np.concatenate([np.linspace(-5, 5, 101), np.geomspace(1, 1e4, 50)])
     got = pytensor.function([x], pt.erfcx(x), mode="JAX")(values)
     np.testing.assert_allclose(got, erfcx(values), rtol=1e-10)
+
+
+def test_an_interrupted_nutpie_run_is_not_taken_for_a_fit(monkeypatch) -> None:
+    """nutpie answers Ctrl-C by returning the draws so far; sample() raises
+    KeyboardInterrupt instead of handing them on as a complete fit."""
+    import arviz as az
+    import nutpie
+
+    import fundgap.sample as sample_module
+
+    partial = az.from_dict(posterior={"x": np.zeros((2, 40))})
+    monkeypatch.setattr(nutpie, "sample", lambda *args, **kwargs: partial)
+    monkeypatch.setattr(sample_module, "_compile",
+                        lambda model, structure, frozen: (object(), "off"))
+    with pm.Model() as model:
+        pm.Normal("x")
+    with pytest.raises(KeyboardInterrupt, match="after 40 of 100 draws"):
+        sample_module.sample(model, draws=100, tune=10, chains=2, progress=False)
