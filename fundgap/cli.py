@@ -282,48 +282,16 @@ def _robustness(args: argparse.Namespace) -> int:
 
 
 def _sensitivity(args: argparse.Namespace) -> int:
-    import json
-
     import numpy as np
-    import pandas as pd
-    import xarray as xr
 
     from fundgap.report import sensitivity_figure
-    from fundgap.sensitivity import (
-        RHO_GRID,
-        not_supported,
-        paths,
-        r_squared,
-        sensitivity_table,
-        thresholds,
-    )
-    from fundgap.spec import parse_spec
-    from fundgap.store import atomic_directory, damaged, write_table
+    from fundgap.sensitivity import RHO_GRID, folder_sensitivity
+    from fundgap.store import atomic_directory, write_table
 
-    folder = Path(args.fit)
-    record_file = folder / "fit.json"
-    if not record_file.is_file():
-        raise FundgapError(f"{folder}: not a fit folder (no fit.json)")
-    broken = damaged(record_file)
-    if broken:
-        raise FundgapError(f"{folder}: damaged ({'; '.join(broken)}); fit it again")
-    spec = parse_spec((folder / "spec.toml").read_text("utf-8"), str(folder / "spec.toml"),
-                      columns=None)
-    reason = not_supported(spec, {n: e.family for n, e in spec.equations.items()})
-    if reason is not None:
-        raise FundgapError(f"{folder}: no sensitivity curve: {reason}")
     rho = np.asarray(args.rho if args.rho else RHO_GRID, dtype=float)
     if np.any(np.abs(rho) >= 1):
         raise FundgapError("--rho: each value must lie strictly between -1 and 1")
-    levels = []
-    if spec.moderator:
-        effects = pd.read_csv(folder / "effects.csv", keep_default_na=False)
-        levels = sorted({str(v) for v in effects[spec.moderator] if str(v)})
-    record = json.loads(record_file.read_text("utf-8"))
-    with xr.open_dataset(folder / "posterior.nc", group="posterior") as posterior:
-        path_draws = paths(posterior.load(), spec, levels)
-        explained = r_squared(posterior, spec, record.get("response_variance", {}))
-    curve, limits = sensitivity_table(path_draws, rho), thresholds(path_draws, explained)
+    curve, limits = folder_sensitivity(Path(args.fit), rho)
     print(limits.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if args.out:
         with atomic_directory(args.out) as out:

@@ -37,6 +37,7 @@ from fundgap.design import GROUP_DIMS, Design, build_design
 from fundgap.effects import (
     contrast_draws,
     effect_draws,
+    moderator_levels,
     summarise_contrasts,
     summarise_effects,
 )
@@ -47,7 +48,7 @@ from fundgap.laplace import draw_intercepts as laplace_intercepts
 from fundgap.marginal import draw_intercepts, structure_key
 from fundgap.predictive import predictive_groups
 from fundgap.sample import sample
-from fundgap.sensitivity import fit_sensitivity, response_variance
+from fundgap.sensitivity import response_variance, sensitivity
 from fundgap.shrinkage import shrinkage_table
 from fundgap.spec import ModelSpec
 from fundgap.store import (
@@ -479,15 +480,17 @@ def fit_design(design: Design, settings: FitSettings | None = None,
                                   if groups else 0),
         "versions": package_versions(),
     }
-    sensitivity, limits, unsupported = fit_sensitivity(posterior, design)
-    record["sensitivity"] = unsupported or "computed (sensitivity.csv)"
-    # what `fundgap sensitivity` needs for the R^2 equivalents without the data
+    # the responses' variances: the R^2 equivalents of the sensitivity thresholds, here and
+    # in `fundgap sensitivity` (which has no data)
     record["response_variance"] = {name: response_variance(design, name)
                                    for name in design.equations}
+    curve, limits, unsupported = sensitivity(posterior, spec, moderator_levels(design),
+                                             record["response_variance"])
+    record["sensitivity"] = unsupported or "computed (sensitivity.csv)"
     idata.posterior.attrs.update({"spec": spec.name, "data_fingerprint":
                                   record["data_fingerprint"], "seed": settings.seed})
     return FitResult(spec, design, idata, effects, summary, diagnostics, record, contrasts,
-                     shrinkage_table(posterior, design), sensitivity, limits)
+                     shrinkage_table(posterior, design), curve, limits)
 
 
 def prior_predictive(spec: ModelSpec, table: pd.DataFrame, draws: int = 500,

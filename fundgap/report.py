@@ -31,7 +31,7 @@ from fundgap.compare import LEGEND, html_sections
 from fundgap.describe import descriptives, occupancy
 from fundgap.effects import mark_undefined_shares
 from fundgap.errors import FundgapError
-from fundgap.prepare import read_prepared
+from fundgap.prepare import PreparedData, read_prepared
 from fundgap.spec import parse_spec
 from fundgap.store import atomic_directory, atomic_path, damaged
 
@@ -348,9 +348,8 @@ def _figures(folder: Path, frequentist: Path, text: str, spec, analysis: Analysi
     return figures + ppc_figure(folder / "posterior.nc", spec.outcome)
 
 
-def data_summary(fits: Path) -> tuple[dict, pd.DataFrame]:
+def data_summary(prepared: PreparedData) -> tuple[dict, pd.DataFrame]:
     """Counts, county occupancy and factor diagnostics; and the descriptives table."""
-    prepared = read_prepared(fits / "prepared.parquet")
     table, diagnostics = prepared.table, prepared.diagnostics
     occ = occupancy(table)
     factor = diagnostics.get("development_factor", {})
@@ -402,9 +401,9 @@ def build_report(fits: str | Path) -> Report:
 
     index = build_index(fits.parent)
     index = index[index["data"] == fits.name]
-    facts, table = data_summary(fits)
-    prepared = read_prepared(fits / "prepared.parquet").table
-    analyses = [_analysis(fits, n, prepared) for n in names]
+    prepared = read_prepared(fits / "prepared.parquet")
+    facts, table = data_summary(prepared)
+    analyses = [_analysis(fits, n, prepared.table) for n in names]
     # the index reads records, not the files they list: what the analyses found damaged
     # is marked there too
     broken = [a.name for a in analyses if a.status == "damaged"]

@@ -24,15 +24,19 @@ R~^2_Y), with R^2 = 1 - sigma^2 / Var(y) for each equation (IKY 2010, section 4.
 from __future__ import annotations
 
 import itertools
+import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
 from fundgap.design import Design
-from fundgap.effects import SAMPLE_DIMS, moderator_levels, slope
+from fundgap.effects import SAMPLE_DIMS, slope
+from fundgap.errors import FundgapError
 from fundgap.families import family
-from fundgap.spec import ModelSpec
+from fundgap.spec import ModelSpec, parse_spec
+from fundgap.store import damaged
 
 RHO_GRID = np.round(np.arange(-0.9, 0.9 + 1e-9, 0.05), 2)
 # the grid on which the first rho whose 95% interval includes 0 is searched
@@ -184,16 +188,39 @@ def response_variance(design: Design, name: str) -> float:
     return float(np.var(design.equations[name].y, ddof=1))
 
 
-def fit_sensitivity(posterior: xr.Dataset, design: Design, rho: np.ndarray = RHO_GRID
-                    ) -> tuple[pd.DataFrame, pd.DataFrame, str | None]:
-    """A fit's sensitivity curve (`sensitivity_table`) and `thresholds`, or two empty
-    frames and the reason it has none."""
-    spec = design.spec
-    reason = not_supported(spec, {n: e.family for n, e in design.equations.items()})
+def sensitivity(posterior: xr.Dataset, spec: ModelSpec, levels: list[str],
+                variances: dict[str, float], rho: np.ndarray = RHO_GRID
+                ) -> tuple[pd.DataFrame, pd.DataFrame, str | None]:
+    """The curve (`sensitivity_table`) and `thresholds` of a posterior, given the moderator's
+    levels and the responses' variances; or two empty frames and why there are none."""
+    reason = not_supported(spec, {n: e.family for n, e in spec.equations.items()})
     if reason is not None:
         return pd.DataFrame(), pd.DataFrame(), reason
-    path_draws = paths(posterior, spec, moderator_levels(design))
-    names = (*spec.mediators, spec.outcome)
-    variances = {name: response_variance(design, name) for name in names}
+    path_draws = paths(posterior, spec, levels)
     return (sensitivity_table(path_draws, rho),
             thresholds(path_draws, r_squared(posterior, spec, variances)), None)
+
+
+def folder_sensitivity(folder: Path, rho: np.ndarray = RHO_GRID
+                       ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`sensitivity` of a fit folder (`fundgap sensitivity`): the posterior, spec, moderator
+    levels (from effects.csv) and response variances (fit.json) it saved. Raises a
+    FundgapError for a folder that is not an intact fit, or a fit that has no curve."""
+    record = folder / "fit.json"
+    if not record.is_file():
+        raise FundgapError(f"{folder}: not a fit folder (no fit.json)")
+    broken = damaged(record)
+    if broken:
+        raise FundgapError(f"{folder}: damaged ({'; '.join(broken)}); fit it again")
+    spec = parse_spec((folder / "spec.toml").read_text("utf-8"), str(folder / "spec.toml"),
+                      columns=None)
+    levels = []
+    if spec.moderator:
+        effects = pd.read_csv(folder / "effects.csv", keep_default_na=False)
+        levels = sorted({str(v) for v in effects[spec.moderator] if str(v)})
+    variances = json.loads(record.read_text("utf-8")).get("response_variance", {})
+    with xr.open_dataset(folder / "posterior.nc", group="posterior") as posterior:
+        curve, limits, reason = sensitivity(posterior.load(), spec, levels, variances, rho)
+    if reason is not None:
+        raise FundgapError(f"{folder}: no sensitivity curve: {reason}")
+    return curve, limits

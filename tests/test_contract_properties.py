@@ -133,18 +133,19 @@ def _check(template: Path, mutations: list[tuple[str, str, int, str]]) -> None:
             assert out.is_file()
 
 
-@settings(max_examples=150, derandomize=True, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                 HealthCheck.too_slow])
+# the same examples on every run; a folder's commands take longer than hypothesis expects
+FIXED = {"derandomize": True, "deadline": None,
+         "suppress_health_check": [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]}
+
+
+@settings(max_examples=150, **FIXED)
 @given(st.lists(MUTATION, min_size=1, max_size=3))
 def test_any_damage_to_a_data_folder_is_a_message(template: Path, mutations) -> None:
     _check(template, mutations)
 
 
 @pytest.mark.slow
-@settings(max_examples=2000, derandomize=True, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                 HealthCheck.too_slow])
+@settings(max_examples=2000, **FIXED)
 @given(st.lists(MUTATION, min_size=1, max_size=4))
 def test_any_damage_to_a_data_folder_is_a_message_many(template: Path, mutations) -> None:
     _check(template, mutations)
