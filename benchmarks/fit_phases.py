@@ -25,21 +25,23 @@ import tempfile
 import time
 from pathlib import Path
 
-# fundgap.fit's steps, timed where fit_design calls them ("sample" compiles and samples)
+# fundgap.fit's steps, timed where fit_design calls them ("sample" compiles and samples),
+# and the writing of the fit folder (fundgap.fitfolder)
 STEPS = ("build_design", "build_model", "sample", "_add_intercepts", "_per_campaign_groups",
-         "effect_draws", "summarise_effects", "parameter_summary", "shrinkage_table",
-         "write_fit")
+         "effect_draws", "summarise_effects", "parameter_summary", "shrinkage_table")
+WRITE_STEPS = ("write_fit",)
 
 
 def _child(spec: str, data: str, out: str) -> dict:
     started = time.perf_counter()
     import fundgap.cli as cli
     import fundgap.fit as fit
+    import fundgap.fitfolder as fitfolder
 
     seconds = {"imports": time.perf_counter() - started}
 
-    def timed(name):
-        original = getattr(fit, name)
+    def timed(module, name):
+        original = getattr(module, name)
 
         def wrapper(*args, **kwargs):
             begun = time.perf_counter()
@@ -49,8 +51,9 @@ def _child(spec: str, data: str, out: str) -> dict:
                 seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - begun
         return wrapper
 
-    for name in STEPS:
-        setattr(fit, name, timed(name))
+    for module, steps in ((fit, STEPS), (fitfolder, WRITE_STEPS)):
+        for name in steps:
+            setattr(module, name, timed(module, name))
     code = cli.main(["fit", spec, "--data", data, "--out", out, "--quiet"])
     seconds["main"] = time.perf_counter() - started
     diagnostics = json.loads((Path(out) / "diagnostics.json").read_text())

@@ -28,26 +28,16 @@ from pathlib import Path
 
 import pandas as pd
 
+from fundgap import fitfolder
 from fundgap.errors import FundgapError
-from fundgap.store import (
-    atomic_path,
-    damaged,
-    frame_fingerprint,
-    package_versions,
-    to_json,
-    write_json,
-    write_table,
-)
+from fundgap.fitfolder import KINDS, current_key, fit_status, write_index
+from fundgap.store import frame_fingerprint, package_versions, to_json, write_json, write_table
 
 # the writer lock of an output folder (`run_batch`)
 LOCK_NAME = ".fundgap-run.lock"
 # runs of a Dask task after the first, where its worker died (not where it raised: a task
 # reports its own errors in its row)
 TASK_RETRIES = 1
-INDEX_COLUMNS = ("data", "spec", "kind", "backend", "form", "status", "data_fingerprint",
-                 "run_key", "wall_seconds", "divergences", "max_r_hat", "min_ess_bulk",
-                 "folder", "finished_at")
-KINDS = ("bayesian", "frequentist")
 
 
 @dataclass(frozen=True)
@@ -72,20 +62,6 @@ def run_key(spec_text: str, data_fingerprint: str, kind: str, settings: dict) ->
     return hashlib.sha256(to_json({"spec": spec_text, "data": data_fingerprint, "kind": kind,
                                    "settings": settings, "versions": versions})
                           .encode()).hexdigest()
-
-
-def _record_file(folder: Path, kind: str) -> Path:
-    return folder / ("fit.json" if kind == "bayesian" else "frequentist.json")
-
-
-def current_key(folder: str | Path, kind: str) -> str | None:
-    """The run key recorded in a complete, intact fit folder, or None (so it is fitted
-    again): a folder whose files differ from what its record lists (a posterior.nc
-    truncated or overwritten since) is not current, whatever its key."""
-    path = _record_file(Path(folder), kind)
-    if not path.is_file() or damaged(path):
-        return None
-    return json.loads(path.read_text("utf-8")).get("run_key")
 
 
 # ---------------------------------------------------------------- one task (on any worker)
@@ -140,7 +116,8 @@ def run_task(task: Task, after: object = None) -> dict:
 
 
 def _bayesian(spec, table: pd.DataFrame, task: Task) -> dict:
-    from fundgap.fit import fit_model, settings_for, write_fit
+    from fundgap.fit import fit_model, settings_for
+    from fundgap.fitfolder import write_fit
 
     settings = settings_for(spec, progress=False, **task.settings)
     result = fit_model(spec, table, settings)
@@ -204,8 +181,8 @@ def prepare_data(folder: Path, fits: Path) -> tuple[Path, str, pd.DataFrame]:
     from fundgap.contract import load_dataset
     from fundgap.prepare import prepare, read_prepared
 
-    target = fits / "prepared.parquet"
-    sidecar = fits / "prepared.diagnostics.json"
+    target = fits / fitfolder.PREPARED
+    sidecar = fits / fitfolder.PREPARED_DIAGNOSTICS
     fingerprint = _input_fingerprint(folder)
     recorded = (json.loads(sidecar.read_text("utf-8")).get("input_fingerprint")
                 if target.is_file() and sidecar.is_file() else None)
@@ -267,15 +244,14 @@ def plan(data: Iterable[str | Path], models: Iterable[str | Path], out: str | Pa
                           if kind == "bayesian" else
                           {k: v for k, v in settings.items() if k in ("replicates", "seed")})
                 key = run_key(spec.text, fingerprint, kind, wanted)
-                target = (fits / spec.name if kind == "bayesian"
-                          else fits / "frequentist" / spec.name)
+                target = fitfolder.fit_folder(fits, spec.name, kind)
                 task = Task(folder.name, spec.source, spec.name, kind, str(prepared),
-                            str(target), str(fits), str(fits / "logs" / f"{spec.name}.{kind}.log"),
-                            key, wanted)
+                            str(target), str(fits),
+                            str(fitfolder.log_file(fits, spec.name, kind)), key, wanted)
                 if not force and current_key(target, kind) == key and not _stale(task, tasks):
                     skipped.append({"data": folder.name, "spec": spec.name, "kind": kind,
                                     "folder": str(target), "action": "skipped",
-                                    "status": _status(target, kind), "message": "",
+                                    "status": fit_status(target, kind), "message": "",
                                     "wall_seconds": 0.0})
                 else:
                     tasks.append(task)
@@ -287,13 +263,6 @@ def _stale(task: Task, planned: list[Task]) -> bool:
     return task.kind == "frequentist" and any(
         t.kind == "bayesian" and t.spec_name == task.spec_name and t.data == task.data
         for t in planned)
-
-
-def _status(folder: Path, kind: str) -> str:
-    if kind == "frequentist":
-        return "done"
-    diagnostics = json.loads((folder / "diagnostics.json").read_text("utf-8"))
-    return "passed" if diagnostics["passed"] else "failed"
 
 
 def _clean_leftovers(fits: Path) -> None:
@@ -352,57 +321,6 @@ def run_tasks(tasks: list[Task], client=None, progress: bool = True) -> list[dic
         bar.update()
     bar.close()
     return rows
-
-
-def _bayesian_row(record: Path) -> dict:
-    folder = record.parent
-    fit = json.loads(record.read_text("utf-8"))
-    diagnostics = json.loads((folder / "diagnostics.json").read_text("utf-8"))
-    return {"data": folder.parent.name, "spec": fit["spec_name"], "kind": "bayesian",
-            "backend": diagnostics.get("backend"), "form": fit.get("form"),
-            "status": "passed" if diagnostics["passed"] else "failed",
-            "data_fingerprint": fit["data_fingerprint"], "run_key": fit.get("run_key"),
-            "wall_seconds": diagnostics.get("wall_seconds"),
-            "divergences": diagnostics.get("divergences"),
-            "max_r_hat": diagnostics.get("max_r_hat"),
-            "min_ess_bulk": diagnostics.get("min_ess_bulk")}
-
-
-def _frequentist_row(record: Path) -> dict:
-    freq = json.loads(record.read_text("utf-8"))
-    return {"data": record.parent.parent.parent.name, "spec": freq["spec_name"],
-            "kind": "frequentist", "backend": "statsmodels", "form": None, "status": "done",
-            "data_fingerprint": freq["data_fingerprint"], "run_key": freq.get("run_key")}
-
-
-def build_index(out: str | Path) -> pd.DataFrame:
-    """One row per fit folder under `out` (every data set), from the folders; one whose
-    record cannot be read (not written by fundgap, or damaged) is a row marked damaged."""
-    rows = []
-    for pattern, kind, row in (("*/*/fit.json", "bayesian", _bayesian_row),
-                               ("*/frequentist/*/frequentist.json", "frequentist",
-                                _frequentist_row)):
-        for record in sorted(Path(out).glob(pattern)):
-            folder = record.parent
-            try:
-                values = row(record)
-            except (OSError, ValueError, KeyError, TypeError):  # refitted by the next run
-                data = (folder.parent.parent if kind == "frequentist" else folder.parent).name
-                values = {"data": data, "spec": folder.name, "kind": kind,
-                          "status": "damaged"}
-            rows.append({**values, "folder": str(folder),
-                         "finished_at": record.stat().st_mtime})
-    frame = pd.DataFrame(rows).reindex(columns=list(INDEX_COLUMNS))
-    frame["finished_at"] = pd.to_datetime(frame["finished_at"], unit="s", utc=True)
-    return frame.sort_values(["data", "spec", "kind"], ignore_index=True)
-
-
-def write_index(out: str | Path) -> Path:
-    """Rebuild `out/index.parquet` from the fit folders, atomically."""
-    target = Path(out) / "index.parquet"
-    with atomic_path(target) as temporary:
-        build_index(out).to_parquet(temporary, index=False)
-    return target
 
 
 @dataclass

@@ -184,7 +184,8 @@ def _reduce(spec, data: str, choice: str) -> bool:
 def _fit(args: argparse.Namespace) -> int:
     import time
 
-    from fundgap.fit import fit_design, fit_model, settings_for, write_fit
+    from fundgap.fit import fit_design, fit_model, settings_for
+    from fundgap.fitfolder import write_fit
     from fundgap.spec import load_spec
     from fundgap.store import file_fingerprint
 
@@ -194,7 +195,7 @@ def _fit(args: argparse.Namespace) -> int:
                             seed=args.seed, backend=args.backend, form=args.form,
                             progress=not args.quiet, full_summary=args.full_summary,
                             per_campaign=args.per_campaign, centring=args.centring,
-                            target_accept=args.target_accept)
+                            target_accept=args.target_accept, latent_draws=args.latent_draws)
     if _reduce(spec, args.data, args.statistics):
         from fundgap.reduce import reduce_prepared
 
@@ -390,6 +391,10 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--per-campaign", choices=("auto", "thinned", "skip"), default=None,
                      help="posterior predictive and pointwise log likelihood: thinned "
                           "draws, or skipped (auto: skipped when fitting from statistics)")
+    fit.add_argument("--latent-draws", type=int, default=None,
+                     help="draws of the county and prefecture intercepts kept in "
+                          "posterior.nc (default 500; 0: every draw); effects and summaries "
+                          "use every draw either way")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
     fit.set_defaults(run=_fit)
 

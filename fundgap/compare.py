@@ -10,8 +10,6 @@ number, and a fit made from other data is not shown at all.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,48 +18,27 @@ from jinja2 import Environment
 from markupsafe import Markup
 from scipy.stats import norm
 
+from fundgap import fitfolder
+from fundgap.errors import FundgapError
+from fundgap.fitfolder import SavedFit, load_fit, record_file
 from fundgap.frequentist import FrequentistResult, stars
 from fundgap.simulate import published_tables
-from fundgap.store import (
-    atomic_directory,
-    frame_fingerprint,
-    package_versions,
-    write_record,
-    write_table,
-)
+from fundgap.store import frame_fingerprint, package_versions
 
 Z95 = 1.959963984540054
 FIT_STATISTICS = ("adj_r2", "pseudo_r2")
 
 
-@dataclass
-class Posterior:
-    """What the comparison reads from a Bayesian fit folder."""
-
-    summary: pd.DataFrame
-    effects: pd.DataFrame
-    passed: bool
-    path: str
-    reasons: list[str] = field(default_factory=list)
-
-
 def read_posterior(folder: str | Path, data_fingerprint: str | None = None
-                   ) -> tuple[Posterior | None, str]:
-    """A fit folder's summary and effects, or None and the reason it cannot be used."""
-    folder = Path(folder)
-    files = [folder / name for name in ("summary.csv", "diagnostics.json", "fit.json")]
-    if not all(path.is_file() for path in files):
+                   ) -> tuple[SavedFit | None, str]:
+    """A Bayesian fit folder made from the data of `data_fingerprint`, or None and the
+    reason it cannot be used (missing, damaged, other data)."""
+    if not record_file(folder, "bayesian").is_file():
         return None, f"no Bayesian fit in {folder}"
-    record = json.loads((folder / "fit.json").read_text("utf-8"))
-    if data_fingerprint and record.get("data_fingerprint") != data_fingerprint:
-        return None, f"the fit in {folder} was made from other data; refit it to compare"
-    diagnostics = json.loads((folder / "diagnostics.json").read_text("utf-8"))
-    effects_path = folder / "effects.csv"
-    effects = (pd.read_csv(effects_path, dtype={"mediator": str}, keep_default_na=False)
-               if effects_path.is_file() else pd.DataFrame())
-    return Posterior(pd.read_csv(folder / "summary.csv"), effects,
-                     bool(diagnostics.get("passed")), str(folder),
-                     list(diagnostics.get("reasons", []))), ""
+    try:
+        return load_fit(folder, data_fingerprint=data_fingerprint), ""
+    except FundgapError as error:
+        return None, f"the fit cannot be compared: {error}"
 
 
 def published_entry(published: dict, table: str, model: str) -> dict | None:
@@ -86,15 +63,16 @@ def _posterior_cells(row: pd.Series, lower: str, upper: str) -> dict:
             "posterior_ess_bulk": row["ess_bulk"]}
 
 
-def _posterior_columns(posterior: Posterior | None, parameter: str) -> dict:
+def _posterior_columns(posterior: SavedFit | None, parameter: str) -> dict:
     """The posterior columns of a summary.csv parameter (95% HDI)."""
     if posterior is None:
         return {}
-    match = posterior.summary.loc[posterior.summary["parameter"] == parameter]
-    return {} if match.empty else _posterior_cells(match.iloc[0], "hdi_2.5%", "hdi_97.5%")
+    if parameter not in posterior.summary.index:
+        return {}
+    return _posterior_cells(posterior.summary.loc[parameter], "hdi_2.5%", "hdi_97.5%")
 
 
-def _effect_columns(posterior: Posterior | None, keys: dict[str, str]) -> dict:
+def _effect_columns(posterior: SavedFit | None, keys: dict[str, str]) -> dict:
     """The posterior columns of the effects.csv row matching every key (effect, mediator,
     moderator level)."""
     if posterior is None or posterior.effects.empty:
@@ -109,7 +87,7 @@ def _effect_columns(posterior: Posterior | None, keys: dict[str, str]) -> dict:
 
 
 def _ols_rows(result: FrequentistResult, published: dict,
-              posterior: Posterior | None) -> list[dict]:
+              posterior: SavedFit | None) -> list[dict]:
     rows = []
     mixed = result.mixedlm
     for model in result.spec.tables:
@@ -159,7 +137,7 @@ def _ols_rows(result: FrequentistResult, published: dict,
 
 
 def _equation_rows(result: FrequentistResult, published: dict,
-                   posterior: Posterior | None) -> list[dict]:
+                   posterior: SavedFit | None) -> list[dict]:
     """Equations no published table covers (a spec's own `spec.equation` models): the
     exposure's and the mediators' coefficients, frequentist beside posterior."""
     spec, rows = result.spec, []
@@ -192,7 +170,7 @@ def _equation_rows(result: FrequentistResult, published: dict,
 
 
 def _khb_rows(result: FrequentistResult, published: dict,
-              posterior: Posterior | None) -> list[dict]:
+              posterior: SavedFit | None) -> list[dict]:
     table = result.spec.khb_table
     entry = published.get(table) if table else None
     if result.khb.empty or not isinstance(entry, dict):
@@ -248,7 +226,7 @@ COLUMNS = [
 ]
 
 
-def comparison_frame(result: FrequentistResult, posterior: Posterior | None = None,
+def comparison_frame(result: FrequentistResult, posterior: SavedFit | None = None,
                      published: dict | None = None) -> pd.DataFrame:
     """One row per published term or effect of the spec, then the exposure and mediator
     coefficients of equations no published table covers, with every column side by side."""
@@ -410,11 +388,12 @@ th:nth-child(-n+2), td:nth-child(-n+2) { text-align: left; }
 
 
 def posterior_for(result: FrequentistResult, table: pd.DataFrame,
-                  fits: str | Path | None) -> tuple[Posterior | None, str]:
+                  fits: str | Path | None) -> tuple[SavedFit | None, str]:
     """The Bayesian fit of the same spec under `fits`, checked to come from `table`."""
     if fits is None or not result.spec.is_bayesian:
         return None, ""
-    return read_posterior(Path(fits) / result.spec.name, frame_fingerprint(table))
+    return read_posterior(fitfolder.bayesian_folder(fits, result.spec.name),
+                          frame_fingerprint(table))
 
 
 def write_frequentist(result: FrequentistResult, table: pd.DataFrame, out: str | Path,
@@ -431,20 +410,14 @@ def write_frequentist(result: FrequentistResult, table: pd.DataFrame, out: str |
                      f"({'; '.join(posterior.reasons)}): its column is shown as failed")
     comparison = comparison_frame(result, posterior)
     title = f"{result.spec.name}: published, frequentist and Bayesian side by side"
-    with atomic_directory(out) as folder:
-        write_table(result.ols, folder / "ols.csv")
-        if not result.khb.empty:
-            write_table(result.khb, folder / "khb.csv")
-        if not result.mixedlm.empty:
-            write_table(result.mixedlm, folder / "mixedlm.csv")
-        write_table(comparison, folder / "comparison.csv")
-        (folder / "comparison.md").write_text(to_markdown(comparison, title, notes), "utf-8")
-        (folder / "comparison.html").write_text(to_html(comparison, title, notes), "utf-8")
-        write_record({"spec_name": result.spec.name, "spec_source": result.spec.source,
-                    "data_fingerprint": frame_fingerprint(table),
-                    "bootstrap_replicates": replicates, "bootstrap_seed": seed,
-                    "khb_identity_gap": result.khb.attrs.get("identity_gap"),
-                    "posterior": posterior.path if posterior else None,
-                    "notes": notes, "versions": package_versions(), **(record or {})},
-                   folder / "frequentist.json")
+    fitfolder.write_frequentist(
+        out, {fitfolder.OLS: result.ols, fitfolder.KHB: result.khb,
+              fitfolder.MIXEDLM: result.mixedlm, fitfolder.COMPARISON: comparison},
+        {"comparison.md": to_markdown(comparison, title, notes),
+         "comparison.html": to_html(comparison, title, notes)},
+        {"spec_name": result.spec.name, "spec_source": result.spec.source,
+         "data_fingerprint": frame_fingerprint(table), "bootstrap_replicates": replicates,
+         "bootstrap_seed": seed, "khb_identity_gap": result.khb.attrs.get("identity_gap"),
+         "posterior": posterior.path if posterior else None, "notes": notes,
+         "versions": package_versions(), **(record or {})})
     return comparison

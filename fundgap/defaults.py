@@ -55,6 +55,10 @@ PREDICTIVE_DRAWS = 500
 # PREDICTIVE_MIN_DRAWS: then per-campaign quantities are skipped (and the fit records it).
 PER_CAMPAIGN_VALUES = 50_000_000
 PREDICTIVE_MIN_DRAWS = 20
+# The latent county and prefecture intercepts are saved (posterior.nc) for about this many
+# draws, the same draws as the per-campaign ones; 0 keeps every draw. Effects, shrinkage and
+# summaries are computed from every draw before the fit is written.
+LATENT_DRAWS = PREDICTIVE_DRAWS
 # g-computation effects average over campaigns in blocks of at most this many values
 # (draws x campaigns, 160 MB in float64), so a million campaigns fit in memory
 EFFECT_CHUNK_VALUES = 20_000_000

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import arviz as az
 import numpy as np
@@ -20,6 +19,7 @@ import pandas as pd
 import pymc as pm
 import xarray as xr
 
+from fundgap import names
 from fundgap.build import build_model
 from fundgap.defaults import (
     CENTRED_MIN_CAMPAIGNS,
@@ -28,6 +28,7 @@ from fundgap.defaults import (
     LAPLACE_AUTO,
     LAPLACE_FIXED_ITERATIONS,
     LAPLACE_MAX_RESIDUAL,
+    LATENT_DRAWS,
     PER_CAMPAIGN_VALUES,
     PREDICTIVE_DRAWS,
     PREDICTIVE_MIN_DRAWS,
@@ -51,13 +52,7 @@ from fundgap.sample import sample
 from fundgap.sensitivity import response_variance, sensitivity
 from fundgap.shrinkage import shrinkage_table
 from fundgap.spec import ModelSpec
-from fundgap.store import (
-    atomic_directory,
-    frame_fingerprint,
-    package_versions,
-    write_json,
-    write_record,
-)
+from fundgap.store import frame_fingerprint, package_versions
 
 # backends whose PyTensor compilation has no while loop (JAX): the Laplace mode is found in
 # a fixed number of Newton steps there, and integrated equations are graphs, not compiled
@@ -71,8 +66,7 @@ CENTRINGS = ("auto", "noncentred", "centred")
 # reduced to sufficient statistics has no rows to compute them on); "auto" picks.
 PER_CAMPAIGN = ("auto", "thinned", "skip")
 # Variables the gate checks besides the effects (the latent intercepts are not reported).
-REPORTED_PREFIXES = ("coefficients_", "intercept_", "county_sd_", "prefecture_sd_",
-                     "province_sd_", *(f"{name}_" for name in AUXILIARY_NAMES))
+REPORTED_PREFIXES = names.reported_prefixes(AUXILIARY_NAMES)
 
 
 @dataclass(frozen=True)
@@ -95,6 +89,8 @@ class FitSettings:
     reuse_compiled: bool = False
     per_campaign: str = "auto"
     centring: str = "auto"
+    # draws of the latent intercepts kept in posterior.nc (fundgap.fitfolder); 0: all
+    latent_draws: int = LATENT_DRAWS
 
 
 def settings_for(spec: ModelSpec, **overrides: object) -> FitSettings:
@@ -208,8 +204,8 @@ def _add_intercepts(posterior: xr.Dataset, design: Design, forms: FormChoice,
     added = {}
     for name in forms.named("laplace"):
         for dim, values in laplace_intercepts(posterior, design, name, rng).items():
-            added[f"{dim}_intercept_{name}"] = _level_draws(design, name, dim, values,
-                                                           posterior)
+            added[names.group_intercept(dim, name)] = _level_draws(design, name, dim,
+                                                                   values, posterior)
     posterior = posterior.drop_vars([v for v in posterior.data_vars
                                      if str(v).startswith(LAPLACE_PREFIX)])
     marginal = forms.named("exact")
@@ -218,17 +214,18 @@ def _add_intercepts(posterior: xr.Dataset, design: Design, forms: FormChoice,
         equation = design.equations[name]
         if not equation.groups:
             continue
-        theta = np.column_stack([stacked[f"alpha_{name}"].values,
-                                 stacked[f"beta_std_{name}"].values.T])
+        theta = np.column_stack([stacked[names.alpha(name)].values,
+                                 stacked[names.beta_std(name)].values.T])
         outer = GROUP_DIMS[equation.groups[0]]
         inner = GROUP_DIMS[equation.groups[-1]]
         draws = draw_intercepts(
-            design, name, theta, stacked[f"sigma_{name}"].values,
-            stacked[f"{inner}_sd_{name}"].values,
-            stacked[f"{outer}_sd_{name}"].values if len(equation.groups) == 2 else None, rng)
+            design, name, theta, stacked[names.sigma(name)].values,
+            stacked[names.group_sd(inner, name)].values,
+            stacked[names.group_sd(outer, name)].values if len(equation.groups) == 2
+            else None, rng)
         for dim, values in draws.items():
-            added[f"{dim}_intercept_{name}"] = _level_draws(design, name, dim, values,
-                                                           posterior)
+            added[names.group_intercept(dim, name)] = _level_draws(design, name, dim,
+                                                                   values, posterior)
     return posterior.assign(added)
 
 
@@ -258,8 +255,7 @@ def parameter_summary(idata: az.InferenceData, full: bool = False) -> pd.DataFra
     """
     posterior = idata.posterior
     reported = _reported(posterior)
-    latent = [v for v in posterior.data_vars if "_intercept_" in str(v)
-              and str(v).split("_intercept_")[0] in GROUP_DIMS.values()]
+    latent = [v for v in posterior.data_vars if names.is_group_intercept(str(v))]
     parts = [az.summary(idata, var_names=reported, kind="all", round_to="none",
                         hdi_prob=0.95).assign(reported=True)]
     if latent and full:
@@ -425,8 +421,7 @@ def fit_design(design: Design, settings: FitSettings | None = None,
     # The sampler's internals (non-centred z's, nested levels, log-transformed sds) are not
     # kept: the intercepts are saved as deviations whatever the parameterisation.
     posterior = idata.posterior.drop_vars([v for v in idata.posterior.data_vars
-                                           if "_z_" in str(v) or "_level_" in str(v)
-                                           or str(v).endswith("__")])
+                                           if names.is_sampler_internal(str(v))])
     search = _laplace_search(posterior, laplace)   # before the per-draw pieces are dropped
     if marginal or laplace:
         posterior = _add_intercepts(posterior, design, forms, settings.seed)
@@ -507,8 +502,7 @@ def compact(idata: az.InferenceData) -> az.InferenceData:
     beyond their Monte Carlo error); coefficients and variances stay float64. Returns a new
     InferenceData; `idata` is not changed (its other arrays are shared, not copied)."""
     posterior = idata.posterior
-    latent = [v for v in posterior.data_vars if posterior[v].ndim > 2
-              and str(v).split("_intercept_")[0] in GROUP_DIMS.values()]
+    latent = [v for v in posterior.data_vars if names.is_group_intercept(str(v))]
     groups = {group: getattr(idata, group) for group in idata.groups()}
     groups["posterior"] = posterior.assign({v: posterior[v].astype("float32")
                                             for v in latent})
@@ -516,27 +510,3 @@ def compact(idata: az.InferenceData) -> az.InferenceData:
         if group in groups:
             groups[group] = groups[group].astype("float32")
     return az.InferenceData(**groups)
-
-
-def write_fit(result: FitResult, folder: str | Path) -> Path:
-    """Write posterior.nc, summary.csv, effects.csv (contrasts.csv with a moderator),
-    diagnostics.json, spec.toml, fit.json into `folder`, atomically."""
-    folder = Path(folder)
-    with atomic_directory(folder) as temporary:
-        # uncompressed: zlib saved 7 % of the regional fit's 186 MB and took 5.6 s of
-        # the 7 s write (draws are close to incompressible)
-        compact(result.idata).to_netcdf(str(temporary / "posterior.nc"), compress=False)
-        result.summary.rename_axis("parameter").to_csv(temporary / "summary.csv")
-        result.effects.to_csv(temporary / "effects.csv", index=False)
-        if not result.contrasts.empty:
-            result.contrasts.to_csv(temporary / "contrasts.csv", index=False)
-        if not result.shrinkage.empty:
-            result.shrinkage.to_csv(temporary / "shrinkage.csv", index=False)
-        if not result.sensitivity.empty:
-            result.sensitivity.to_csv(temporary / "sensitivity.csv", index=False)
-            result.sensitivity_thresholds.to_csv(temporary / "sensitivity_thresholds.csv",
-                                                 index=False)
-        write_json(result.diagnostics, temporary / "diagnostics.json")
-        (temporary / "spec.toml").write_text(result.spec.text, encoding="utf-8")
-        write_record(result.record, temporary / "fit.json")
-    return folder

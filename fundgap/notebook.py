@@ -11,7 +11,6 @@ notebook reuses an earlier one's fit), else nowhere.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,9 @@ from pathlib import Path
 import arviz as az
 import pandas as pd
 
-from fundgap.fit import FitSettings, fit_model, settings_for, write_fit
+from fundgap.errors import FundgapError
+from fundgap.fit import FitSettings, fit_model, settings_for
+from fundgap.fitfolder import FIT_RECORD, load_fit, write_fit
 from fundgap.spec import ModelSpec, load_spec
 from fundgap.store import frame_fingerprint
 
@@ -96,23 +97,19 @@ def fits_folder(name: str) -> Path | None:
 
 
 def fit_or_load(name: str, table: pd.DataFrame) -> Fitted:
-    """The spec's fit on `table`: read from `fits_folder(name)` when the fit there was made
-    from the same data, else fitted now (and written there)."""
-    folder = fits_folder(name)
-    record = folder / "fit.json" if folder is not None else None
-    if record is not None and record.is_file() and json.loads(record.read_text())[
-            "data_fingerprint"] == frame_fingerprint(table):
-        def frame(file: str) -> pd.DataFrame:
-            path = folder / file
-            return (pd.read_csv(path, keep_default_na=False) if path.is_file()
-                    else pd.DataFrame())
-
-        return Fitted(name, az.from_netcdf(folder / "posterior.nc"), frame("effects.csv"),
-                      frame("contrasts.csv"), frame("shrinkage.csv"),
-                      pd.read_csv(folder / "summary.csv"),
-                      json.loads((folder / "diagnostics.json").read_text()), str(folder),
-                      frame("sensitivity.csv"), frame("sensitivity_thresholds.csv"))
+    """The spec's fit on `table`: read from `fits_folder(name)` when an intact fit there was
+    made from the same spec and data, else fitted now (and written there)."""
     model = spec(name)
+    folder = fits_folder(name)
+    if folder is not None and (folder / FIT_RECORD).is_file():
+        try:
+            saved = load_fit(folder, model, frame_fingerprint(table))
+        except FundgapError:  # another spec, other data, damaged: fitted again below
+            saved = None
+        if saved is not None:
+            return Fitted(name, saved.idata, saved.effects, saved.contrasts, saved.shrinkage,
+                          saved.summary.reset_index(), saved.diagnostics, str(folder),
+                          saved.sensitivity, saved.sensitivity_thresholds)
     result = fit_model(model, table, settings(model))
     if folder is not None:
         write_fit(result, folder)

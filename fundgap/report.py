@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,14 +25,14 @@ import pandas as pd
 from jinja2 import Environment
 from markupsafe import Markup
 
-from fundgap import __version__
+from fundgap import __version__, fitfolder
 from fundgap.compare import LEGEND, html_sections
 from fundgap.describe import descriptives, occupancy
 from fundgap.effects import mark_undefined_shares
 from fundgap.errors import FundgapError
 from fundgap.prepare import PreparedData, read_prepared
 from fundgap.spec import parse_spec
-from fundgap.store import atomic_directory, atomic_path, damaged
+from fundgap.store import atomic_directory, atomic_path
 
 Z95 = 1.959964
 POSTERIOR_COLOUR, FREQUENTIST_COLOUR = "#1f5fa8", "#d9731a"
@@ -249,9 +248,8 @@ def shrinkage_figure(shrinkage: pd.DataFrame, equation: str) -> list[Figure]:
                    "campaign counts", _png(figure))]
 
 
-def ppc_figure(posterior_file: Path, outcome: str) -> list[Figure]:
+def ppc_figure(idata: az.InferenceData, outcome: str) -> list[Figure]:
     """ArviZ's posterior predictive check of the outcome (thinned draws saved with the fit)."""
-    idata = az.from_netcdf(posterior_file)
     if "posterior_predictive" not in idata.groups() or \
             outcome not in idata.posterior_predictive:
         return []
@@ -261,42 +259,44 @@ def ppc_figure(posterior_file: Path, outcome: str) -> list[Figure]:
     return [Figure(f"ppc_{outcome}", f"Posterior predictive check of {outcome}", _png(figure))]
 
 
+def _comparison(folder: Path) -> tuple[pd.DataFrame, list[str]]:
+    """A frequentist folder's comparison and notes (none from a damaged folder)."""
+    if not (folder / fitfolder.COMPARISON).is_file():
+        return pd.DataFrame(), []
+    try:
+        record = fitfolder.checked_record(folder, "frequentist")
+    except FundgapError as error:
+        problems = getattr(error, "problems", [str(error)])
+        return pd.DataFrame(), [f"the frequentist folder is damaged ({'; '.join(problems)}): "
+                                "its comparison is not shown; the next `fundgap run` writes "
+                                "it again"]
+    return pd.read_csv(folder / fitfolder.COMPARISON), record["notes"]
+
+
 def _analysis(fits: Path, name: str, table: pd.DataFrame) -> Analysis:
-    folder = fits / name
-    frequentist = fits / "frequentist" / name
-    spec_file = folder / "spec.toml" if (folder / "spec.toml").is_file() else None
-    comparison = pd.DataFrame()
-    notes: list[str] = []
-    if (frequentist / "comparison.csv").is_file():
-        broken = damaged(frequentist / "frequentist.json")
-        if broken:
-            notes = [f"the frequentist folder is damaged ({'; '.join(broken)}): its "
-                     "comparison is not shown; the next `fundgap run` writes it again"]
-        else:
-            comparison = pd.read_csv(frequentist / "comparison.csv")
-            notes = json.loads((frequentist / "frequentist.json").read_text("utf-8"))["notes"]
-    if spec_file is None:
+    folder = fitfolder.bayesian_folder(fits, name)
+    frequentist = fitfolder.frequentist_folder(fits, name)
+    comparison, notes = _comparison(frequentist)
+    if not (folder / fitfolder.SPEC).is_file():
         return Analysis(name, "", "no Bayesian fit", [], {}, comparison=comparison,
                         comparison_notes=notes)
-    broken = damaged(folder / "fit.json")
     try:
-        text = spec_file.read_text("utf-8")
-        spec = parse_spec(text, str(spec_file), columns=None)
-        diagnostics = json.loads((folder / "diagnostics.json").read_text("utf-8"))
-        passed = diagnostics["passed"]
+        saved = fitfolder.load_fit(folder)
+        passed = saved.diagnostics["passed"]
+    except fitfolder.DamagedFolder as error:  # e.g. a posterior.nc truncated since
+        return Analysis(name, "", "damaged", error.problems, {}, comparison=comparison,
+                        comparison_notes=notes)
     except (OSError, ValueError, KeyError, FundgapError) as error:  # not a folder fundgap wrote
-        broken.append(f"cannot be read ({type(error).__name__}: {error})")
-    if broken:  # e.g. a posterior.nc truncated after it was written: shown as missing
-        return Analysis(name, "", "damaged", broken, {}, comparison=comparison,
+        return Analysis(name, "", "damaged",
+                        [f"cannot be read ({type(error).__name__}: {error})"], {},
+                        comparison=comparison, comparison_notes=notes)
+    analysis = Analysis(name, saved.spec.description.strip(), "passed" if passed else "FAILED",
+                        saved.reasons, saved.diagnostics, comparison=comparison,
                         comparison_notes=notes)
-    analysis = Analysis(name, spec.description.strip(), "passed" if passed else "FAILED",
-                        diagnostics["reasons"], diagnostics, comparison=comparison,
-                        comparison_notes=notes)
-    analysis.graph_svg, analysis.graph_text = model_graph(
-        spec, table, json.loads((folder / "fit.json").read_text("utf-8")))
+    analysis.graph_svg, analysis.graph_text = model_graph(saved.spec, table, saved.record)
     if not passed:
         return analysis  # a failed fit's numbers are never shown
-    analysis.figures = _named(name, _figures(folder, frequentist, text, spec, analysis))
+    analysis.figures = _named(name, _figures(saved, frequentist, analysis))
     return analysis
 
 
@@ -329,23 +329,21 @@ def _named(prefix: str, figures: list[Figure]) -> list[Figure]:
     return [Figure(f"{prefix}_{f.name}", f.caption, f.png) for f in figures]
 
 
-def _figures(folder: Path, frequentist: Path, text: str, spec, analysis: Analysis
+def _figures(saved: fitfolder.SavedFit, frequentist: Path, analysis: Analysis
              ) -> list[Figure]:
     """Read a passed fit's tables into `analysis` and draw its figures."""
-    figures: list[Figure] = []
-    analysis.effects = pd.read_csv(folder / "effects.csv", keep_default_na=False)
-    figures += forest_figures(analysis.effects, frequentist_intervals(
-        frequentist, text) if frequentist.is_dir() else pd.DataFrame(), analysis.name)
-    if (folder / "contrasts.csv").is_file():
-        analysis.contrasts = pd.read_csv(folder / "contrasts.csv", keep_default_na=False)
+    spec = saved.spec
+    analysis.effects = saved.effects
+    figures = forest_figures(analysis.effects, frequentist_intervals(
+        frequentist, spec.text) if frequentist.is_dir() else pd.DataFrame(), analysis.name)
+    if not saved.contrasts.empty:
+        analysis.contrasts = saved.contrasts
         figures += contrast_figure(analysis.contrasts)
-    if (folder / "shrinkage.csv").is_file():
-        figures += shrinkage_figure(pd.read_csv(folder / "shrinkage.csv"), spec.outcome)
-    if (folder / "sensitivity.csv").is_file():
-        figures += sensitivity_figure(
-            pd.read_csv(folder / "sensitivity.csv", keep_default_na=False),
-            pd.read_csv(folder / "sensitivity_thresholds.csv"))
-    return figures + ppc_figure(folder / "posterior.nc", spec.outcome)
+    if not saved.shrinkage.empty:
+        figures += shrinkage_figure(saved.shrinkage, spec.outcome)
+    if not saved.sensitivity.empty:
+        figures += sensitivity_figure(saved.sensitivity, saved.sensitivity_thresholds)
+    return figures + ppc_figure(saved.idata, spec.outcome)
 
 
 def data_summary(prepared: PreparedData) -> tuple[dict, pd.DataFrame]:
@@ -390,18 +388,15 @@ class Report:
 def build_report(fits: str | Path) -> Report:
     """Read a data set's fits folder (`fits/<data>/`, as `fundgap run` writes it)."""
     fits = Path(fits)
-    if not (fits / "prepared.parquet").is_file():
+    if not (fits / fitfolder.PREPARED).is_file():
         raise FundgapError(f"{fits}: no prepared.parquet; run `fundgap run` for this data set "
                            "first")
-    names = sorted({p.parent.name for p in fits.glob("*/fit.json")}
-                   | {p.parent.name for p in fits.glob("frequentist/*/frequentist.json")})
+    names = fitfolder.spec_names(fits)
     if not names:
         raise FundgapError(f"{fits}: no fits to report")
-    from fundgap.batch import build_index
-
-    index = build_index(fits.parent)
+    index = fitfolder.build_index(fits.parent)
     index = index[index["data"] == fits.name]
-    prepared = read_prepared(fits / "prepared.parquet")
+    prepared = read_prepared(fits / fitfolder.PREPARED)
     facts, table = data_summary(prepared)
     analyses = [_analysis(fits, n, prepared.table) for n in names]
     # the index reads records, not the files they list: what the analyses found damaged

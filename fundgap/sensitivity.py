@@ -24,7 +24,6 @@ R~^2_Y), with R^2 = 1 - sigma^2 / Var(y) for each equation (IKY 2010, section 4.
 from __future__ import annotations
 
 import itertools
-import json
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +34,8 @@ from fundgap.design import Design
 from fundgap.effects import SAMPLE_DIMS, slope
 from fundgap.errors import FundgapError
 from fundgap.families import family
-from fundgap.spec import ModelSpec, parse_spec
-from fundgap.store import damaged
+from fundgap.fitfolder import load_fit, opened_posterior
+from fundgap.spec import ModelSpec
 
 RHO_GRID = np.round(np.arange(-0.9, 0.9 + 1e-9, 0.05), 2)
 # the grid on which the first rho whose 95% interval includes 0 is searched
@@ -206,21 +205,14 @@ def folder_sensitivity(folder: Path, rho: np.ndarray = RHO_GRID
     """`sensitivity` of a fit folder (`fundgap sensitivity`): the posterior, spec, moderator
     levels (from effects.csv) and response variances (fit.json) it saved. Raises a
     FundgapError for a folder that is not an intact fit, or a fit that has no curve."""
-    record = folder / "fit.json"
-    if not record.is_file():
-        raise FundgapError(f"{folder}: not a fit folder (no fit.json)")
-    broken = damaged(record)
-    if broken:
-        raise FundgapError(f"{folder}: damaged ({'; '.join(broken)}); fit it again")
-    spec = parse_spec((folder / "spec.toml").read_text("utf-8"), str(folder / "spec.toml"),
-                      columns=None)
+    saved = load_fit(folder)
     levels = []
-    if spec.moderator:
-        effects = pd.read_csv(folder / "effects.csv", keep_default_na=False)
-        levels = sorted({str(v) for v in effects[spec.moderator] if str(v)})
-    variances = json.loads(record.read_text("utf-8")).get("response_variance", {})
-    with xr.open_dataset(folder / "posterior.nc", group="posterior") as posterior:
-        curve, limits, reason = sensitivity(posterior.load(), spec, levels, variances, rho)
+    if saved.spec.moderator:
+        levels = sorted({str(v) for v in saved.effects[saved.spec.moderator] if str(v)})
+    variances = saved.record.get("response_variance", {})
+    with opened_posterior(folder) as posterior:
+        curve, limits, reason = sensitivity(posterior.load(), saved.spec, levels, variances,
+                                            rho)
     if reason is not None:
         raise FundgapError(f"{folder}: no sensitivity curve: {reason}")
     return curve, limits

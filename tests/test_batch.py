@@ -14,8 +14,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fundgap.batch import build_index, run_batch
+from fundgap.batch import run_batch
 from fundgap.cli import main
+from fundgap.fitfolder import build_index
 from fundgap.simulate import simulate, write_simulation
 
 from conftest import edit_cell

@@ -97,23 +97,18 @@ def test_a_full_disk_keeps_the_earlier_fit_and_says_so(inputs: Path, tmp_path: P
                                                        monkeypatch, capsys) -> None:
     """The posterior cannot be written (no space left): the run reports it and exits 1, the
     folder written before stays as it was, and nothing half-written remains."""
-    import fundgap.fit
+    import fundgap.fitfolder
 
     out = tmp_path / "fits"
     assert main(_run(inputs, out)) == 0
     record = out / "one" / "first" / "fit.json"
     before = json.loads(record.read_text("utf-8"))
-    real_compact = fundgap.fit.compact
 
-    class FullDisk:
-        def __init__(self, idata):
-            self.idata = idata
+    def full_disk(idata, path: Path, latent_draws: int) -> None:
+        Path(path).write_bytes(b"\0" * 4096)     # what fitted before the disk filled
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-        def to_netcdf(self, path: str, **kwargs) -> None:
-            Path(path).write_bytes(b"\0" * 4096)     # what fitted before the disk filled
-            raise OSError(errno.ENOSPC, "No space left on device", path)
-
-    monkeypatch.setattr(fundgap.fit, "compact", lambda idata: FullDisk(real_compact(idata)))
+    monkeypatch.setattr(fundgap.fitfolder, "write_posterior", full_disk)
     capsys.readouterr()
     assert main(_run(inputs, out, "--force")) == 1
     printed = capsys.readouterr().out

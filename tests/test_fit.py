@@ -25,8 +25,8 @@ from fundgap.fit import (
     compact,
     fit_model,
     prior_predictive,
-    write_fit,
 )
+from fundgap.fitfolder import write_fit
 from fundgap.frequentist import run_frequentist
 from fundgap.report import build_report, write_report
 from fundgap.spec import load_spec, parse_spec

@@ -194,6 +194,7 @@ def _fake_fit(folder: Path, table: pd.DataFrame, passed: bool) -> Path:
                   "ess_bulk": [3000.0, 3000.0]}).to_csv(folder / "effects.csv", index=False)
     (folder / "diagnostics.json").write_text(json.dumps(
         {"passed": passed, "reasons": [] if passed else ["3 divergences"]}))
+    (folder / "spec.toml").write_text(REGIONAL.read_text("utf-8"), encoding="utf-8")
     (folder / "fit.json").write_text(json.dumps({"data_fingerprint":
                                                  frame_fingerprint(table)}))
     return folder

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from fundgap.cli import main
-from fundgap.fit import FitSettings, fit_model, write_fit
+from fundgap.fit import FitSettings, fit_model
+from fundgap.fitfolder import write_fit
 from fundgap.sensitivity import curve_draws, paths
 from fundgap.spec import parse_spec
 

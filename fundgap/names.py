@@ -1,0 +1,88 @@
+"""Posterior variable names: every one is made here, and recognised here.
+
+Each equation's variables carry the equation's name (its response) as a suffix:
+
+    alpha_<eq>, beta_std_<eq>       sampled: intercept and slopes on standardised predictors
+    coefficients_<eq>, intercept_<eq>   reported: on the data's scale
+    sigma_<eq> (and other families' own parameters: <parameter>_<eq>)
+    <dim>_sd_<eq>                   a grouping's sd (dim: county, prefecture, province)
+    signed_<dim>_sd_<eq>            its sampled signed value, where the sd is folded
+    <dim>_intercept_<eq>            the latent intercepts of a grouping's levels
+    <dim>_z_<eq>, <dim>_level_<eq>  the sampler's non-centred and nested forms of them
+"""
+
+from __future__ import annotations
+
+from fundgap.defaults import DIMS, FOLDED_PREFIX
+
+GROUPING_DIMS = (DIMS["county"], DIMS["prefecture"], DIMS["province"])
+INTERCEPT_INFIX = "_intercept_"
+
+
+def alpha(equation: str) -> str:
+    return f"alpha_{equation}"
+
+
+def beta_std(equation: str) -> str:
+    return f"beta_std_{equation}"
+
+
+def coefficients(equation: str) -> str:
+    return f"coefficients_{equation}"
+
+
+def intercept(equation: str) -> str:
+    return f"intercept_{equation}"
+
+
+def auxiliary(parameter: str, equation: str) -> str:
+    """A family's own parameter (sigma, dispersion, ...) of an equation."""
+    return f"{parameter}_{equation}"
+
+
+def sigma(equation: str) -> str:
+    return auxiliary("sigma", equation)
+
+
+def group_sd(dim: str, equation: str) -> str:
+    return f"{dim}_sd_{equation}"
+
+
+def folded_sd(dim: str, equation: str) -> str:
+    """The sampled signed value of a folded group sd (its absolute value is the sd)."""
+    return FOLDED_PREFIX + group_sd(dim, equation)
+
+
+def group_intercept(dim: str, equation: str) -> str:
+    return f"{dim}{INTERCEPT_INFIX}{equation}"
+
+
+def group_z(dim: str, equation: str) -> str:
+    return f"{dim}_z_{equation}"
+
+
+def group_level(dim: str, equation: str) -> str:
+    return f"{dim}_level_{equation}"
+
+
+def is_group_intercept(name: str) -> bool:
+    """A grouping level's latent intercept (thousands of series; not reported)."""
+    dim, infix, _ = name.partition(INTERCEPT_INFIX)
+    return bool(infix) and dim in GROUPING_DIMS
+
+
+def is_sampler_internal(name: str) -> bool:
+    """A variable only the sampler needs (non-centred z's, nested levels, transformed
+    values): dropped from the saved posterior, which keeps deviations whatever the form."""
+    return name.endswith("__") or any(name.startswith((f"{dim}_z_", f"{dim}_level_"))
+                                      for dim in GROUPING_DIMS)
+
+
+def is_folded(name: str) -> bool:
+    return name.startswith(FOLDED_PREFIX)
+
+
+def reported_prefixes(auxiliary_names: tuple[str, ...]) -> tuple[str, ...]:
+    """The prefixes of the variables the gate checks (the latent intercepts are not)."""
+    return ("coefficients_", "intercept_", *(f"{dim}_sd_" for dim in GROUPING_DIMS),
+            *(f"{name}_" for name in auxiliary_names))
