@@ -27,7 +27,7 @@ from collections.abc import Collection
 import pymc as pm
 import pytensor.tensor as pt
 
-from fundgap.defaults import FOLDED_PREFIX
+from fundgap import names
 from fundgap.design import GROUP_DIMS, Design, EquationDesign, term_dim
 from fundgap.families import family
 from fundgap.laplace import add_laplace_likelihood
@@ -55,15 +55,15 @@ def _equation(design: Design, name: str, form: str, centred: Collection[str],
     scales = pm.Data(f"prior_{name}", equation.prior_scales())
     x_mean = pm.Data(f"x_mean_{name}", equation.x_mean, dims=term_dim(name))
     x_sd = pm.Data(f"x_sd_{name}", equation.x_sd, dims=term_dim(name))
-    alpha = pm.Normal(f"alpha_{name}", scales[0], scales[1])
-    beta_std = pm.Normal(f"beta_std_{name}", 0.0, scales[2], dims=term_dim(name))
-    coefficients = pm.Deterministic(f"coefficients_{name}", beta_std / x_sd,
+    alpha = pm.Normal(names.alpha(name), scales[0], scales[1])
+    beta_std = pm.Normal(names.beta_std(name), 0.0, scales[2], dims=term_dim(name))
+    coefficients = pm.Deterministic(names.coefficients(name), beta_std / x_sd,
                                     dims=term_dim(name))
-    pm.Deterministic(f"intercept_{name}", alpha - pt.dot(coefficients, x_mean))
+    pm.Deterministic(names.intercept(name), alpha - pt.dot(coefficients, x_mean))
     if form == "exact":
         add_marginal_likelihood(design, name, alpha, beta_std,
                                 _group_sds(equation, scales[4], folded=equation.groups),
-                                pm.HalfNormal(f"sigma_{name}", scales[3]), compiled)
+                                pm.HalfNormal(names.sigma(name), scales[3]), compiled)
         return
     X = pm.Data(f"X_{name}", (equation.X - equation.x_mean) / equation.x_sd,
                 dims=("campaign", term_dim(name)))
@@ -84,10 +84,10 @@ def _equation(design: Design, name: str, form: str, centred: Collection[str],
     for column in equation.groups:
         dim = GROUP_DIMS[column]
         if column in centred:
-            effect = pm.Normal(f"{dim}_intercept_{name}", 0.0, sds[dim], dims=dim)
+            effect = pm.Normal(names.group_intercept(dim, name), 0.0, sds[dim], dims=dim)
         else:
-            z = pm.Normal(f"{dim}_z_{name}", 0.0, 1.0, dims=dim)
-            effect = pm.Deterministic(f"{dim}_intercept_{name}", sds[dim] * z, dims=dim)
+            z = pm.Normal(names.group_z(dim, name), 0.0, 1.0, dims=dim)
+            effect = pm.Deterministic(names.group_intercept(dim, name), sds[dim] * z, dims=dim)
         eta = eta + effect[design.index[column]]
     _likelihood(equation, eta, scales[3])
 
@@ -111,9 +111,9 @@ def _group_sds(equation: EquationDesign, scale: pt.TensorVariable,
     sds = {}
     for column in equation.groups:
         dim = GROUP_DIMS[column]
-        saved = f"{dim}_sd_{equation.name}"
+        saved = names.group_sd(dim, equation.name)
         if column in folded:
-            sds[dim] = pm.Normal(FOLDED_PREFIX + saved, 0.0, scale)
+            sds[dim] = pm.Normal(names.folded_sd(dim, equation.name), 0.0, scale)
             pm.Deterministic(saved, pt.abs(sds[dim]))
         else:
             sds[dim] = pm.HalfNormal(saved, scale)
@@ -131,11 +131,12 @@ def _nested_centred(design: Design, name: str, alpha: pt.TensorVariable,
     outer, inner = design.equations[name].groups
     outer_dim, inner_dim = GROUP_DIMS[outer], GROUP_DIMS[inner]
     parent = design.parent(inner, outer)
-    outer_level = pm.Normal(f"{outer_dim}_level_{name}", alpha, sds[outer_dim], dims=outer_dim)
-    inner_level = pm.Normal(f"{inner_dim}_level_{name}", outer_level[parent], sds[inner_dim],
-                            dims=inner_dim)
-    pm.Deterministic(f"{outer_dim}_intercept_{name}", outer_level - alpha, dims=outer_dim)
-    pm.Deterministic(f"{inner_dim}_intercept_{name}", inner_level - outer_level[parent],
+    outer_level = pm.Normal(names.group_level(outer_dim, name), alpha, sds[outer_dim],
+                            dims=outer_dim)
+    inner_level = pm.Normal(names.group_level(inner_dim, name), outer_level[parent],
+                            sds[inner_dim], dims=inner_dim)
+    pm.Deterministic(names.group_intercept(outer_dim, name), outer_level - alpha, dims=outer_dim)
+    pm.Deterministic(names.group_intercept(inner_dim, name), inner_level - outer_level[parent],
                      dims=inner_dim)
     return inner_level[design.index[inner]]
 

@@ -18,7 +18,7 @@ from jinja2 import Environment
 from markupsafe import Markup
 from scipy.stats import norm
 
-from fundgap import fitfolder
+from fundgap import fitfolder, names
 from fundgap.errors import FundgapError
 from fundgap.fitfolder import SavedFit, load_fit, record_file
 from fundgap.frequentist import FrequentistResult, stars
@@ -129,7 +129,7 @@ def _ols_rows(result: FrequentistResult, published: dict,
                                     "mixedlm_stars": hit["stars"].iloc[0]})
                 if model.equation:
                     row.update(_posterior_columns(
-                        posterior, f"coefficients_{model.equation}[{ols['term']}]"))
+                        posterior, f"{names.coefficients(model.equation)}[{ols['term']}]"))
                 elif model.posterior_effect and ols["term"] == result.spec.exposure:
                     row.update(_effect_columns(posterior, model.posterior_effect))
             rows.append(row)
@@ -164,7 +164,7 @@ def _equation_rows(result: FrequentistResult, published: dict,
                     row.update({"mixedlm_estimate": hit["estimate"].iloc[0],
                                 "mixedlm_std_error": hit["std_error"].iloc[0],
                                 "mixedlm_stars": hit["stars"].iloc[0]})
-            row.update(_posterior_columns(posterior, f"coefficients_{name}[{ols['term']}]"))
+            row.update(_posterior_columns(posterior, f"{names.coefficients(name)}[{ols['term']}]"))
             rows.append(row)
     return rows
 

@@ -67,10 +67,6 @@ EFFECT_CHUNK_VALUES = 20_000_000
 # non-centred form's z's would put the funnel back (fundgap.fit.choose_centring)
 CENTRED_MIN_CAMPAIGNS = 50
 
-# the name of a folded sd's sampled (signed) value is this prefix and the saved sd's name
-# (fundgap.build._group_sds)
-FOLDED_PREFIX = "signed_"
-
 # The dimension names every posterior uses.
 DIMS = {
     "campaign": "campaign",

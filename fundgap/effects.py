@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from fundgap import names
 from fundgap.defaults import EFFECT_CHUNK_VALUES
 from fundgap.design import Design
 from fundgap.errors import SpecError
@@ -72,14 +73,14 @@ def _slope_terms(terms: list[str], variable: str, moderator: str | None,
 def slope(posterior: xr.Dataset, spec: ModelSpec, equation: str, variable: str,
           level: str | None = None) -> xr.DataArray:
     """A variable's coefficient in an equation (at a moderator level), dims (chain, draw)."""
-    coefficients = posterior[f"coefficients_{equation}"]
+    coefficients = posterior[names.coefficients(equation)]
     dim = f"term_{equation}"
-    names = _slope_terms(list(coefficients[dim].values), variable, spec.moderator, level)
-    if not names:
+    terms = _slope_terms(list(coefficients[dim].values), variable, spec.moderator, level)
+    if not terms:
         at = f" at {spec.moderator} = {level}" if level is not None else ""
         raise SpecError(f"{spec.source}: equations.{equation} has no slope for "
                         f"{variable}{at}")
-    return coefficients.sel({dim: names}).sum(dim)
+    return coefficients.sel({dim: terms}).sum(dim)
 
 
 def _level_rows(design: Design, equation: str, level: str | None) -> np.ndarray:

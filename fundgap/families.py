@@ -40,6 +40,7 @@ from statsmodels.base.model import GenericLikelihoodModel
 from statsmodels.othermod.betareg import BetaModel
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
+from fundgap import names
 from fundgap.errors import SpecError
 
 
@@ -495,7 +496,7 @@ class _SavedDraws(Mapping):
         self._names = [a.name for a in record.auxiliary]
 
     def __getitem__(self, key: str):
-        draws = self._posterior[f"{key}_{self._equation}"]
+        draws = self._posterior[names.auxiliary(key, self._equation)]
         return draws.values[..., None] if self._per_campaign else draws
 
     def __iter__(self):

@@ -50,7 +50,7 @@ import pytensor.tensor as pt
 from pytensor.gradient import disconnected_grad
 from pytensor.scan.utils import until
 
-from fundgap.defaults import FOLDED_PREFIX
+from fundgap import names
 from fundgap.design import GROUP_DIMS, Design
 from fundgap.families import family
 from fundgap.laplace_kernel import (
@@ -356,4 +356,4 @@ def draw_intercepts(posterior, design: Design, name: str,
 
 def _signed_sd(posterior, dim: str, name: str) -> np.ndarray:
     # the Laplace form folds every group's sd (fundgap.build), and z* is for the signed one
-    return posterior[f"{FOLDED_PREFIX}{dim}_sd_{name}"].values
+    return posterior[names.folded_sd(dim, name)].values

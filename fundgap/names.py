@@ -13,8 +13,10 @@ Each equation's variables carry the equation's name (its response) as a suffix:
 
 from __future__ import annotations
 
-from fundgap.defaults import DIMS, FOLDED_PREFIX
+from fundgap.defaults import DIMS
 
+# the sampled (signed) value of a folded sd: this prefix and the saved sd's name
+FOLDED_PREFIX = "signed_"
 GROUPING_DIMS = (DIMS["county"], DIMS["prefecture"], DIMS["province"])
 INTERCEPT_INFIX = "_intercept_"
 

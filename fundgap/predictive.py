@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from fundgap import names
 from fundgap.design import GROUP_DIMS, Design
 from fundgap.families import auxiliary_draws, family
 
@@ -27,11 +28,11 @@ def linear_predictor(posterior: xr.Dataset, design: Design, name: str,
     for the campaigns `rows` (default all)."""
     equation = design.equations[name]
     X = xr.DataArray(equation.X[rows], dims=("campaign", f"term_{name}"))
-    eta = posterior[f"intercept_{name}"] + xr.dot(X, posterior[f"coefficients_{name}"],
+    eta = posterior[names.intercept(name)] + xr.dot(X, posterior[names.coefficients(name)],
                                                    dim=f"term_{name}")
     for column in equation.groups:
         dim = GROUP_DIMS[column]
-        effect = posterior[f"{dim}_intercept_{name}"]
+        effect = posterior[names.group_intercept(dim, name)]
         eta = eta + effect.isel({dim: xr.DataArray(design.index[column][rows],
                                                    dims="campaign")})
     return eta.transpose("chain", "draw", "campaign")

@@ -23,6 +23,7 @@ import warnings
 import arviz as az
 import pandas as pd
 
+from fundgap import names
 from fundgap.fit import FitResult, FitSettings, fit_model
 from fundgap.spec import ModelSpec
 
@@ -68,7 +69,7 @@ def _row(name: str, fit: FitResult) -> dict:
         values = _interval(fit.effects, effect=effect, mediator="")
         row.update({f"{effect}_{key}": value for key, value in values.items()})
     for level in ("county", "prefecture"):
-        parameter = f"{level}_sd_{spec.outcome}"
+        parameter = names.group_sd(level, spec.outcome)
         present = parameter in summary.index
         row[f"{level}_sd_mean"] = summary.loc[parameter, "mean"] if present else None
         row[f"{level}_sd_ci_lower"] = summary.loc[parameter, "hdi_2.5%"] if present else None
@@ -96,9 +97,9 @@ def robustness(spec: ModelSpec, table: pd.DataFrame,
     # each variant compiles once, frozen (about 24 s here): keeping an unfrozen model for
     # reuse costs more to compile than the two subsets that could reuse it would save
     settings = settings or FitSettings()
-    names = ["county_in_prefecture", *SUBSETS, *[p for p in POOLING
-                                                 if p != "county_in_prefecture"]]
-    fits = {name: fit_model(variant(spec, name), table, settings) for name in names}
+    variants = ["county_in_prefecture", *SUBSETS, *[p for p in POOLING
+                                                    if p != "county_in_prefecture"]]
+    fits = {name: fit_model(variant(spec, name), table, settings) for name in variants}
     side_by_side = pd.DataFrame([_row(name, fit) for name, fit in fits.items()])
     pooled = {name: fits[name] for name in POOLING}
     return side_by_side, loo_comparison(pooled, spec.outcome)

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from fundgap import names
 from fundgap.design import Design
 from fundgap.effects import SAMPLE_DIMS, slope
 from fundgap.errors import FundgapError
@@ -77,7 +78,7 @@ def paths(posterior: xr.Dataset, spec: ModelSpec, levels: list[str]) -> xr.Datas
         found = found.assign_coords({spec.moderator: levels})
     else:
         found = at(None)
-    ratio = xr.concat([posterior[f"sigma_{outcome}"] / posterior[f"sigma_{m}"]
+    ratio = xr.concat([posterior[names.sigma(outcome)] / posterior[names.sigma(m)]
                        for m in spec.mediators], dim="mediator")
     return found.assign(ratio=ratio).assign_coords(mediator=list(spec.mediators))
 
@@ -169,10 +170,10 @@ def r_squared(posterior: xr.Dataset, spec: ModelSpec, variances: dict[str, float
               ) -> dict[str, float]:
     """Each mediator's and the outcome's (key "__outcome__") 1 - sigma^2 / Var(y), sigma at
     its posterior mean; `variances` the responses' sample variances."""
-    found = {m: 1 - float(posterior[f"sigma_{m}"].mean()) ** 2 / variances[m]
+    found = {m: 1 - float(posterior[names.sigma(m)].mean()) ** 2 / variances[m]
              for m in spec.mediators if m in variances}
     if spec.outcome in variances:
-        found["__outcome__"] = (1 - float(posterior[f"sigma_{spec.outcome}"].mean()) ** 2
+        found["__outcome__"] = (1 - float(posterior[names.sigma(spec.outcome)].mean()) ** 2
                                 / variances[spec.outcome])
     return found
 

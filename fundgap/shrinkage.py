@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from fundgap import names
 from fundgap.design import GROUP_DIMS, Design
 from fundgap.marginal import sufficient_statistics
 
@@ -28,11 +29,11 @@ def shrinkage_table(posterior: xr.Dataset, design: Design) -> pd.DataFrame:
         if not equation.groups:
             continue
         stats = sufficient_statistics(design, name)
-        theta = np.concatenate([[posterior[f"alpha_{name}"].mean().item()],
-                                posterior[f"beta_std_{name}"].mean(("chain", "draw")).values])
+        theta = np.concatenate([[posterior[names.alpha(name)].mean().item()],
+                                posterior[names.beta_std(name)].mean(("chain", "draw")).values])
         inner_residual = stats.inner_y - stats.inner_Z @ theta   # per inner level
         inner_n = stats.inner_n
-        means = {column: posterior[f"{GROUP_DIMS[column]}_intercept_{name}"].mean(
+        means = {column: posterior[names.group_intercept(GROUP_DIMS[column], name)].mean(
             ("chain", "draw")).values for column in equation.groups}
         sums = {equation.groups[-1]: inner_residual}
         counts = {equation.groups[-1]: inner_n}
@@ -46,7 +47,7 @@ def shrinkage_table(posterior: xr.Dataset, design: Design) -> pd.DataFrame:
                                         minlength=stats.n_outer)
         for column in equation.groups:
             dim = GROUP_DIMS[column]
-            draws = posterior[f"{dim}_intercept_{name}"]
+            draws = posterior[names.group_intercept(dim, name)]
             n = counts[column]
             frames.append(pd.DataFrame({
                 "equation": name, "level": dim, "code": design.levels[column],

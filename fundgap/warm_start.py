@@ -33,7 +33,7 @@ import numpy as np
 import pymc as pm
 import pytensor
 
-from fundgap.build import FOLDED_PREFIX
+from fundgap import names
 
 # Adam: steps, and a learning rate decaying from the first to the second
 ADAM_STEPS = 1000
@@ -122,7 +122,7 @@ def _off_the_fold(model: pm.Model, point: dict[str, np.ndarray]) -> dict[str, np
     path uses) refuses models with non-default initial values."""
     moved = dict(point)
     for rv in model.free_RVs:
-        if rv.name.startswith(FOLDED_PREFIX):
+        if names.is_folded(rv.name):
             scale = rv.owner.op.dist_params(rv.owner)[1]
             value = model.rvs_to_values[rv].name
             moved[value] = np.full_like(point[value], scale.eval())
@@ -194,8 +194,8 @@ def _laplace_variances(hessian: np.ndarray) -> tuple[np.ndarray, str]:
 def _constrained(model: pm.Model, points: list[list]) -> list[dict[str, np.ndarray]]:
     """Points in the sampler's unconstrained space (arrays in the order of
     model.value_vars) -> the free variables' values, as PyMC's `initvals` take them."""
-    names = {rv.name for rv in model.free_RVs}
-    outputs = [v for v in model.unobserved_value_vars if v.name in names]
+    free = {rv.name for rv in model.free_RVs}
+    outputs = [v for v in model.unobserved_value_vars if v.name in free]
     to_values = model.compile_fn(outputs, inputs=model.value_vars, on_unused_input="ignore",
                                  point_fn=False)
     return [{v.name: np.asarray(value) for v, value in
