@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 import statsmodels.formula.api as smf
 
-from fundgap.cli import _load_prepared
 from fundgap.families import squeeze_share
+from fundgap.pipeline import load_prepared
 
 RHS = ("ses_index:C(channel) + recommended + target_amount_10k + male + development"
        " + C(age_group) + C(disease_type) + verifier_count + core_capacity + text_rating")
@@ -35,7 +35,7 @@ def county_sd(table: pd.DataFrame, response: str) -> dict:
 
 
 def main(data: str) -> None:
-    table = _load_prepared(data).table
+    table = load_prepared(data).table
     share = squeeze_share(table["target_completion"].to_numpy(), "target_completion")
     table = table.assign(logit_share=np.log(share / (1 - share)))
     reached = table["target_completion"] >= 1

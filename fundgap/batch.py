@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import shutil
 import time
@@ -31,7 +30,7 @@ import pandas as pd
 from fundgap import fitfolder
 from fundgap.errors import FundgapError
 from fundgap.fitfolder import KINDS, current_key, fit_status, write_index
-from fundgap.store import frame_fingerprint, package_versions, to_json, write_json, write_table
+from fundgap.store import package_versions, to_json
 
 # the writer lock of an output folder (`run_batch`)
 LOCK_NAME = ".fundgap-run.lock"
@@ -54,6 +53,7 @@ class Task:
     log: str
     key: str
     settings: dict = field(default_factory=dict)
+    data_fingerprint: str | None = None   # the prepared rows' (what fit.json records)
 
 
 def run_key(spec_text: str, data_fingerprint: str, kind: str, settings: dict) -> str:
@@ -102,11 +102,10 @@ def run_task(task: Task, after: object = None) -> dict:
             log.info("%s %s on %s -> %s", task.kind, task.spec_path, task.prepared,
                      task.folder)
             spec = load_spec(task.spec_path)
-            table = read_prepared(task.prepared).table
             if task.kind == "bayesian":
-                row.update(_bayesian(spec, table, task))
+                row.update(_bayesian(spec, task))
             else:
-                row.update(_frequentist(spec, table, task))
+                row.update(_frequentist(spec, read_prepared(task.prepared).table, task))
             log.info("finished: %s", row["status"])
         except Exception as error:  # reported in the summary; the traceback is in the log
             log.error("failed:\n%s", traceback.format_exc())
@@ -115,12 +114,14 @@ def run_task(task: Task, after: object = None) -> dict:
     return row
 
 
-def _bayesian(spec, table: pd.DataFrame, task: Task) -> dict:
-    from fundgap.fit import fit_model, settings_for
+def _bayesian(spec, task: Task) -> dict:
+    from fundgap.fit import settings_for
     from fundgap.fitfolder import write_fit
+    from fundgap.pipeline import fit_bayesian
 
     settings = settings_for(spec, progress=False, **task.settings)
-    result = fit_model(spec, table, settings)
+    # from sufficient statistics where the table is large and every equation Gaussian
+    result = fit_bayesian(spec, task.prepared, settings, "auto", task.data_fingerprint)
     result.record["run_key"] = task.key
     write_fit(result, task.folder)
     d = result.diagnostics
@@ -129,14 +130,11 @@ def _bayesian(spec, table: pd.DataFrame, task: Task) -> dict:
 
 
 def _frequentist(spec, table: pd.DataFrame, task: Task) -> dict:
-    from fundgap.compare import write_frequentist
-    from fundgap.frequentist import run_frequentist
+    from fundgap.pipeline import fit_frequentist
 
-    replicates = int(task.settings.get("replicates", 999))
-    seed = int(task.settings.get("seed", 20250))
-    result = run_frequentist(spec, table, replicates, seed)
-    write_frequentist(result, table, task.folder, task.fits, replicates, seed,
-                      record={"run_key": task.key})
+    fit_frequentist(spec, table, task.folder, task.fits, task.settings.get("replicates"),
+                    task.settings.get("seed"), record={"run_key": task.key},
+                    source=task.prepared)
     return {"status": "done", "message": ""}
 
 
@@ -166,36 +164,6 @@ def data_folders(sources: Iterable[str | Path]) -> list[Path]:
     return found
 
 
-def _input_fingerprint(folder: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(folder.glob("*.csv")):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-def prepare_data(folder: Path, fits: Path) -> tuple[Path, str, pd.DataFrame]:
-    """Validate and prepare a data folder into `fits/prepared.parquet` (reused while the
-    input files are unchanged); returns the prepared table's path, fingerprint and the
-    table itself."""
-    from fundgap.contract import load_dataset
-    from fundgap.prepare import prepare, read_prepared
-
-    target = fits / fitfolder.PREPARED
-    sidecar = fits / fitfolder.PREPARED_DIAGNOSTICS
-    fingerprint = _input_fingerprint(folder)
-    recorded = (json.loads(sidecar.read_text("utf-8")).get("input_fingerprint")
-                if target.is_file() and sidecar.is_file() else None)
-    if recorded != fingerprint:
-        prepared = prepare(load_dataset(folder))
-        write_table(prepared.table, target)
-        write_json({**prepared.diagnostics, "input_fingerprint": fingerprint,
-                    "source": str(folder)}, sidecar)
-    # the fingerprint of the table as the fits read it back (what fit.json records)
-    table = read_prepared(target).table
-    return target, frame_fingerprint(table), table
-
-
 def not_applicable(spec, table: pd.DataFrame) -> str | None:
     """Why `table` cannot serve `spec` (a column any of its models uses is absent or empty
     in every row), naming where that column comes from; None where it can."""
@@ -214,6 +182,7 @@ def plan(data: Iterable[str | Path], models: Iterable[str | Path], out: str | Pa
          prepare_failed: Callable[[Path, Exception], None] | None = None
          ) -> tuple[list[Task], list[dict]]:
     """The tasks to run and the rows of those skipped (their folders are current)."""
+    from fundgap.pipeline import prepare_data
     from fundgap.spec import load_spec
 
     settings = {k: v for k, v in (settings or {}).items() if v is not None}
@@ -247,7 +216,8 @@ def plan(data: Iterable[str | Path], models: Iterable[str | Path], out: str | Pa
                 target = fitfolder.fit_folder(fits, spec.name, kind)
                 task = Task(folder.name, spec.source, spec.name, kind, str(prepared),
                             str(target), str(fits),
-                            str(fitfolder.log_file(fits, spec.name, kind)), key, wanted)
+                            str(fitfolder.log_file(fits, spec.name, kind)), key, wanted,
+                            fingerprint)
                 if not force and current_key(target, kind) == key and not _stale(task, tasks):
                     skipped.append({"data": folder.name, "spec": spec.name, "kind": kind,
                                     "folder": str(target), "action": "skipped",

@@ -143,66 +143,26 @@ def _report(args: argparse.Namespace) -> int:
 
 def _describe(args: argparse.Namespace) -> int:
     from fundgap.describe import summary_text
+    from fundgap.pipeline import load_prepared
 
-    prepared = _load_prepared(args.source)
+    prepared = load_prepared(args.source)
     print(summary_text(prepared.table, prepared.diagnostics))
     return 0
 
 
-def _load_prepared(data: str):
-    """A data folder (validated and prepared on the way in) or a prepared table, as
-    PreparedData."""
-    from fundgap.contract import load_dataset
-    from fundgap.prepare import prepare, read_prepared
-
-    source = Path(data)
-    if source.is_dir():
-        return prepare(load_dataset(source))
-    if source.is_file():
-        return read_prepared(source)
-    raise FundgapError(f"{source}: no such data folder or prepared table")
-
-
-def _reduce(spec, data: str, choice: str) -> bool:
-    """Whether to fit from sufficient statistics read in chunks (fundgap.reduce)."""
-    from fundgap.families import EXACT_FAMILIES
-    from fundgap.reduce import REDUCE_ROWS, parquet_rows
-
-    path = Path(data)
-    parquet = path.is_file() and path.suffix.lower() == ".parquet"
-    if choice == "never":
-        return False
-    if not parquet:
-        if choice == "always":
-            raise FundgapError(f"{path}: fitting from sufficient statistics reads a "
-                               "prepared .parquet table (write one with `fundgap prepare`)")
-        return False
-    gaussian = all(e.family in EXACT_FAMILIES for e in spec.equations.values())
-    return choice == "always" or (gaussian and parquet_rows(path) > REDUCE_ROWS)
-
-
 def _fit(args: argparse.Namespace) -> int:
-    import time
-
-    from fundgap.fit import fit_design, fit_model, settings_for
+    from fundgap.fit import settings_for
     from fundgap.fitfolder import write_fit
+    from fundgap.pipeline import fit_bayesian
     from fundgap.spec import load_spec
-    from fundgap.store import file_fingerprint
 
-    started = time.perf_counter()
     spec = load_spec(args.spec)
     settings = settings_for(spec, draws=args.draws, tune=args.tune, chains=args.chains,
                             seed=args.seed, backend=args.backend, form=args.form,
                             progress=not args.quiet, full_summary=args.full_summary,
                             per_campaign=args.per_campaign, centring=args.centring,
                             target_accept=args.target_accept, latent_draws=args.latent_draws)
-    if _reduce(spec, args.data, args.statistics):
-        from fundgap.reduce import reduce_prepared
-
-        design = reduce_prepared(spec, args.data)
-        result = fit_design(design, settings, file_fingerprint(args.data), started)
-    else:
-        result = fit_model(spec, _load_prepared(args.data).table, settings)
+    result = fit_bayesian(spec, args.data, settings, args.statistics)
     write_fit(result, args.out)
     diagnostics = result.diagnostics
     effects = result.effects[~result.effects["effect"].isin(["share", "a", "b"])]
@@ -233,23 +193,16 @@ def _cached(diagnostics: dict) -> str:
 
 
 def _frequentist(args: argparse.Namespace) -> int:
-    from fundgap.compare import write_frequentist
-    from fundgap.frequentist import run_frequentist
+    from fundgap.pipeline import fit_frequentist, load_prepared, missing_columns
     from fundgap.spec import load_spec
 
     specs = [load_spec(path) for path in args.specs]
-    table = _load_prepared(args.data).table
-    lacking = [f"{spec.source}: the data ({args.data}) have no column(s) {', '.join(missing)}"
-               for spec in specs
-               if (missing := [c for c in spec.all_variables if c not in table.columns])]
-    if lacking:
-        raise FundgapError("\n".join(lacking) + "\n(prepare the data again with this "
-                           "version of fundgap)")
+    table = load_prepared(args.data).table
+    missing_columns(specs, table, args.data)
     for spec in specs:
-        result = run_frequentist(spec, table, args.replicates, args.seed, args.mixedlm)
         out = Path(args.out) / spec.name
-        comparison = write_frequentist(result, table, out, args.fits, args.replicates,
-                                       args.seed)
+        result, comparison = fit_frequentist(spec, table, out, args.fits, args.replicates,
+                                             args.seed, args.mixedlm, source=args.data)
         flagged = int(comparison["published_outside_frequentist"].eq(True).sum())
         print(f"{out}: {spec.name}: {result.ols.groupby(['table', 'model']).ngroups} "
               f"single-equation models, KHB {'yes' if not result.khb.empty else 'no'}, "
@@ -261,12 +214,13 @@ def _frequentist(args: argparse.Namespace) -> int:
 
 def _robustness(args: argparse.Namespace) -> int:
     from fundgap.fit import settings_for
+    from fundgap.pipeline import load_prepared
     from fundgap.robustness import robustness
     from fundgap.spec import load_spec
     from fundgap.store import atomic_directory, write_table
 
     spec = load_spec(args.spec)
-    table = _load_prepared(args.data).table
+    table = load_prepared(args.data).table
     settings = settings_for(spec, draws=args.draws, tune=args.tune, chains=args.chains,
                             seed=args.seed, progress=not args.quiet)
     side_by_side, loo = robustness(spec, table, settings)

@@ -55,7 +55,7 @@ def default_data() -> Path:
 
 def default_table() -> pd.DataFrame:
     """The prepared default data (from fits/default/prepared.parquet when it is current)."""
-    from fundgap.batch import prepare_data
+    from fundgap.pipeline import prepare_data
     from fundgap.prepare import read_prepared
 
     prepared, _, _ = prepare_data(default_data(), repository() / "fits" / "default")

@@ -201,3 +201,27 @@ def test_a_spec_the_data_cannot_serve_is_not_applicable_and_fails_nothing(
     assert main(["fit", str(models / "rated.toml"), "--data", str(data),
                  "--out", str(tmp_path / "alone")]) == 1
     assert "no rows left: text_rating is missing in every row" in capsys.readouterr().err
+
+
+def test_run_fits_a_large_gaussian_table_from_sufficient_statistics(
+        batch_inputs: Path, tmp_path: Path, monkeypatch) -> None:
+    """Over REDUCE_ROWS rows, `fundgap run` fits a Gaussian spec from sufficient statistics
+    (as `fundgap fit` does), its fit.json records the prepared rows' fingerprint, so the
+    frequentist comparison takes the posterior, and nothing per campaign is kept."""
+    import json
+
+    from fundgap import reduce
+
+    monkeypatch.setattr(reduce, "REDUCE_ROWS", 100)
+    out = tmp_path / "fits"
+    result = run_batch([batch_inputs / "data" / "first"], [batch_inputs / "models" / "tiny.toml"],
+                       out, FAST, progress=False)
+    assert set(result.rows["status"]) <= {"passed", "failed", "done"}, result.rows
+    record = json.loads((out / "first" / "tiny" / "fit.json").read_text())
+    assert record["data_form"] == "sufficient statistics (chunked)"
+    assert record["per_campaign"] == "skip"
+    frequentist = json.loads((out / "first" / "frequentist" / "tiny" /
+                              "frequentist.json").read_text())
+    assert frequentist["posterior"] == str(out / "first" / "tiny")
+    comparison = pd.read_csv(out / "first" / "frequentist" / "tiny" / "comparison.csv")
+    assert comparison["posterior_mean"].notna().any()

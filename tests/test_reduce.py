@@ -94,18 +94,19 @@ def test_fit_from_statistics_equals_the_fit_from_rows(default_table: pd.DataFram
 
 def test_fit_command_reduces_large_gaussian_tables_only(small_table: pd.DataFrame,
                                                         tmp_path: Path, monkeypatch) -> None:
-    from fundgap import cli, reduce
+    from fundgap import reduce
     from fundgap.errors import FundgapError
+    from fundgap.pipeline import use_statistics
 
     path = tmp_path / "prepared.parquet"
     small_table.to_parquet(path)
     spec = load_spec(REGIONAL)
-    assert not cli._reduce(spec, str(path), "auto")          # 400 rows: keep the rows
-    assert cli._reduce(spec, str(path), "always")
-    assert not cli._reduce(spec, str(path), "never")
+    assert not use_statistics(spec, str(path), "auto")          # 400 rows: keep the rows
+    assert use_statistics(spec, str(path), "always")
+    assert not use_statistics(spec, str(path), "never")
     monkeypatch.setattr(reduce, "REDUCE_ROWS", 100)
-    assert cli._reduce(spec, str(path), "auto")
+    assert use_statistics(spec, str(path), "auto")
     csv = tmp_path / "prepared.csv"
     small_table.to_csv(csv, index=False)
     with pytest.raises(FundgapError, match="parquet"):
-        cli._reduce(spec, str(csv), "always")
+        use_statistics(spec, str(csv), "always")

@@ -1,0 +1,158 @@
+"""One way through the code, from data to fit folders: the CLI, the batch, the notebooks and
+the Python API (`fundgap.fit`, `fundgap.load`, ...) all call these, so a choice made here
+(rows or sufficient statistics, which columns a spec needs) is made once for all of them.
+
+- `load_prepared`: a data folder (validated and prepared on the way in), a prepared table
+  file, or a DataFrame -> PreparedData.
+- `prepare_data`: a data folder prepared into fits/<data>/prepared.parquet, reused while
+  its input files are unchanged (`fundgap run`, the notebooks).
+- `use_statistics`: whether a Bayesian fit reads sufficient statistics in chunks instead of
+  rows (every equation Gaussian and a prepared Parquet table of over REDUCE_ROWS rows).
+- `fit_bayesian`: a spec fitted to a source, from rows or from statistics.
+- `fit_frequentist`: a spec's frequentist tables, after checking its columns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from fundgap import fitfolder
+from fundgap.errors import FundgapError
+from fundgap.fit import FitResult, FitSettings, fit_design, fit_model
+from fundgap.prepare import PreparedData
+from fundgap.spec import ModelSpec
+from fundgap.store import frame_fingerprint, write_json, write_table
+
+STATISTICS_CHOICES = ("auto", "always", "never")
+
+if TYPE_CHECKING:
+    from fundgap.frequentist import FrequentistResult
+
+Source = str | Path | pd.DataFrame
+
+
+def load_prepared(source: Source) -> PreparedData:
+    """A data folder (validated, then prepared), a prepared table (.parquet, .csv, .dta),
+    or a prepared DataFrame, as PreparedData."""
+    from fundgap.contract import load_dataset
+    from fundgap.prepare import prepare, read_prepared
+
+    if isinstance(source, pd.DataFrame):
+        return PreparedData(source, {})
+    path = Path(source)
+    if path.is_dir():
+        return prepare(load_dataset(path))
+    if path.is_file():
+        return read_prepared(path)
+    raise FundgapError(f"{path}: no such data folder or prepared table")
+
+
+def _input_fingerprint(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*.csv")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def prepare_data(folder: Path, fits: Path) -> tuple[Path, str, pd.DataFrame]:
+    """Validate and prepare a data folder into `fits/prepared.parquet` (reused while the
+    input files are unchanged); returns the prepared table's path, fingerprint and the
+    table itself."""
+    from fundgap.contract import load_dataset
+    from fundgap.prepare import prepare, read_prepared
+
+    target = fits / fitfolder.PREPARED
+    sidecar = fits / fitfolder.PREPARED_DIAGNOSTICS
+    fingerprint = _input_fingerprint(folder)
+    recorded = (json.loads(sidecar.read_text("utf-8")).get("input_fingerprint")
+                if target.is_file() and sidecar.is_file() else None)
+    if recorded != fingerprint:
+        prepared = prepare(load_dataset(folder))
+        write_table(prepared.table, target)
+        write_json({**prepared.diagnostics, "input_fingerprint": fingerprint,
+                    "source": str(folder)}, sidecar)
+    # the fingerprint of the table as the fits read it back (what fit.json records)
+    table = read_prepared(target).table
+    return target, frame_fingerprint(table), table
+
+
+def use_statistics(spec: ModelSpec, source: Source, choice: str = "auto") -> bool:
+    """Whether to fit `spec` from sufficient statistics read in chunks (fundgap.reduce):
+    "always", "never", or "auto" (every equation Gaussian, and a prepared .parquet table of
+    over REDUCE_ROWS rows). "always" on anything but a .parquet table is an error."""
+    from fundgap.families import EXACT_FAMILIES
+    from fundgap.reduce import REDUCE_ROWS, parquet_rows
+
+    if choice not in STATISTICS_CHOICES:
+        raise FundgapError(f"unknown statistics choice {choice!r}: use "
+                           f"{', '.join(STATISTICS_CHOICES)}")
+    if choice == "never":
+        return False
+    parquet = (not isinstance(source, pd.DataFrame) and Path(source).is_file()
+               and Path(source).suffix.lower() == ".parquet")
+    if not parquet:
+        if choice == "always":
+            what = "a DataFrame" if isinstance(source, pd.DataFrame) else source
+            raise FundgapError(f"{what}: fitting from sufficient statistics reads a prepared "
+                               ".parquet table (write one with `fundgap prepare`)")
+        return False
+    gaussian = all(e.family in EXACT_FAMILIES for e in spec.equations.values())
+    return choice == "always" or (gaussian and parquet_rows(source) > REDUCE_ROWS)
+
+
+def fit_bayesian(spec: ModelSpec, source: Source, settings: FitSettings,
+                 statistics: str = "auto", data_fingerprint: str | None = None,
+                 table: pd.DataFrame | None = None) -> FitResult:
+    """Fit `spec` to a source: from sufficient statistics where `use_statistics` says so,
+    else from the prepared rows (`table` when the caller holds them already).
+    `data_fingerprint` is what fit.json records (default: the rows' fingerprint, or the
+    file's when fitting from statistics)."""
+    from fundgap.store import file_fingerprint
+
+    started = time.perf_counter()
+    if use_statistics(spec, source, statistics):
+        from fundgap.reduce import reduce_prepared
+
+        design = reduce_prepared(spec, source)
+        return fit_design(design, settings, data_fingerprint or file_fingerprint(source),
+                          started)
+    rows = table if table is not None else load_prepared(source).table
+    result = fit_model(spec, rows, settings)
+    if data_fingerprint is not None:
+        result.record["data_fingerprint"] = data_fingerprint
+    return result
+
+
+def missing_columns(specs: list[ModelSpec], table: pd.DataFrame, source: str) -> None:
+    """Raise one FundgapError naming every column a spec uses that the table lacks."""
+    lacking = [f"{spec.source}: the data ({source}) have no column(s) {', '.join(missing)}"
+               for spec in specs
+               if (missing := [c for c in spec.all_variables if c not in table.columns])]
+    if lacking:
+        raise FundgapError("\n".join(lacking) + "\n(prepare the data again with this "
+                           "version of fundgap)")
+
+
+def fit_frequentist(spec: ModelSpec, table: pd.DataFrame, out: str | Path,
+                    fits: str | Path | None = None, replicates: int | None = None,
+                    seed: int | None = None, mixedlm: str = "outcome",
+                    record: dict | None = None, source: str = "the data"
+                    ) -> tuple[FrequentistResult, pd.DataFrame]:
+    """The spec's OLS/logit, KHB and MixedLM tables and their comparison with the published
+    figures (and the Bayesian fit under `fits`), written to `out`; returns both."""
+    from fundgap.compare import write_frequentist
+    from fundgap.frequentist import run_frequentist
+    from fundgap.khb import BOOTSTRAP_REPLICATES, BOOTSTRAP_SEED
+
+    missing_columns([spec], table, source)
+    replicates = BOOTSTRAP_REPLICATES if replicates is None else replicates
+    seed = BOOTSTRAP_SEED if seed is None else seed
+    result = run_frequentist(spec, table, replicates, seed, mixedlm)
+    return result, write_frequentist(result, table, out, fits, replicates, seed, record=record)
