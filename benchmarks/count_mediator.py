@@ -39,10 +39,10 @@ import xarray as xr
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scaling import COUNT, ROOT, _fit, simulated_table
 
+from fundgap.bayesian import choose_centring, choose_form
 from fundgap.build import build_model
 from fundgap.defaults import BACKENDS, LAPLACE_FIXED_ITERATIONS
 from fundgap.design import build_design
-from fundgap.fit import choose_centring, choose_form
 from fundgap.spec import load_spec
 
 COUNT_EQUATION = "verifier_count"

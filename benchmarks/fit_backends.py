@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fundgap.fit import FitSettings, fit_model
+from fundgap.bayesian import FitSettings, fit_model
 from fundgap.prepare import read_prepared
 from fundgap.spec import load_spec
 

@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-# fundgap.fit's steps, timed where fit_design calls them ("sample" compiles and samples),
+# fundgap.bayesian's steps, timed where fit_design calls them ("sample" compiles and samples),
 # and the writing of the fit folder (fundgap.fitfolder)
 STEPS = ("build_design", "build_model", "sample", "_add_intercepts", "_per_campaign_groups",
          "effect_draws", "summarise_effects", "parameter_summary", "shrinkage_table")
@@ -34,8 +34,8 @@ WRITE_STEPS = ("write_fit",)
 
 def _child(spec: str, data: str, out: str) -> dict:
     started = time.perf_counter()
+    import fundgap.bayesian as fit
     import fundgap.cli as cli
-    import fundgap.fit as fit
     import fundgap.fitfolder as fitfolder
 
     seconds = {"imports": time.perf_counter() - started}

@@ -115,7 +115,7 @@ def run_task(task: Task, after: object = None) -> dict:
 
 
 def _bayesian(spec, task: Task) -> dict:
-    from fundgap.fit import settings_for
+    from fundgap.bayesian import settings_for
     from fundgap.fitfolder import write_fit
     from fundgap.pipeline import fit_bayesian
 

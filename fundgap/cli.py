@@ -30,7 +30,7 @@ GC_THRESHOLDS = (10_000, 20, 50)
 
 def _simulate(args: argparse.Namespace) -> int:
     from fundgap.contract import read_table
-    from fundgap.simulate import (
+    from fundgap.simulation.development import (
         DEFAULT_N,
         DEFAULT_SEED,
         default_parameters,
@@ -39,7 +39,7 @@ def _simulate(args: argparse.Namespace) -> int:
         simulation_settings,
         write_simulation,
     )
-    from fundgap.simulate_ses import ses_parameters, simulate_ses
+    from fundgap.simulation.ses import ses_parameters, simulate_ses
 
     counties = read_table(args.counties, "counties") if args.counties else None
     source = Path(args.counties).name if args.counties else "generated"
@@ -151,7 +151,7 @@ def _describe(args: argparse.Namespace) -> int:
 
 
 def _fit(args: argparse.Namespace) -> int:
-    from fundgap.fit import settings_for
+    from fundgap.bayesian import settings_for
     from fundgap.fitfolder import write_fit
     from fundgap.pipeline import fit_bayesian
     from fundgap.spec import load_spec
@@ -213,7 +213,7 @@ def _frequentist(args: argparse.Namespace) -> int:
 
 
 def _robustness(args: argparse.Namespace) -> int:
-    from fundgap.fit import settings_for
+    from fundgap.bayesian import settings_for
     from fundgap.pipeline import load_prepared
     from fundgap.robustness import robustness
     from fundgap.spec import load_spec
@@ -291,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="default 2057 (development), 1930 (ses)")
     sim.add_argument("--counties", help="county table in the contract's format "
                                         "(e.g. ../shared/data/china_counties.csv)")
-    sim.add_argument("--params", help="TOML with the keys of fundgap/defaults/simulation.toml "
+    sim.add_argument("--params", help="TOML with the keys of fundgap/simulation/development.toml "
                                       "(simulation_ses.toml for --design ses)")
     sim.add_argument("--reuse", action="store_true",
                      help="do nothing if OUT already holds data made with the same settings")

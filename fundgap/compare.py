@@ -21,8 +21,8 @@ from scipy.stats import norm
 from fundgap import fitfolder, names
 from fundgap.errors import FundgapError
 from fundgap.fitfolder import SavedFit, load_fit, record_file
-from fundgap.frequentist import FrequentistResult, stars
-from fundgap.simulate import published_tables
+from fundgap.frequentist_tables import FrequentistResult, stars
+from fundgap.published import published_tables
 from fundgap.store import frame_fingerprint, package_versions
 
 Z95 = 1.959963984540054

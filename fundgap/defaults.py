@@ -64,7 +64,7 @@ LATENT_DRAWS = PREDICTIVE_DRAWS
 EFFECT_CHUNK_VALUES = 20_000_000
 # Explicit (non-Gaussian) equations centre a grouping's intercepts when its median level
 # holds this many campaigns: then the data, not the prior, pin each intercept down, and the
-# non-centred form's z's would put the funnel back (fundgap.fit.choose_centring)
+# non-centred form's z's would put the funnel back (fundgap.bayesian.choose_centring)
 CENTRED_MIN_CAMPAIGNS = 50
 
 # The dimension names every posterior uses.

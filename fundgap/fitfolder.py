@@ -49,7 +49,7 @@ from fundgap.store import (
 )
 
 if TYPE_CHECKING:  # fit.py imports this module to write its results
-    from fundgap.fit import FitResult
+    from fundgap.bayesian import FitResult
     from fundgap.spec import ModelSpec
 
 # ------------------------------------------------------------------------- names
@@ -165,7 +165,7 @@ def write_fit(result: FitResult, folder: str | Path) -> Path:
     """Write a fit into `folder`, atomically: posterior.nc, summary.csv, effects.csv
     (contrasts, shrinkage and sensitivity tables where there are any), diagnostics.json,
     spec.toml, and fit.json last."""
-    from fundgap.fit import compact
+    from fundgap.bayesian import compact
 
     folder = Path(folder)
     settings = result.record.get("settings", {})

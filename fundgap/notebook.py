@@ -12,17 +12,15 @@ notebook reuses an earlier one's fit), else nowhere.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import arviz as az
 import pandas as pd
 
+import fundgap
+from fundgap.bayesian import FitResult
 from fundgap.errors import FundgapError
-from fundgap.fit import FitSettings, fit_model, settings_for
-from fundgap.fitfolder import FIT_RECORD, load_fit, write_fit
+from fundgap.fitfolder import FIT_RECORD, SavedFit
 from fundgap.spec import ModelSpec, load_spec
-from fundgap.store import frame_fingerprint
 
 QUICK = os.environ.get("FUNDGAP_NOTEBOOK_QUICK") == "1"
 QUICK_SETTINGS = {"draws": 300, "tune": 300, "chains": 2}
@@ -41,7 +39,12 @@ def repository() -> Path:
 def default_data() -> Path:
     """data/default, simulated first (as `make demo` does) if it is not there yet."""
     from fundgap.contract import read_table
-    from fundgap.simulate import reusable, simulate, simulation_settings, write_simulation
+    from fundgap.simulation.development import (
+        reusable,
+        simulate,
+        simulation_settings,
+        write_simulation,
+    )
 
     root = repository()
     folder = root / "data" / "default"
@@ -67,26 +70,14 @@ def spec(name: str) -> ModelSpec:
     return load_spec(repository() / "models" / f"{name}.toml")
 
 
-def settings(model: ModelSpec, **overrides: object) -> FitSettings:
-    """The spec's settings, shrunk in quick mode."""
-    quick = QUICK_SETTINGS if QUICK else {}
-    return settings_for(model, progress=False, **{**quick, **overrides})
+def fit(model: ModelSpec, table: pd.DataFrame) -> FitResult:
+    """`fundgap.fit` with the spec's settings (few draws in quick mode), no progress bar."""
+    return fundgap.fit(model, table, progress=False, **(QUICK_SETTINGS if QUICK else {}))
 
 
-@dataclass
-class Fitted:
-    """A fit as the notebooks use it, read from its folder or just made."""
-
-    name: str
-    idata: az.InferenceData
-    effects: pd.DataFrame
-    contrasts: pd.DataFrame
-    shrinkage: pd.DataFrame
-    summary: pd.DataFrame
-    diagnostics: dict
-    source: str                     # the folder it was read from, or "fitted now"
-    sensitivity: pd.DataFrame = field(default_factory=pd.DataFrame)
-    sensitivity_thresholds: pd.DataFrame = field(default_factory=pd.DataFrame)
+# what fit_or_load gives: a fit made now, or one read from its folder (the same surface:
+# idata, effects, contrasts, shrinkage, summary, diagnostics, sensitivity tables)
+Fitted = FitResult | SavedFit
 
 
 def fits_folder(name: str) -> Path | None:
@@ -97,25 +88,20 @@ def fits_folder(name: str) -> Path | None:
 
 
 def fit_or_load(name: str, table: pd.DataFrame) -> Fitted:
-    """The spec's fit on `table`: read from `fits_folder(name)` when an intact fit there was
-    made from the same spec and data, else fitted now (and written there)."""
+    """The spec's fit on `table` (fundgap.load / fundgap.fit): read from `fits_folder(name)`
+    when an intact fit there was made from the same spec and data, else fitted now (and
+    written there)."""
     model = spec(name)
     folder = fits_folder(name)
     if folder is not None and (folder / FIT_RECORD).is_file():
         try:
-            saved = load_fit(folder, model, frame_fingerprint(table))
+            return fundgap.load(folder, spec=model, data=table)
         except FundgapError:  # another spec, other data, damaged: fitted again below
-            saved = None
-        if saved is not None:
-            return Fitted(name, saved.idata, saved.effects, saved.contrasts, saved.shrinkage,
-                          saved.summary.reset_index(), saved.diagnostics, str(folder),
-                          saved.sensitivity, saved.sensitivity_thresholds)
-    result = fit_model(model, table, settings(model))
+            pass
+    result = fit(model, table)
     if folder is not None:
-        write_fit(result, folder)
-    return Fitted(name, result.idata, result.effects, result.contrasts, result.shrinkage,
-                  result.summary.reset_index(names="parameter"), result.diagnostics,
-                  "fitted now", result.sensitivity, result.sensitivity_thresholds)
+        result.save(folder)
+    return result
 
 
 def status_line(fitted: Fitted) -> str:
@@ -123,6 +109,7 @@ def status_line(fitted: Fitted) -> str:
     d = fitted.diagnostics
     head = "passed its diagnostics" if d["passed"] else \
         f"FAILED its diagnostics ({'; '.join(d['reasons'])}): read nothing below as a result"
-    return (f"{fitted.name} ({fitted.source}): {head}. {d['divergences']} divergences, max "
+    source = getattr(fitted, "folder", None) or "fitted now"
+    return (f"{fitted.spec.name} ({source}): {head}. {d['divergences']} divergences, max "
             f"R-hat {d['max_r_hat']:.3f}, min bulk ESS {d['min_ess_bulk']:.0f}, "
             f"{d['draws']} draws.")

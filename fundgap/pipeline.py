@@ -1,5 +1,5 @@
 """One way through the code, from data to fit folders: the CLI, the batch, the notebooks and
-the Python API (`fundgap.fit`, `fundgap.load`, ...) all call these, so a choice made here
+the Python API (`fundgap.bayesian`, `fundgap.load`, ...) all call these, so a choice made here
 (rows or sufficient statistics, which columns a spec needs) is made once for all of them.
 
 - `load_prepared`: a data folder (validated and prepared on the way in), a prepared table
@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from fundgap import fitfolder
+from fundgap.bayesian import FitResult, FitSettings, fit_design, fit_model
 from fundgap.errors import FundgapError
-from fundgap.fit import FitResult, FitSettings, fit_design, fit_model
 from fundgap.prepare import PreparedData
 from fundgap.spec import ModelSpec
 from fundgap.store import frame_fingerprint, write_json, write_table
@@ -32,7 +32,7 @@ from fundgap.store import frame_fingerprint, write_json, write_table
 STATISTICS_CHOICES = ("auto", "always", "never")
 
 if TYPE_CHECKING:
-    from fundgap.frequentist import FrequentistResult
+    from fundgap.frequentist_tables import FrequentistResult
 
 Source = str | Path | pd.DataFrame
 
@@ -148,7 +148,7 @@ def fit_frequentist(spec: ModelSpec, table: pd.DataFrame, out: str | Path,
     """The spec's OLS/logit, KHB and MixedLM tables and their comparison with the published
     figures (and the Bayesian fit under `fits`), written to `out`; returns both."""
     from fundgap.compare import write_frequentist
-    from fundgap.frequentist import run_frequentist
+    from fundgap.frequentist_tables import run_frequentist
     from fundgap.khb import BOOTSTRAP_REPLICATES, BOOTSTRAP_SEED
 
     missing_columns([spec], table, source)

@@ -24,7 +24,7 @@ import arviz as az
 import pandas as pd
 
 from fundgap import names
-from fundgap.fit import FitResult, FitSettings, fit_model
+from fundgap.bayesian import FitResult, FitSettings, fit_model
 from fundgap.spec import ModelSpec
 
 SUBSETS = {"counties_seen_2plus": "county_campaigns >= 2",

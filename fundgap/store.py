@@ -165,13 +165,28 @@ def file_fingerprint(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+# Modules that decide no figure of a fit (argument parsing, orchestration, rendering,
+# reading folders back): editing them must not invalidate a batch's fits or the compiled
+# models. Every other module (a new one too) is in the digest.
+PRESENTATION_MODULES = frozenset({"__init__.py", "api.py", "batch.py", "cli.py", "describe.py",
+                                  "errors.py", "notebook.py", "report.py"})
+
+
 @functools.cache
 def source_digest() -> str:
-    """SHA-256 of fundgap's own source (every module): the code that builds and fits a model,
-    which the package's version number does not follow between releases."""
+    """SHA-256 of fundgap's own source that can change a fit's figures (every module but
+    PRESENTATION_MODULES): the package's version number does not follow it between
+    releases."""
+    return package_digest(Path(__file__).parent)
+
+
+def package_digest(package: Path) -> str:
+    """`source_digest` of the package in `package`."""
     digest = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.rglob("*.py")):
-        digest.update(path.name.encode())
+    for path in sorted(package.rglob("*.py")):
+        if path.parent == package and path.name in PRESENTATION_MODULES:
+            continue
+        digest.update(path.relative_to(package).as_posix().encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
 

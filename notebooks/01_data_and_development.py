@@ -14,7 +14,7 @@
 # %% [markdown]
 # # 1. The data, and why the counties must be pooled
 #
-# The default data (`data/default`, simulated from `fundgap/defaults/simulation.toml` and
+# The default data (`data/default`, simulated from `fundgap/simulation/development.toml` and
 # placed in the real county hierarchy when `../shared/data/china_counties.csv` exists) pass
 # through the same contract and preparation as any user's folder of CSVs. This notebook
 # shows what that contract checks, how sparse the counties are, how the development

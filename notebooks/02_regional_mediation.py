@@ -34,10 +34,10 @@ import pandas as pd
 import pymc as pm
 
 from fundgap import notebook
+from fundgap.bayesian import prior_predictive
 from fundgap.build import build_model
 from fundgap.design import build_design
 from fundgap.effects import effect_draws, summarise_effects
-from fundgap.fit import fit_model, prior_predictive
 
 table = notebook.default_table()
 spec = notebook.spec("regional_mediation")
@@ -81,7 +81,7 @@ except Exception as missing:  # graphviz (the Python package or the dot binary) 
 # %%
 fitted = notebook.fit_or_load("regional_mediation", table)
 print(notebook.status_line(fitted))
-reported = fitted.summary[fitted.summary["reported"]]
+reported = fitted.summary[fitted.summary["reported"]].rename_axis("parameter").reset_index()
 reported.sort_values("ess_bulk")[["parameter", "mean", "sd", "r_hat", "ess_bulk",
                                   "ess_tail"]].head(12)
 
@@ -169,7 +169,7 @@ for factor in (1.0, 2.0) if notebook.QUICK else (0.5, 1.0, 2.0):
     if factor == 1.0:
         draws = effect_draws(fitted.idata.posterior, design)
     else:
-        result = fit_model(variant, table, notebook.settings(variant))
+        result = notebook.fit(variant, table)
         draws = effect_draws(result.idata.posterior, design)
     summary = summarise_effects(draws)
     summary = summary[summary["effect"].isin(["indirect", "total"])]

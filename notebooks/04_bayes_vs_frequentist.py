@@ -26,9 +26,9 @@
 import pandas as pd
 from IPython.display import Image, display
 
+import fundgap
 from fundgap import notebook
 from fundgap.compare import comparison_frame, display_frame, read_posterior
-from fundgap.frequentist import run_frequentist
 from fundgap.report import sensitivity_figure
 from fundgap.store import frame_fingerprint
 
@@ -41,9 +41,10 @@ def side_by_side(name: str) -> pd.DataFrame:
     spec = notebook.spec(name)
     fitted = notebook.fit_or_load(name, table)
     print(notebook.status_line(fitted))
-    result = run_frequentist(spec, table, replicates=replicates, seed=20250)
-    posterior, reason = read_posterior(notebook.fits_folder(name) or fitted.source,
-                                       frame_fingerprint(table))
+    result = fundgap.frequentist(spec, table, replicates=replicates, seed=20250)
+    folder = notebook.fits_folder(name)
+    posterior, reason = (read_posterior(folder, frame_fingerprint(table)) if folder
+                         else (None, "quick mode keeps no fit folder"))
     if posterior is None:
         print(f"posterior column empty: {reason}")
     for note in result.notes:

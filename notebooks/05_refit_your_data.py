@@ -26,15 +26,14 @@ from pathlib import Path
 
 import pandas as pd
 
+import fundgap
 from fundgap import notebook
 from fundgap.batch import run_batch, summary_text
-from fundgap.contract import validate
 from fundgap.report import build_report, write_report
-from fundgap.simulate import simulate, write_simulation
 
 scratch = Path(tempfile.mkdtemp(prefix="fundgap-notebook-"))
 my_data = scratch / "my_campaigns"
-write_simulation(simulate(n_campaigns=600, seed=99), my_data)
+fundgap.simulate(n_campaigns=600, seed=99).write(my_data)
 sorted(p.name for p in my_data.iterdir())
 
 # %% [markdown]
@@ -46,7 +45,7 @@ sorted(p.name for p in my_data.iterdir())
 # itself. Every problem is listed with file, row and column.
 
 # %%
-problems = validate(my_data)
+problems = fundgap.validate(my_data)
 print(f"{len(problems)} problems")
 
 # %% [markdown]

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fundgap.bayesian import FitSettings, fit_model
 from fundgap.contract import load_dataset, read_table
-from fundgap.fit import FitSettings, fit_model
 from fundgap.prepare import prepare
-from fundgap.simulate import simulate, write_simulation
+from fundgap.simulation.development import simulate, write_simulation
 from fundgap.spec import load_spec
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,7 +17,7 @@ import pytest
 from fundgap.batch import run_batch
 from fundgap.cli import main
 from fundgap.fitfolder import build_index
-from fundgap.simulate import simulate, write_simulation
+from fundgap.simulation.development import simulate, write_simulation
 
 from conftest import edit_cell
 

@@ -7,11 +7,11 @@ import pandas as pd
 import pytensor
 import pytest
 
+from fundgap.bayesian import choose_centring
 from fundgap.build import build_model
 from fundgap.defaults import CENTRED_MIN_CAMPAIGNS
 from fundgap.design import build_design
 from fundgap.errors import FundgapError
-from fundgap.fit import choose_centring
 from fundgap.spec import parse_spec
 
 SPEC = """

@@ -11,10 +11,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from fundgap.bayesian import fit_model
 from fundgap.contract import load_dataset
-from fundgap.fit import fit_model
 from fundgap.prepare import prepare
-from fundgap.simulate import default_parameters, simulate, write_simulation
+from fundgap.simulation.development import default_parameters, simulate, write_simulation
 from fundgap.spec import load_spec
 
 from conftest import QUICK, REPO

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import statsmodels.formula.api as smf
 
+from fundgap.bayesian import FitSettings, fit_model
 from fundgap.contract import load_dataset
-from fundgap.fit import FitSettings, fit_model
 from fundgap.prepare import prepare
 from fundgap.spec import load_spec, parse_spec
 
@@ -78,7 +78,7 @@ def test_interval_coverage_over_repeated_simulations(tmp_path: Path):
     in): the 95% intervals of total, direct and indirect effects cover the truth at close to
     the nominal rate."""
     from fundgap.contract import read_table
-    from fundgap.simulate import simulate, write_simulation
+    from fundgap.simulation.development import simulate, write_simulation
 
     from conftest import REAL_COUNTIES
 

@@ -12,11 +12,11 @@ import pytensor.tensor as pt
 import pytest
 import statsmodels.api as sm
 
+from fundgap.bayesian import REPORTED_PREFIXES, fit_model
 from fundgap.design import build_design
 from fundgap.errors import SpecError
 from fundgap.families import FAMILIES, FREQUENTIST_FAMILIES, family
-from fundgap.fit import REPORTED_PREFIXES, fit_model
-from fundgap.frequentist import ols_table
+from fundgap.frequentist_tables import ols_table
 from fundgap.spec import parse_spec
 
 from conftest import GROUPED_COLUMNS, QUICK, grouped_spec_text, grouped_table

@@ -17,7 +17,7 @@ import pytest
 from fundgap.batch import LOCK_NAME, run_batch
 from fundgap.cli import main
 from fundgap.report import build_report
-from fundgap.simulate import simulate, write_simulation
+from fundgap.simulation.development import simulate, write_simulation
 from fundgap.store import damaged
 
 SPEC = """name = "{name}"

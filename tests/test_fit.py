@@ -17,17 +17,17 @@ import pandas as pd
 import pytest
 import statsmodels.formula.api as smf
 
-from fundgap.cli import main
-from fundgap.compare import write_frequentist
-from fundgap.fit import (
+from fundgap.bayesian import (
     FitSettings,
     _latent_statistics,
     compact,
     fit_model,
     prior_predictive,
 )
+from fundgap.cli import main
+from fundgap.compare import write_frequentist
 from fundgap.fitfolder import write_fit
-from fundgap.frequentist import run_frequentist
+from fundgap.frequentist_tables import run_frequentist
 from fundgap.report import build_report, write_report
 from fundgap.spec import load_spec, parse_spec
 from fundgap.store import write_table

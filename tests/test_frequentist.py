@@ -15,7 +15,7 @@ import statsmodels.formula.api as smf
 from fundgap.cli import main
 from fundgap.compare import comparison_frame, read_posterior, write_frequentist
 from fundgap.design import build_design
-from fundgap.frequentist import fit_table_model, mixed_model, run_frequentist, stars
+from fundgap.frequentist_tables import fit_table_model, mixed_model, run_frequentist, stars
 from fundgap.khb import bootstrap_khb, khb_decomposition, khb_inputs
 from fundgap.spec import load_spec
 from fundgap.store import frame_fingerprint

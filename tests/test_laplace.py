@@ -14,11 +14,11 @@ import pytest
 from scipy import stats
 from scipy.special import polygamma
 
+from fundgap.bayesian import choose_form, fit_model
 from fundgap.build import build_model
 from fundgap.defaults import LAPLACE_AUTO
 from fundgap.design import build_design
 from fundgap.families import FAMILIES, digamma, family, trigamma
-from fundgap.fit import choose_form, fit_model
 from fundgap.laplace import Levels, laplace_terms
 from fundgap.spec import parse_spec
 

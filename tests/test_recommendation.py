@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from fundgap.bayesian import fit_model, settings_for
 from fundgap.defaults import LAPLACE_AUTO
-from fundgap.fit import fit_model, settings_for
 from fundgap.spec import load_spec, parse_spec
 
 from conftest import QUICK, REPO

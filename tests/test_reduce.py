@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fundgap.bayesian import fit_design
 from fundgap.design import build_design
 from fundgap.errors import SpecError
-from fundgap.fit import fit_design
 from fundgap.marginal import sufficient_statistics
 from fundgap.reduce import reduce_prepared
 from fundgap.spec import load_spec

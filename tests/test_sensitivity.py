@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fundgap.bayesian import FitSettings, fit_model
 from fundgap.cli import main
-from fundgap.fit import FitSettings, fit_model
 from fundgap.fitfolder import write_fit
 from fundgap.sensitivity import curve_draws, paths
 from fundgap.spec import parse_spec

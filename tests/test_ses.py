@@ -14,15 +14,15 @@ import statsmodels.formula.api as smf
 import xarray as xr
 from scipy.special import expit
 
+from fundgap.bayesian import fit_model, settings_for
 from fundgap.contract import load_dataset
 from fundgap.design import build_design
 from fundgap.effects import effect_draws
 from fundgap.errors import SpecError
-from fundgap.fit import fit_model, settings_for
-from fundgap.frequentist import fit_table_model
+from fundgap.frequentist_tables import fit_table_model
 from fundgap.prepare import prepare
-from fundgap.simulate import write_simulation
-from fundgap.simulate_ses import completion_mean, simulate_ses
+from fundgap.simulation.development import write_simulation
+from fundgap.simulation.ses import completion_mean, simulate_ses
 from fundgap.spec import TableModel, load_spec, parse_spec
 
 from conftest import REPO

@@ -15,7 +15,8 @@ from fundgap.cli import main
 from fundgap.contract import load_dataset, validate
 from fundgap.describe import occupancy
 from fundgap.prepare import prepare
-from fundgap.simulate import MEDIATORS, OUTCOME, published_tables, simulate, write_simulation
+from fundgap.published import published_tables
+from fundgap.simulation.development import MEDIATORS, OUTCOME, simulate, write_simulation
 
 from conftest import PUBLISHED, REAL_COUNTIES
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from fundgap.bayesian import settings_for
 from fundgap.errors import SpecError
-from fundgap.fit import settings_for
 from fundgap.spec import load_spec, parse_spec
 
 from conftest import REPO

@@ -36,3 +36,25 @@ def test_table_suffix_and_fingerprint(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"\.csv, \.parquet, \.dta"):
         write_table(frame, tmp_path / "t.xlsx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.parquet"]
+
+
+def test_source_digest_follows_the_code_that_decides_figures_only(tmp_path: Path) -> None:
+    """Editing the report or the command line keeps every fit and compiled model current;
+    editing the model's code (or adding a module) does not."""
+    import shutil
+
+    import fundgap
+    from fundgap.store import package_digest
+
+    package = tmp_path / "fundgap"
+    shutil.copytree(Path(fundgap.__file__).parent, package,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    before = package_digest(package)
+    for name in ("report.py", "cli.py", "notebook.py"):
+        (package / name).write_text((package / name).read_text() + "\n# a comment\n")
+    assert package_digest(package) == before
+    (package / "build.py").write_text((package / "build.py").read_text() + "\n# edited\n")
+    edited = package_digest(package)
+    assert edited != before
+    (package / "simulation" / "new.py").write_text("VALUE = 1\n")
+    assert package_digest(package) != edited

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import arviz as az
 import numpy as np
@@ -116,6 +117,12 @@ class FitResult:
     # the indirect effects' sensitivity to mediator-outcome confounding (fundgap.sensitivity)
     sensitivity: pd.DataFrame = field(default_factory=pd.DataFrame)
     sensitivity_thresholds: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    def save(self, folder: str | Path) -> Path:
+        """Write the fit folder (fundgap.fitfolder.write_fit), atomically."""
+        from fundgap.fitfolder import write_fit
+
+        return write_fit(self, folder)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ fitted model's g-computation estimates, computed from this process with its nois
 (common random numbers): for each outcome and channel, the average change in the outcome's
 expected value when SES rises by one point (total), with the mediators held at their values
 (direct), and with one mediator moved alone (indirect). Parameters are data:
-fundgap/defaults/simulation_ses.toml.
+fundgap/simulation/ses.toml.
 """
 
 from __future__ import annotations
@@ -31,9 +31,8 @@ import pandas as pd
 from scipy import stats
 
 from fundgap.families import censored_share_mean
-from fundgap.observe import donation_stream
 from fundgap.prepare import donation_capacities
-from fundgap.simulate import (
+from fundgap.simulation.development import (
     CHANNELS,
     Simulation,
     _control_matrix,
@@ -42,6 +41,7 @@ from fundgap.simulate import (
     simulate_campaigns,
     simulation_settings,
 )
+from fundgap.simulation.observe import donation_stream
 
 MEDIATORS = ("verifier_count", "core_capacity", "text_rating")
 GENERATED_MEDIATORS = ("verifier_count", "core_capacity")
@@ -52,7 +52,7 @@ OUTCOMES = (*COUNT_OUTCOMES, "log_amount_raised", "target_completion")
 def ses_parameters() -> dict:
     """The companion design's parameters, with the shared sections (sample, gdp, ratings)
     of the default design (a fresh dict each call)."""
-    text = resources.files("fundgap").joinpath("defaults/simulation_ses.toml").read_text(
+    text = resources.files("fundgap.simulation").joinpath("ses.toml").read_text(
         "utf-8")
     shared = default_parameters()
     return {**{k: shared[k] for k in ("sample", "gdp", "ratings")}, **tomllib.loads(text)}

@@ -4,7 +4,7 @@ Campaigns sit in real (or generated) counties nested in prefectures. Four mediat
 development (a paths, by channel), the controls, county and prefecture random intercepts and
 correlated, right-skewed residuals; log amount raised depends on development (direct path, by
 channel), the mediators (b paths), the controls and its own intercepts. Parameters are data:
-fundgap/defaults/simulation.toml.
+fundgap/simulation/development.toml.
 
 Covariates are generated, written to files, and measured back with the same functions
 `prepare` uses (factor scores, rater standardisation, donation windows), and the outcome is
@@ -26,8 +26,6 @@ from scipy.special import expit, logit
 
 from fundgap import __version__
 from fundgap.factor import development_factor
-from fundgap.hierarchy import place_campaigns, simulate_gdp, synthetic_counties
-from fundgap.observe import donation_counts, donation_stream, rater_scores
 from fundgap.prepare import (
     AGE_GROUPS,
     average_census,
@@ -36,6 +34,8 @@ from fundgap.prepare import (
     log_reposts,
 )
 from fundgap.rules import COUNTY_CONTROLS, DEVELOPMENT_INDICATORS
+from fundgap.simulation.observe import donation_counts, donation_stream, rater_scores
+from fundgap.simulation.placement import place_campaigns, simulate_gdp, synthetic_counties
 from fundgap.store import atomic_directory, frame_fingerprint, to_json, write_json
 
 MEDIATORS = ("core_capacity", "derived_capacity", "verifier_count", "log_reposts")
@@ -49,17 +49,8 @@ NUMERIC_CONTROLS = ("target_amount_10k", "male", "ses_index", "recommended",
 
 def default_parameters() -> dict:
     """The default data-generating parameters (a fresh dict each call)."""
-    text = resources.files("fundgap").joinpath("defaults/simulation.toml").read_text("utf-8")
+    text = resources.files("fundgap.simulation").joinpath("development.toml").read_text("utf-8")
     return tomllib.loads(text)
-
-
-def published_tables() -> dict:
-    """The study's published figures (a copy of ../shared/spec/published_tables.yaml)."""
-    import yaml
-
-    text = resources.files("fundgap").joinpath("defaults/published_tables.yaml").read_text(
-        "utf-8")
-    return yaml.safe_load(text)
 
 
 @dataclass
@@ -72,6 +63,10 @@ class Simulation:
     ratings: pd.DataFrame
     truth: dict
     intercepts: pd.DataFrame
+
+    def write(self, folder: str | Path) -> Path:
+        """Write it as a data folder (with its truth), atomically: `write_simulation`."""
+        return write_simulation(self, folder)
 
 
 def _control_matrix(table: pd.DataFrame, names: list[str]) -> pd.DataFrame:
