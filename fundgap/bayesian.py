@@ -59,6 +59,10 @@ from fundgap.store import frame_fingerprint, package_versions
 # a fixed number of Newton steps there, and integrated equations are graphs, not compiled
 # operations (fundgap.build's `compiled`)
 FIXED_STEP_BACKENDS = ("nutpie-jax", "numpyro")
+# The integrated forms (exact, Laplace) take one grouping or two nested ones; an equation
+# with more (province, prefecture and county) keeps its intercepts explicit, one
+# independent set per level, which with codes unique across the country is the nested model.
+INTEGRATED_GROUPINGS = 2
 # Explicit intercepts: non-centred (sparse groups), centred (every level data-rich), or
 # "auto": centred for a grouping whose median level holds CENTRED_MIN_CAMPAIGNS or more.
 CENTRINGS = ("auto", "noncentred", "centred")
@@ -152,7 +156,7 @@ def _laplace_applies(design: Design, name: str) -> bool:
     takes them)."""
     equation = design.equations[name]
     return ("laplace" in family(equation.family).integrated
-            and 1 <= len(equation.groups) <= 2)
+            and 1 <= len(equation.groups) <= INTEGRATED_GROUPINGS)
 
 
 def choose_form(design: Design, requested: str) -> FormChoice:
@@ -166,9 +170,16 @@ def choose_form(design: Design, requested: str) -> FormChoice:
     if requested == "marginal" and not all(f in EXACT_FAMILIES for f in families.values()):
         raise FundgapError("the marginalised form needs every equation to be gaussian "
                            "(the default form marginalises the Gaussian ones only)")
+    deep = [n for n, e in design.equations.items() if len(e.groups) > INTEGRATED_GROUPINGS]
+    if deep and requested in ("marginal", "laplace"):
+        raise FundgapError(
+            f"{', '.join(deep)}: {len(design.equations[deep[0]].groups)} nested groupings; "
+            f"the integrated forms take one or {INTEGRATED_GROUPINGS} (counties in "
+            "prefectures), so these intercepts can only be explicit: use --form auto (which "
+            "keeps them explicit) or explicit")
     forms = {}
     for name, family_name in families.items():
-        if requested == "explicit":
+        if requested == "explicit" or name in deep:
             forms[name] = "explicit"
         elif family_name in EXACT_FAMILIES:
             forms[name] = "exact"

@@ -234,6 +234,12 @@ def mixed_table(design: Design, equations: str = "outcome",
     for name in wanted:
         if design.equations[name].family != "gaussian" or not design.equations[name].groups:
             continue
+        if len(design.equations[name].groups) > 2:
+            if notes is not None:
+                notes.append(f"MixedLM of {name} left out: it is fitted here with one "
+                             "grouping or two nested ones (a variance component within the "
+                             f"outer one), and {name} has {len(design.equations[name].groups)}")
+            continue
         try:
             frames.append(mixed_model(design, name))
         except (np.linalg.LinAlgError, ValueError) as error:

@@ -85,8 +85,9 @@ def prepare_data(folder: Path, fits: Path) -> tuple[Path, str, pd.DataFrame]:
 
 def use_statistics(spec: ModelSpec, source: Source, choice: str = "auto") -> bool:
     """Whether to fit `spec` from sufficient statistics read in chunks (fundgap.reduce):
-    "always", "never", or "auto" (every equation Gaussian, and a prepared .parquet table of
-    over REDUCE_ROWS rows). "always" on anything but a .parquet table is an error."""
+    "always", "never", or "auto" (every equation Gaussian with at most two nested
+    groupings, and a prepared .parquet table of over REDUCE_ROWS rows). "always" on
+    anything but a .parquet table is an error."""
     from fundgap.families import EXACT_FAMILIES
     from fundgap.reduce import REDUCE_ROWS, parquet_rows
 
@@ -103,8 +104,9 @@ def use_statistics(spec: ModelSpec, source: Source, choice: str = "auto") -> boo
             raise FundgapError(f"{what}: fitting from sufficient statistics reads a prepared "
                                ".parquet table (write one with `fundgap prepare`)")
         return False
-    gaussian = all(e.family in EXACT_FAMILIES for e in spec.equations.values())
-    return choice == "always" or (gaussian and parquet_rows(source) > REDUCE_ROWS)
+    reducible = all(e.family in EXACT_FAMILIES and len(e.groups) <= 2
+                    for e in spec.equations.values())
+    return choice == "always" or (reducible and parquet_rows(source) > REDUCE_ROWS)
 
 
 def fit_bayesian(spec: ModelSpec, source: Source, settings: FitSettings,

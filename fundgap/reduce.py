@@ -163,6 +163,10 @@ def reduce_prepared(spec: ModelSpec, path: str | Path,
     design but keeps no per-campaign rows.
     """
     path = Path(path)
+    deep = [n for n, e in spec.equations.items() if len(e.groups) > 2]
+    if deep:
+        raise SpecError(f"{spec.source}: fitting from sufficient statistics integrates one "
+                        f"grouping or two nested ones; {', '.join(deep)} has more")
     not_gaussian = [n for n, e in spec.equations.items() if e.family not in EXACT_FAMILIES]
     if not_gaussian:
         raise SpecError(f"{spec.source}: fitting from sufficient statistics needs every "

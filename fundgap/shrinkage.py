@@ -14,7 +14,7 @@ import xarray as xr
 
 from fundgap import names
 from fundgap.design import GROUP_DIMS, Design
-from fundgap.marginal import sufficient_statistics
+from fundgap.marginal import standardised_design, sufficient_statistics
 
 
 def shrinkage_table(posterior: xr.Dataset, design: Design) -> pd.DataFrame:
@@ -37,7 +37,9 @@ def shrinkage_table(posterior: xr.Dataset, design: Design) -> pd.DataFrame:
             ("chain", "draw")).values for column in equation.groups}
         sums = {equation.groups[-1]: inner_residual}
         counts = {equation.groups[-1]: inner_n}
-        if len(equation.groups) == 2:
+        if len(equation.groups) > 2:   # from the rows (a reduced design has at most two)
+            sums, counts = _nested_sums(design, name, theta, means)
+        elif len(equation.groups) == 2:
             outer, inner = equation.groups
             # a county's raw deviation is measured within its prefecture
             sums[inner] = inner_residual - inner_n * means[outer][stats.inner_parent]
@@ -55,3 +57,18 @@ def shrinkage_table(posterior: xr.Dataset, design: Design) -> pd.DataFrame:
                 "intercept_sd": draws.std(("chain", "draw")).values,
                 "no_pooling": np.where(n > 0, sums[column] / np.maximum(n, 1), np.nan)}))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _nested_sums(design: Design, name: str, theta: np.ndarray, means: dict[str, np.ndarray]
+                 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Per level of each grouping (outermost first), the sum of its campaigns' residuals
+    from the fixed part and the levels above it, and its campaign count."""
+    equation = design.equations[name]
+    residual = equation.y - standardised_design(equation) @ theta
+    sums, counts = {}, {}
+    for column in equation.groups:
+        index, size = design.index[column], len(design.levels[column])
+        sums[column] = np.bincount(index, weights=residual, minlength=size)
+        counts[column] = np.bincount(index, minlength=size).astype(float)
+        residual = residual - means[column][index]
+    return sums, counts

@@ -191,3 +191,34 @@ def test_channel_spec_is_moderated_with_posterior_counterparts() -> None:
     assert counterparts["acquaintance_only"] == {"effect": "total", "channel": "acquaintance"}
     assert counterparts["log_reposts"] == {"effect": "a", "mediator": "log_reposts",
                                            "channel": "mixed"}
+
+
+def test_three_nested_groupings_are_modelled_explicitly_or_refused(small_table) -> None:
+    """Province, prefecture and county intercepts: --form auto keeps them explicit (one set
+    per level, each sd estimated), the integrated forms refuse them, and MixedLM says it
+    leaves the equation out; never a fit whose province and prefecture sds stay at their
+    priors."""
+    from fundgap.bayesian import FitSettings, choose_form, fit_model
+    from fundgap.design import build_design
+    from fundgap.errors import FundgapError
+    from fundgap.frequentist_tables import run_frequentist
+
+    text = ('name = "three"\nexposure = "development"\noutcome = "log_amount_raised"\n'
+            '[equations.log_amount_raised]\nformula = "log_amount_raised ~ development + male'
+            ' + (1|province) + (1|prefecture) + (1|county)"\n')
+    spec = parse_spec(text, "three.toml")
+    design = build_design(spec, small_table)
+    assert choose_form(design, "auto").equations == {"log_amount_raised": "explicit"}
+    for form in ("marginal", "laplace"):
+        with pytest.raises(FundgapError, match="3 nested groupings"):
+            choose_form(design, form)
+    result = fit_model(spec, small_table, FitSettings(draws=150, tune=150, chains=2,
+                                                      progress=False))
+    posterior = result.idata.posterior
+    assert {"province_sd_log_amount_raised", "prefecture_sd_log_amount_raised",
+            "county_sd_log_amount_raised", "province_intercept_log_amount_raised"} <= set(
+        posterior.data_vars)
+    assert result.record["equation_forms"] == {"log_amount_raised": "explicit"}
+    frequentist = run_frequentist(spec, small_table, replicates=5, seed=1)
+    assert frequentist.mixedlm.empty
+    assert any("MixedLM of log_amount_raised left out" in n for n in frequentist.notes)
