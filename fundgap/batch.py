@@ -167,7 +167,7 @@ def data_folders(sources: Iterable[str | Path]) -> list[Path]:
 def not_applicable(spec, table: pd.DataFrame) -> str | None:
     """Why `table` cannot serve `spec` (a column any of its models uses is absent or empty
     in every row), naming where that column comes from; None where it can."""
-    from fundgap.prepare import column_source
+    from fundgap.rules import column_source
 
     empty = [c for c in spec.all_variables
              if c and (c not in table.columns or table[c].isna().all())]

@@ -239,7 +239,7 @@ def _robustness(args: argparse.Namespace) -> int:
 def _sensitivity(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from fundgap.report import sensitivity_figure
+    from fundgap.figures import sensitivity_figure
     from fundgap.sensitivity import RHO_GRID, folder_sensitivity
     from fundgap.store import atomic_directory, write_table
 

@@ -1,7 +1,7 @@
 """The reviewer's side-by-side table: published figure | OLS/KHB | MixedLM | posterior.
 
 One tidy frame per analysis (`comparison_frame`), one row per published term or effect,
-then rendered to Markdown and HTML. The frequentist columns carry the study's stars; the
+then rendered to Markdown and HTML (fundgap.render). The frequentist columns carry the study's stars; the
 posterior carries none. A published figure outside our 95% interval is flagged: † for the
 frequentist interval (cluster-robust for OLS, county bootstrap for KHB), ‡ for the
 posterior's. A posterior whose fit failed its diagnostics is shown as failed, never as a
@@ -14,18 +14,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from jinja2 import Environment
-from markupsafe import Markup
 from scipy.stats import norm
 
 from fundgap import fitfolder, names
 from fundgap.errors import FundgapError
 from fundgap.fitfolder import SavedFit, load_fit, record_file
-from fundgap.frequentist_tables import FrequentistResult, stars
+from fundgap.frequentist_tables import Z95, FrequentistResult, stars
 from fundgap.published import published_tables
+from fundgap.render import to_html, to_markdown
 from fundgap.store import frame_fingerprint, package_versions
 
-Z95 = 1.959963984540054
 FIT_STATISTICS = ("adj_r2", "pseudo_r2")
 
 
@@ -253,138 +251,6 @@ def _outside(frame: pd.DataFrame, side: str) -> pd.Series:
     return ((value < lower) | (value > upper)).where(known)
 
 
-# ---------------------------------------------------------------- rendering
-
-
-def _decimals(value: float | None) -> int:
-    """Three decimals, as the study prints, or more where that would print a nonzero value as
-    0.000: enough for its first two significant digits."""
-    if value is None or pd.isna(value) or value == 0 or abs(value) >= 0.0005:
-        return 3
-    return 1 - int(np.floor(np.log10(abs(value))))
-
-
-def _number(value: float, decimals: int = 3) -> str:
-    return "" if value is None or pd.isna(value) else f"{value:.{decimals}f}"
-
-
-def _cell(estimate: float, std_error: float | None = None, mark: str = "") -> str:
-    """estimate[mark] (se), both to the decimals the smaller of them needs (a verifier
-    count's coefficient of 0.0031 with se 0.0004 is not 0.003 (0.000))."""
-    if estimate is None or pd.isna(estimate):
-        return ""
-    has_error = std_error is not None and not pd.isna(std_error)
-    decimals = _decimals(std_error if has_error and std_error else estimate)
-    text = f"{_number(estimate, decimals)}{mark if isinstance(mark, str) else ''}"
-    if has_error:
-        text += f" ({_number(std_error, decimals)})"
-    return text
-
-
-def display_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """The comparison as formatted text cells, the way the study prints a table."""
-    out = pd.DataFrame({
-        "table": frame["table"], "model": frame["model"], "term": frame["term"],
-        "n": frame["n"].map(lambda v: "" if pd.isna(v) else str(int(v)))})
-    flags = (frame["published_outside_frequentist"].eq(True).map({True: "†", False: ""})
-             + frame["published_outside_posterior"].eq(True).map({True: "‡", False: ""}))
-    out["published"] = [
-        _cell(r.published_estimate, r.published_std_error, r.published_stars) + flag
-        for r, flag in zip(frame.itertuples(), flags, strict=True)]
-    out["frequentist: OLS, logit, NB, beta, Tobit or KHB (se) [cluster se]"] = [
-        _cell(r.frequentist_estimate, r.frequentist_std_error, r.frequentist_stars)
-        + (f" [{_number(r.frequentist_cluster_std_error)}]"
-           if not pd.isna(r.frequentist_cluster_std_error) else "")
-        for r in frame.itertuples()]
-    out["MixedLM (se)"] = [_cell(r.mixedlm_estimate, r.mixedlm_std_error, r.mixedlm_stars)
-                           for r in frame.itertuples()]
-    posterior = []
-    for r in frame.itertuples():
-        if pd.isna(r.posterior_mean):
-            posterior.append("")
-        elif r.posterior_passed is False:
-            posterior.append("FAILED diagnostics")
-        else:
-            posterior.append(f"{_number(r.posterior_mean)} [{_number(r.posterior_ci_lower)}, "
-                             f"{_number(r.posterior_ci_upper)}]")
-    out["posterior mean [95% interval]"] = posterior
-    shares = frame[["published_share", "frequentist_share", "posterior_share"]]
-    if shares.notna().any().any():
-        out["share: published / KHB / posterior"] = [
-            " / ".join(_number(v) or "–" for v in row) if row.notna().any() else ""
-            for _, row in shares.iterrows()]
-    return out
-
-
-LEGEND = ("Estimates with standard errors in parentheses; stars as the study prints them "
-          "(! p<0.10, * p<0.05, ** p<0.01, *** p<0.001), for the published and frequentist "
-          "columns only; published stars are recomputed from estimate and se. [ ] is the "
-          "county-clustered se. † the published figure lies outside our 95% frequentist "
-          "interval (cluster-robust for OLS, county bootstrap for KHB); ‡ outside the "
-          "posterior's 95% interval (HDI for coefficients, equal-tailed for effects).")
-
-
-def to_markdown(frame: pd.DataFrame, title: str, notes: list[str]) -> str:
-    """The comparison as a Markdown document."""
-    lines = [f"# {title}", ""]
-    if frame.empty:
-        lines.append("No published figure matches this analysis.")
-    else:
-        for table, part in display_frame(frame).groupby("table", sort=False):
-            lines += [f"## {table}", "", part.drop(columns="table").to_markdown(index=False),
-                      ""]
-    lines += ["", LEGEND, "", *[f"- {note}" for note in notes]]
-    return "\n".join(lines) + "\n"
-
-
-def _cell_styles(column: pd.Series, flagged: pd.Series, failed: pd.Series) -> list[str]:
-    if column.name == "published":
-        return ["background:#fde2e1" if flagged.loc[i] else "" for i in column.index]
-    if str(column.name).startswith("posterior"):
-        return ["color:#b00020;font-weight:bold" if failed.loc[i] else ""
-                for i in column.index]
-    return [""] * len(column)
-
-
-def html_sections(frame: pd.DataFrame) -> list[dict[str, str]]:
-    """The comparison as one HTML table per published table (flagged cells highlighted,
-    a failed posterior in red): [{"table": name, "html": ...}]."""
-    sections = []
-    display = display_frame(frame) if not frame.empty else pd.DataFrame()
-    for table, part in (display.groupby("table", sort=False) if not display.empty else []):
-        flagged = frame.loc[part.index, ["published_outside_frequentist",
-                                         "published_outside_posterior"]].eq(True).any(axis=1)
-        failed = frame.loc[part.index, "posterior_passed"].eq(False)
-        styler = part.drop(columns="table").style.hide(axis="index")
-        styler = styler.apply(_cell_styles, flagged=flagged, failed=failed, axis=0)
-        sections.append({"table": table, "html": Markup(styler.to_html())})
-    return sections
-
-
-def to_html(frame: pd.DataFrame, title: str, notes: list[str]) -> str:
-    """The comparison as one self-contained HTML page."""
-    page = Environment(autoescape=True).from_string(PAGE)
-    return page.render(title=title, sections=html_sections(frame), legend=LEGEND, notes=notes)
-
-
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
-<style>
-body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; }
-table { border-collapse: collapse; margin-bottom: 1.5rem; font-size: 0.9rem; }
-th, td { border-bottom: 1px solid #ddd; padding: 0.3rem 0.6rem; text-align: right; }
-th:nth-child(-n+2), td:nth-child(-n+2) { text-align: left; }
-.legend, .notes { font-size: 0.85rem; color: #555; max-width: 60rem; }
-</style></head><body>
-<h1>{{ title }}</h1>
-{% if not sections %}<p>No published figure matches this analysis.</p>{% endif %}
-{% for section in sections %}<h2>{{ section.table }}</h2>
-{{ section.html }}
-{% endfor %}
-<p class="legend">{{ legend }}</p>
-<ul class="notes">{% for note in notes %}<li>{{ note }}</li>{% endfor %}</ul>
-</body></html>
-"""
 
 
 def posterior_for(result: FrequentistResult, table: pd.DataFrame,

@@ -39,6 +39,8 @@ from fundgap.spec import ModelSpec, TableModel
 OLS_COLUMNS = ("table", "model", "term", "published_term", "estimate", "std_error",
                "cluster_std_error", "p_value", "cluster_p_value", "stars", "n", "n_clusters",
                "cluster", "adj_r2", "pseudo_r2", "method")
+# the normal quantile of a 95% interval from an estimate and its standard error
+Z95 = float(scipy_stats.norm.ppf(0.975))
 # The study's stars (notes under Table 2): ! p<0.10, * p<0.05, ** p<0.01, *** p<0.001.
 STARS = ((0.001, "***"), (0.01, "**"), (0.05, "*"), (0.10, "!"))
 

@@ -117,3 +117,44 @@ TABLES: dict[str, tuple[tuple[ColumnRule, ...], bool]] = {
     "donations": (DONATION_RULES, False),
     "ratings": (RATING_RULES, False),
 }
+
+
+# ---------------------------------------------------------------- the prepared table
+
+# The contract of the prepared table: these names, in this order, then the extras.
+PREPARED_COLUMNS: tuple[str, ...] = (
+    "campaign_id", "county_code", "prefecture_code", "province_code", "channel",
+    "recommended", "log_amount_raised", "development", "core_capacity", "derived_capacity",
+    "verifier_count", "log_reposts", "ses_index", "target_amount_10k", "male", "age",
+    "age_group", "disease_type", "emotional_rating", *COUNTY_CONTROLS,
+    *DEVELOPMENT_INDICATORS,
+)
+EXTRA_COLUMNS: tuple[str, ...] = (
+    "amount_raised_10k", "target_completion", "repost_count", "donation_count",
+    "image_rating", "text_rating",
+    "derived_capacity_rule", "county_campaigns", "prefecture_campaigns", "county_name",
+    "prefecture_name", "province_name",
+    # Table 4's prefecture-level variant: development and county controls taken up a level
+    "prefecture_development", *(f"prefecture_{name}" for name in COUNTY_CONTROLS),
+)
+
+
+# Where a prepared column comes from, for messages about data that lack it (the rest come
+# from the column of the same name in campaigns.csv or counties.csv: data/README.md).
+COLUMN_SOURCES = {
+    "text_rating": "ratings.csv with text scores, or a text_rating column in campaigns.csv",
+    "image_rating": "ratings.csv with image scores, or an image_rating column in "
+                    "campaigns.csv",
+    "emotional_rating": "ratings.csv, or an emotional_rating column in campaigns.csv",
+    "core_capacity": "donations.csv, or a core_capacity column in campaigns.csv",
+    "derived_capacity": "donations.csv, or a derived_capacity column in campaigns.csv",
+    "ses_index": "ses_item_* columns or an ses_index column in campaigns.csv",
+    "development": "the development indicators in counties.csv",
+    "gdp_per_capita": "gdp_per_capita_2010/_2020 in counties.csv",
+}
+
+
+def column_source(column: str) -> str:
+    """Where the prepared table's `column` comes from, in words."""
+    return COLUMN_SOURCES.get(column, "a column of campaigns.csv or counties.csv; see "
+                                      "data/README.md")

@@ -19,7 +19,7 @@ from formulae import model_description
 from fundgap.defaults import FORMS, TARGET_ACCEPT_RANGE
 from fundgap.errors import SpecError
 from fundgap.families import FAMILY_NAMES, FREQUENTIST_FAMILIES
-from fundgap.prepare import EXTRA_COLUMNS, PREPARED_COLUMNS
+from fundgap.rules import EXTRA_COLUMNS, PREPARED_COLUMNS
 
 # Group names a formula may use, and the prepared columns they stand for.
 GROUPS = {"county": "county_code", "prefecture": "prefecture_code",

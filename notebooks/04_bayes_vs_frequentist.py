@@ -28,8 +28,9 @@ from IPython.display import Image, display
 
 import fundgap
 from fundgap import notebook
-from fundgap.compare import comparison_frame, display_frame, read_posterior
-from fundgap.report import sensitivity_figure
+from fundgap.compare import comparison_frame, read_posterior
+from fundgap.figures import sensitivity_figure
+from fundgap.render import display_frame
 from fundgap.store import frame_fingerprint
 
 table = notebook.default_table()

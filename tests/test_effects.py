@@ -206,7 +206,7 @@ def test_a_share_is_not_defined_where_the_total_interval_includes_zero() -> None
     """Per moderator level: the share of a level whose total effect's interval spans 0 is
     flagged, the other level's is not, and no other row is."""
     from fundgap.effects import mark_undefined_shares
-    from fundgap.report import _effects_table, significant
+    from fundgap.render import _effects_table, significant
 
     effects = pd.DataFrame({
         "effect": ["total", "total", "share", "share", "indirect"],

@@ -273,7 +273,7 @@ def test_cli_writes_every_spec_or_nothing(small_simulation: Path, tmp_path: Path
 def test_a_small_standard_error_is_not_printed_as_zero() -> None:
     """Three decimals as the study prints, more where a nonzero value would read 0.000 (the
     verifier count's coefficient printed as 0.003*** (0.000))."""
-    from fundgap.compare import _cell
+    from fundgap.render import _cell
 
     assert _cell(0.048, 0.009, "***") == "0.048*** (0.009)"
     assert _cell(0.0031, 0.00042, "***") == "0.00310*** (0.00042)"

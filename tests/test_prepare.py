@@ -13,8 +13,6 @@ from fundgap.cli import main
 from fundgap.contract import load_dataset
 from fundgap.factor import development_factor, kaiser_meyer_olkin
 from fundgap.prepare import (
-    EXTRA_COLUMNS,
-    PREPARED_COLUMNS,
     PrepareOptions,
     age_group,
     average_census,
@@ -27,6 +25,7 @@ from fundgap.prepare import (
     read_prepared,
     standardise_within_rater,
 )
+from fundgap.rules import EXTRA_COLUMNS, PREPARED_COLUMNS
 
 from conftest import COUNTY_VALUES, tiny_campaigns, tiny_donations, tiny_ratings
 
