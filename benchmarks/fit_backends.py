@@ -1,7 +1,7 @@
 """Benchmark: the regional model on the default data, by model form and sampler backend.
 
 Prints one row per (form, backend): compile and sampling seconds, whether the compiled model
-came from the compile cache (fundgap.compile_cache; FUNDGAP_COMPILE_CACHE= switches it
+came from the compile cache (fundgap.sampling.compile_cache; FUNDGAP_COMPILE_CACHE= switches it
 off), wall seconds of the whole `fit_model`, minimum bulk ESS over every reported quantity,
 that ESS per second of sampling, divergences, max R-hat and the peak memory of the process
 that ran it (each run is a child process, its peak read by `os.wait4`). Run from the

@@ -11,7 +11,7 @@ Run from the repository root after `make demo`:
         [--spec models/regional_mediation.toml] [--runs 3] [--compile-cache fresh]
 
 With a fresh compile cache (the default) the first run compiles and stores the compiled
-model, and the later ones load it (fundgap.compile_cache).
+model, and the later ones load it (fundgap.sampling.compile_cache).
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from scipy import stats
 from fundgap.build import build_model
 from fundgap.design import build_design
 from fundgap.families import family
-from fundgap.sample import sample
+from fundgap.sampling.sample import sample
 from fundgap.spec import parse_spec
 
 REPO = Path(__file__).resolve().parents[1]

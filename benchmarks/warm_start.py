@@ -1,7 +1,8 @@
 """numpyro's warm-up on the count-mediator model: from PyMC's initial point, or from the mode.
 
 fundgap's numpyro backend starts its chains from a Laplace approximation at the posterior
-mode, with its marginal variances as the initial inverse mass matrix (fundgap/warm_start.py).
+mode, with its marginal variances as the initial inverse mass matrix
+(fundgap/sampling/warm_start.py).
 This runs numpyro's NUTS on the same JAX potential both ways and counts leapfrog steps, in
 warm-up (where the million-campaign fit spent its time on an H100) and in sampling:
 
@@ -65,7 +66,7 @@ def run(model, start: str, args: argparse.Namespace) -> dict:
     from numpyro.infer import MCMC, NUTS
     from pymc.sampling.jax import get_jaxified_logp
 
-    from fundgap.warm_start import laplace_start
+    from fundgap.sampling.warm_start import laplace_start
 
     dtype = pytensor.config.floatX
     point = model.initial_point()

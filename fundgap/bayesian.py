@@ -49,7 +49,7 @@ from fundgap.laplace import PREFIX as LAPLACE_PREFIX
 from fundgap.laplace import draw_intercepts as laplace_intercepts
 from fundgap.marginal import draw_intercepts, structure_key
 from fundgap.predictive import predictive_groups
-from fundgap.sample import sample
+from fundgap.sampling.sample import sample
 from fundgap.sensitivity import response_variance, sensitivity
 from fundgap.shrinkage import shrinkage_table
 from fundgap.spec import ModelSpec

@@ -1,11 +1,11 @@
 """The reviewer's side-by-side table: published figure | OLS/KHB | MixedLM | posterior.
 
 One tidy frame per analysis (`comparison_frame`), one row per published term or effect,
-then rendered to Markdown and HTML (fundgap.render). The frequentist columns carry the study's stars; the
-posterior carries none. A published figure outside our 95% interval is flagged: † for the
-frequentist interval (cluster-robust for OLS, county bootstrap for KHB), ‡ for the
-posterior's. A posterior whose fit failed its diagnostics is shown as failed, never as a
-number, and a fit made from other data is not shown at all.
+then rendered to Markdown and HTML (fundgap.render). The frequentist columns carry the
+study's stars; the posterior carries none. A published figure outside our 95% interval is
+flagged: † for the frequentist interval (cluster-robust for OLS, county bootstrap for KHB),
+‡ for the posterior's. A posterior whose fit failed its diagnostics is shown as failed,
+never as a number, and a fit made from other data is not shown at all.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ COUNTY_VALUES = {
 
 @pytest.fixture(scope="session", autouse=True)
 def compile_cache(tmp_path_factory: pytest.TempPathFactory):
-    """The tests' own compile cache (fundgap.compile_cache), not the user's: fits of the
+    """The tests' own compile cache (fundgap.sampling.compile_cache), not the user's: fits of the
     same data within the session share it, and none is left behind."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("FUNDGAP_COMPILE_CACHE", str(tmp_path_factory.mktemp("compile_cache")))

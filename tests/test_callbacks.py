@@ -1,4 +1,5 @@
-"""fundgap.callbacks: nutpie's C callbacks with a loop copy give the same draws as nutpie's."""
+"""fundgap.sampling.callbacks: nutpie's C callbacks with a loop copy give the same draws as
+nutpie's."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import nutpie
 import pymc as pm
 from pymc.model.transform.optimization import freeze_dims_and_data
 
-import fundgap.callbacks as callbacks
+import fundgap.sampling.callbacks as callbacks
 
 
 def _model() -> pm.Model:

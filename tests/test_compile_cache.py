@@ -1,4 +1,4 @@
-"""fundgap.compile_cache: a model compiled once is loaded, not compiled, by a later fit."""
+"""fundgap.sampling.compile_cache: a model compiled once is loaded, not compiled, by a later fit."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import numpy as np
 import pymc as pm
 import pytest
 
-import fundgap.compile_cache as compile_cache
-import fundgap.sample as sampling
+import fundgap.sampling.compile_cache as compile_cache
+import fundgap.sampling.sample as sampling
 from fundgap.build import build_model
-from fundgap.callbacks import graph_key
 from fundgap.design import build_design
-from fundgap.sample import _compile, sample
+from fundgap.sampling.callbacks import graph_key
+from fundgap.sampling.sample import _compile, sample
 from fundgap.spec import parse_spec
 
 from conftest import GROUPED_COLUMNS, grouped_spec_text, grouped_table

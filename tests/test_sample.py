@@ -1,5 +1,5 @@
-"""fundgap.sample and fundgap.warm_start: settings reach the sampler; numpyro's chains start
-at the mode with the posterior's own scales."""
+"""fundgap.sampling.sample and fundgap.sampling.warm_start: settings reach the sampler;
+numpyro's chains start at the mode with the posterior's own scales."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pymc as pm
 import pytest
 
 from fundgap.errors import FundgapError
-from fundgap.sample import sample
+from fundgap.sampling.sample import sample
 
 N = 60
 PRIOR_SD = 10.0
@@ -45,7 +45,7 @@ def test_target_accept_reaches_nutpie() -> None:
 
 def test_laplace_start_is_the_exact_posterior_of_a_gaussian_model() -> None:
     pytest.importorskip("jax")
-    from fundgap.warm_start import laplace_start
+    from fundgap.sampling.warm_start import laplace_start
 
     model, mean, covariance = _regression()
     start = laplace_start(model, chains=3, seed=7)
@@ -63,7 +63,7 @@ def test_laplace_start_is_the_exact_posterior_of_a_gaussian_model() -> None:
 
 def test_laplace_start_gives_constrained_values() -> None:
     pytest.importorskip("jax")
-    from fundgap.warm_start import laplace_start
+    from fundgap.sampling.warm_start import laplace_start
 
     model, _, _ = _regression(unknown_sigma=True)
     start = laplace_start(model, chains=2, seed=7)
@@ -85,8 +85,8 @@ def test_laplace_start_leaves_a_folded_sd_off_its_saddle() -> None:
 
     from fundgap.build import build_model
     from fundgap.design import build_design
+    from fundgap.sampling.warm_start import laplace_start
     from fundgap.spec import parse_spec
-    from fundgap.warm_start import laplace_start
 
     rng = np.random.default_rng(5)
     county = np.repeat(np.arange(30), 10)
@@ -150,7 +150,7 @@ def test_jax_backends_have_erfcx_for_the_censored_lognormal() -> None:
     import pytensor.tensor as pt
     from scipy.special import erfcx
 
-    from fundgap.sample import register_jax_erfcx
+    from fundgap.sampling.sample import register_jax_erfcx
 
     register_jax_erfcx()
     x = pt.dvector("x")
@@ -165,7 +165,7 @@ def test_an_interrupted_nutpie_run_is_not_taken_for_a_fit(monkeypatch) -> None:
     import arviz as az
     import nutpie
 
-    import fundgap.sample as sample_module
+    import fundgap.sampling.sample as sample_module
 
     partial = az.from_dict(posterior={"x": np.zeros((2, 40))})
     monkeypatch.setattr(nutpie, "sample", lambda *args, **kwargs: partial)

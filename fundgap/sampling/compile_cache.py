@@ -4,7 +4,7 @@ nutpie compiles a PyMC model in two costly steps, and a new process repeats both
 rewrites the log density, its gradient and the trace's expansion into the graphs numba
 runs (about 8 s for the regional model; numba's code for those graphs is cached on disk,
 the rewriting is not), and numba links them into C callbacks (about 6 s, cached in
-`fundgap.callbacks`). Here the rewritten PyTensor functions are pickled (a pickled PyTensor
+`fundgap.sampling.callbacks`). Here the rewritten PyTensor functions are pickled (a pickled PyTensor
 function is linked again without being rewritten again) under a key of everything the
 model is built from: its structure, every number in its graph, fundgap's source and the
 versions of the packages that compile it. A model compiled with its data as inputs is kept
@@ -52,7 +52,8 @@ def cache_dir() -> Path | None:
 
 
 def callbacks_dir(folder: Path) -> Path:
-    """Where numba keeps the cached callbacks (fundgap.callbacks) of the models in `folder`."""
+    """Where numba keeps the cached callbacks (fundgap.sampling.callbacks) of the models in
+    `folder`."""
     return folder / "callbacks"
 
 
@@ -170,7 +171,7 @@ def _store(path: Path, entry: tuple) -> None:
 
 def _prune(folder: Path) -> None:
     """Keep the newest MAX_ENTRIES models, and numba's callbacks (two per model: log
-    density, expansion; fundgap.callbacks) for twice as many."""
+    density, expansion; fundgap.sampling.callbacks) for twice as many."""
     models = sorted(folder.glob("*.pkl"), key=_modified, reverse=True)
     for old in models[MAX_ENTRIES:]:
         old.unlink(missing_ok=True)

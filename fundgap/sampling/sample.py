@@ -17,11 +17,11 @@ import arviz as az
 import pymc as pm
 from pymc.model.transform.optimization import freeze_dims_and_data
 
-from fundgap.callbacks import loop_copy_callbacks
-from fundgap.compile_cache import cache_dir, cached_functions, callbacks_dir, model_key
 from fundgap.defaults import BACKENDS, SAMPLER
 from fundgap.errors import FundgapError
-from fundgap.warm_start import WarmStart, laplace_start
+from fundgap.sampling.callbacks import loop_copy_callbacks
+from fundgap.sampling.compile_cache import cache_dir, cached_functions, callbacks_dir, model_key
+from fundgap.sampling.warm_start import WarmStart, laplace_start
 
 
 @dataclass
@@ -32,9 +32,10 @@ class SampleResult:
     backend: str
     compile_seconds: float
     sample_seconds: float
-    # what the compile cache did: "hit", "stored", "in process", "off" (fundgap.compile_cache)
+    # what the compile cache did: "hit", "stored", "in process", "off"
+    # (fundgap.sampling.compile_cache)
     compile_cache: str = "off"
-    # numpyro: where its chains started (fundgap.warm_start.WarmStart.record)
+    # numpyro: where its chains started (fundgap.sampling.warm_start.WarmStart.record)
     warm_start: dict | None = None
 
 
@@ -55,7 +56,7 @@ def sample(model: pm.Model, backend: str = "nutpie", draws: int = 1000, tune: in
     """Sample `model` with the chosen backend.
 
     With nutpie, a model with a `structure` (what fixes its graph, given fundgap's code) goes
-    through the compile cache on disk (fundgap.compile_cache). It is compiled with its data
+    through the compile cache on disk (fundgap.sampling.compile_cache). It is compiled with its data
     frozen into the graph, which compiles several times faster (about 24 s against 110 s for
     the regional model) and samples faster, and a later process fitting the same model on
     the same data loads it. Where its data all enter as pm.Data (`data_as_inputs`), a model
