@@ -269,7 +269,8 @@ def parameter_summary(idata: az.InferenceData, full: bool = False) -> pd.DataFra
     """ArviZ's summary of every parameter; `reported` marks those the gate checks.
 
     The latent county and prefecture intercepts (thousands of series) get ArviZ's statistics
-    and, with `full`, its diagnostics too (about 40 s for 8,550 series on 2 cores).
+    and, with `full`, its diagnostics too (slow for thousands of series: benchmarks/README.md,
+    "Figures the code cites")
     """
     posterior = idata.posterior
     reported = _reported(posterior)
@@ -286,8 +287,8 @@ def parameter_summary(idata: az.InferenceData, full: bool = False) -> pd.DataFra
 
 def _latent_statistics(posterior: xr.Dataset) -> pd.DataFrame:
     """Mean, sd and 95% HDI of every level of every variable, as az.summary(kind="stats")
-    gives them, computed per variable at once (az.summary builds its table series by series:
-    3.2 of its 3.9 s for the regional model's 8,550 intercepts)."""
+    gives them, computed per variable at once (az.summary builds its table series by series,
+    most of its time for thousands of intercepts)."""
     mean = posterior.mean(("chain", "draw"))
     sd = posterior.std(("chain", "draw"), ddof=1)
     hdi = az.hdi(posterior, hdi_prob=0.95)

@@ -23,8 +23,8 @@ from fundgap.errors import FundgapError
 EXIT_PROBLEMS = 1
 EXIT_INTERRUPTED = 130
 # A fit builds and drops millions of small objects (PyTensor rewriting its graphs): at
-# CPython's default thresholds (700, 10, 10) the cyclic collector ran 2,450 times in one
-# `fundgap fit` of the regional model, 2.3 s; at these about 130 times, 0.7 s.
+# CPython's default thresholds (700, 10, 10) the cyclic collector runs thousands of times in
+# one fit; at these, a twentieth as often (benchmarks/README.md, "Figures the code cites").
 GC_THRESHOLDS = (10_000, 20, 50)
 
 

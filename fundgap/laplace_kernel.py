@@ -3,8 +3,8 @@
 `fundgap.laplace.laplace_terms` writes the nested Laplace approximation as a PyTensor graph
 (a while loop for the mode, one differentiated Newton step, the second-order term) and lets
 PyTensor differentiate it. That graph is the reference, and the only form a JAX backend can
-trace, but numba compiles it node by node: 30-40 s per equation on a machine with empty
-caches, a few minutes for the SES model, every time the data change. Here the same
+trace, but numba compiles it node by node, per equation, on a machine with empty caches
+and every time the data change (benchmarks/README.md has the seconds). Here the same
 approximation is one numba function, written once, cached by numba on disk with the package
 (`cache=True`), and wrapped as one PyTensor Op (`LaplaceMarginal`) whose gradient is an
 output of the same call.

@@ -192,9 +192,9 @@ def draw_intercepts(design: Design, name: str, theta: np.ndarray, sigma: np.ndar
     """
     stats = sufficient_statistics(design, name)
     # Held as (levels, draws) and written in place: the sums over the counties of each
-    # prefecture are then a sparse product with a contiguous array (scipy copied the
-    # transposed one: 30 ms a product), and no operation allocates a fresh thousands x
-    # thousands array (that cost as much as the arithmetic).
+    # prefecture are then a sparse product with a contiguous array (scipy copies a
+    # transposed one first), and no operation allocates a fresh thousands x thousands array
+    # (that cost as much as the arithmetic).
     sums = stats.inner_Z @ theta.T                                   # (inner, draws)
     np.subtract(stats.inner_y[:, None], sums, out=sums)
     sigma2, inner2 = sigma[None, :] ** 2, tau_inner[None, :] ** 2

@@ -94,8 +94,8 @@ def loo_comparison(fits: dict[str, FitResult], outcome: str) -> pd.DataFrame:
 def robustness(spec: ModelSpec, table: pd.DataFrame,
                settings: FitSettings | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Fit every variant; return (effects and sds side by side, LOO comparison)."""
-    # each variant compiles once, frozen (about 24 s here): keeping an unfrozen model for
-    # reuse costs more to compile than the two subsets that could reuse it would save
+    # each variant compiles once, frozen: keeping an unfrozen model for reuse costs more to
+    # compile than the two subsets that could reuse it would save
     settings = settings or FitSettings()
     variants = ["county_in_prefecture", *SUBSETS, *[p for p in POOLING
                                                     if p != "county_in_prefecture"]]

@@ -4,12 +4,12 @@ nutpie wraps the compiled PyTensor log density in two numba C callbacks (log den
 gradient, and the expansion to the trace's variables). Each copies its result with
 `out[...] = values`, and numba compiles that broadcasting assignment together with the
 error message it would format on a shape mismatch: its string machinery (str, repr,
-concatenation of shapes), 5-7 s in every new process, uncached, for the regional model,
-whatever the model. These callbacks do the same with a loop (the shapes are fixed by
-construction), return the same codes, and give the same draws; nutpie's own are used when
-its internals are not the ones these replace (another nutpie version).
+concatenation of shapes), seconds in every new process, uncached, whatever the model.
+These callbacks do the same with a loop (the shapes are fixed by construction), return
+the same codes, and give the same draws; nutpie's own are used when its internals are not
+the ones these replace (another nutpie version).
 
-Linking a callback to the log density it calls costs another 5-6 s in every process, and
+Linking a callback to the log density it calls costs as much again in every process, and
 numba cannot cache nutpie's callbacks: its cache key pickles their closures, which hold
 functions named afresh in each process. Ours are written from source with no closure and,
 where asked (`loop_copy_callbacks(cache_dir=...)`), cached by numba under a key naming

@@ -2,9 +2,9 @@
 
 nutpie compiles a PyMC model in two costly steps, and a new process repeats both: PyTensor
 rewrites the log density, its gradient and the trace's expansion into the graphs numba
-runs (about 8 s for the regional model; numba's code for those graphs is cached on disk,
-the rewriting is not), and numba links them into C callbacks (about 6 s, cached in
-`fundgap.sampling.callbacks`). Here the rewritten PyTensor functions are pickled (a pickled PyTensor
+runs (numba's code for those graphs is cached on disk, the rewriting is not), and numba
+links them into C callbacks (cached in `fundgap.sampling.callbacks`); benchmarks/README.md
+has what each costs. Here the rewritten PyTensor functions are pickled (a pickled PyTensor
 function is linked again without being rewritten again) under a key of everything the
 model is built from: its structure, every number in its graph, fundgap's source and the
 versions of the packages that compile it. A model compiled with its data as inputs is kept

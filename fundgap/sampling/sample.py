@@ -57,8 +57,8 @@ def sample(model: pm.Model, backend: str = "nutpie", draws: int = 1000, tune: in
 
     With nutpie, a model with a `structure` (what fixes its graph, given fundgap's code) goes
     through the compile cache on disk (fundgap.sampling.compile_cache). It is compiled with its data
-    frozen into the graph, which compiles several times faster (about 24 s against 110 s for
-    the regional model) and samples faster, and a later process fitting the same model on
+    frozen into the graph, which compiles several times faster (benchmarks/README.md) and
+    samples faster, and a later process fitting the same model on
     the same data loads it. Where its data all enter as pm.Data (`data_as_inputs`), a model
     compiled earlier in this process for the same structure is reused with this model's
     data; and with `keep_compiled` it is compiled with the data as inputs and kept for later
