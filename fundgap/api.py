@@ -49,9 +49,9 @@ def fit(spec: str | Path | ModelSpec, data: Data, *, statistics: str = "auto",
     per_campaign, latent_draws, progress, ...); unset ones come from the spec's [sampler]
     table, then fundgap's defaults. Returns the FitResult (`.save(folder)` writes it)."""
     from fundgap.bayesian import settings_for
-    from fundgap.pipeline import fit_bayesian
+    from fundgap.pipeline import fit_bayesian, spec_for
 
-    model = _spec(spec)
+    model = spec_for(spec, data)
     return fit_bayesian(model, data, settings_for(model, **settings), statistics)
 
 
@@ -116,9 +116,9 @@ def frequentist(spec: str | Path | ModelSpec, data: Data, *, replicates: int = 9
     decomposition (`replicates` bootstrap resamples) and MixedLM of the outcome ("all"
     equations, or "none")."""
     from fundgap.frequentist_tables import run_frequentist
-    from fundgap.pipeline import load_prepared, missing_columns
+    from fundgap.pipeline import load_prepared, missing_columns, spec_for
 
-    model = _spec(spec)
     table = load_prepared(data).table
+    model = spec_for(spec, table)
     missing_columns([model], table, "the data")
     return run_frequentist(model, table, replicates, seed, mixedlm)

@@ -153,10 +153,9 @@ def _describe(args: argparse.Namespace) -> int:
 def _fit(args: argparse.Namespace) -> int:
     from fundgap.bayesian import settings_for
     from fundgap.fitfolder import write_fit
-    from fundgap.pipeline import fit_bayesian
-    from fundgap.spec import load_spec
+    from fundgap.pipeline import fit_bayesian, spec_for
 
-    spec = load_spec(args.spec)
+    spec = spec_for(args.spec, args.data)
     settings = settings_for(spec, draws=args.draws, tune=args.tune, chains=args.chains,
                             seed=args.seed, backend=args.backend, form=args.form,
                             progress=not args.quiet, full_summary=args.full_summary,
@@ -193,11 +192,10 @@ def _cached(diagnostics: dict) -> str:
 
 
 def _frequentist(args: argparse.Namespace) -> int:
-    from fundgap.pipeline import fit_frequentist, load_prepared, missing_columns
-    from fundgap.spec import load_spec
+    from fundgap.pipeline import fit_frequentist, load_prepared, missing_columns, spec_for
 
-    specs = [load_spec(path) for path in args.specs]
     table = load_prepared(args.data).table
+    specs = [spec_for(path, table) for path in args.specs]
     missing_columns(specs, table, args.data)
     for spec in specs:
         out = Path(args.out) / spec.name

@@ -83,6 +83,35 @@ def prepare_data(folder: Path, fits: Path) -> tuple[Path, str, pd.DataFrame]:
     return target, frame_fingerprint(table), table
 
 
+def table_columns(source: Source) -> set[str] | None:
+    """The columns a prepared source holds, read without its rows (None for a data folder,
+    whose prepared table has the study's columns)."""
+    if isinstance(source, pd.DataFrame):
+        return {str(c) for c in source.columns}
+    path = Path(source)
+    if not path.is_file():
+        return None
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return set(pq.ParquetFile(path).schema_arrow.names)
+    if suffix == ".dta":
+        with pd.read_stata(path, iterator=True) as reader:
+            return set(reader.variable_labels())
+    return {str(c) for c in pd.read_csv(path, nrows=0).columns}
+
+
+def spec_for(spec: str | Path | ModelSpec, source: Source) -> ModelSpec:
+    """A spec file read and checked against the columns of the table it will be fitted to
+    (any table, not only the study's prepared one); a ModelSpec as it is."""
+    from fundgap.spec import load_spec
+
+    if isinstance(spec, ModelSpec):
+        return spec
+    return load_spec(spec, table_columns(source))
+
+
 def use_statistics(spec: ModelSpec, source: Source, choice: str = "auto") -> bool:
     """Whether to fit `spec` from sufficient statistics read in chunks (fundgap.reduce):
     "always", "never", or "auto" (every equation Gaussian with at most two nested
