@@ -105,11 +105,24 @@ def table_columns(source: Source) -> set[str] | None:
 def spec_for(spec: str | Path | ModelSpec, source: Source) -> ModelSpec:
     """A spec file read and checked against the columns of the table it will be fitted to
     (any table, not only the study's prepared one); a ModelSpec as it is."""
+    from fundgap.errors import SpecError
     from fundgap.spec import load_spec
 
     if isinstance(spec, ModelSpec):
         return spec
-    return load_spec(spec, table_columns(source))
+    columns = table_columns(source)
+    try:
+        return load_spec(spec, columns)
+    except SpecError as error:
+        # a study spec on a table that lacks some of the study's columns: name those once
+        try:
+            study = load_spec(spec)
+        except SpecError:
+            raise error from None
+        where = "a DataFrame" if isinstance(source, pd.DataFrame) else str(source)
+        missing = sorted(c for c in study.all_variables if c and c not in (columns or ()))
+        raise SpecError(f"{study.source}: the data ({where}) have no column(s) "
+                        f"{', '.join(missing)}") from None
 
 
 def use_statistics(spec: ModelSpec, source: Source, choice: str = "auto") -> bool:
