@@ -20,6 +20,14 @@ on a non-linear outcome the per-mediator effects need not add up to the joint on
 the observed campaigns and their counties' intercepts: an in-sample population average, not
 the effect in a new county.
 
+A 0/1 exposure (both values in the data) is contrasted at 1 against 0 for every campaign
+instead of shifted by one unit from its observed value: on a non-linear equation eta is
+taken with the exposure at 0 (each identity-link mediator moved to its value under 0 by its
+a path), so the direct effect is E[Y(1, M(0))] - E[Y(0, M(0))] (the pure natural direct
+effect, R's mediation package's ADE(0)), indirect_total E[Y(1, M(1))] - E[Y(1, M(0))]
+(ACME(1)) and total E[Y(1, M(1))] - E[Y(0, M(0))]; on identity-link equations both readings
+give the slopes.
+
 With a moderator (`moderator = "channel"` in the spec) every slope is taken at each level:
 the coefficient of the variable plus that of its interaction with the level
 (`development:C(channel)[mixed]`), so a spec may write `development:C(channel)` (one slope
@@ -94,9 +102,19 @@ def _mean(posterior: xr.Dataset, family_name: str, equation: str, eta):
     return family(family_name).mean(eta, auxiliary_draws(posterior, family_name, equation))
 
 
+def binary_exposure(design: Design) -> bool:
+    """Whether the exposure is 0/1 (both values present): its effects are then the contrast
+    of setting it to 1 against 0 for every campaign, not a one-unit shift."""
+    values = pd.to_numeric(design.table[design.spec.exposure], errors="coerce")
+    return bool(values.notna().all() and set(np.unique(values)) == {0.0, 1.0})
+
+
 def _campaign_average(posterior: xr.Dataset, design: Design, equation: str,
-                      level: str | None, contrast: Callable[[xr.DataArray], T]) -> T:
-    """The mean over campaigns (at a moderator level) of `contrast(eta)`, per draw.
+                      level: str | None, contrast: Callable[[xr.DataArray], T],
+                      at_zero: xr.DataArray | None = None) -> T:
+    """The mean over campaigns (at a moderator level) of `contrast(eta)`, per draw; with
+    `at_zero` (per draw: what one unit of a 0/1 exposure adds to eta), eta is each
+    campaign's linear predictor with the exposure set to 0.
 
     Taken over blocks of campaigns, so that draws x campaigns stays within
     EFFECT_CHUNK_VALUES: a million campaigns never hold 4,000 draws of eta at once.
@@ -104,9 +122,13 @@ def _campaign_average(posterior: xr.Dataset, design: Design, equation: str,
     rows = _level_rows(design, equation, level)
     draws = posterior.sizes["chain"] * posterior.sizes["draw"]
     step = max(1, EFFECT_CHUNK_VALUES // draws)
+    exposure = design.table[design.spec.exposure].to_numpy(float)
     total = None
     for start in range(0, len(rows), step):
-        eta = linear_predictor(posterior, design, equation, rows[start:start + step])
+        block_rows = rows[start:start + step]
+        eta = linear_predictor(posterior, design, equation, block_rows)
+        if at_zero is not None:
+            eta = eta - at_zero * xr.DataArray(exposure[block_rows], dims="campaign")
         block = contrast(eta).sum("campaign")
         total = block if total is None else total + block
     return total / len(rows)
@@ -122,25 +144,27 @@ def _exposure_path(posterior: xr.Dataset, design: Design, equation: str,
     return _campaign_average(
         posterior, design, equation, level,
         lambda eta: _mean(posterior, family_name, equation, eta + exposure_slope)
-        - _mean(posterior, family_name, equation, eta))
+        - _mean(posterior, family_name, equation, eta),
+        exposure_slope if binary_exposure(design) else None)
 
 
 def _outcome_effects(posterior: xr.Dataset, design: Design, outcome: str,
                      level: str | None) -> xr.Dataset:
     spec = design.spec
-    direct = _exposure_path(posterior, design, outcome, level)
     mediators = list(spec.mediators)
     if not mediators:
+        direct = _exposure_path(posterior, design, outcome, level)
         return xr.Dataset({"total": direct, "direct": direct})
     a = xr.concat([_exposure_path(posterior, design, m, level) for m in mediators],
                   dim="mediator").assign_coords(mediator=mediators)
     b = xr.concat([slope(posterior, spec, outcome, m, level) for m in mediators],
                   dim="mediator").assign_coords(mediator=mediators)
     if family(design.equations[outcome].family).identity_link:
+        direct = _exposure_path(posterior, design, outcome, level)
         indirect = a * b
         total = direct + indirect.sum("mediator")
     else:
-        indirect, total = _natural_effects(posterior, design, outcome, level, a, b)
+        direct, indirect, total = _natural_effects(posterior, design, outcome, level, a, b)
     # the joint indirect effect (every mediator moved at once): total - direct exactly, the
     # sum of the per-mediator ones only on an identity-link outcome
     return xr.Dataset({"total": total, "direct": direct, "indirect": indirect,
@@ -149,8 +173,9 @@ def _outcome_effects(posterior: xr.Dataset, design: Design, outcome: str,
 
 
 def _natural_effects(posterior: xr.Dataset, design: Design, outcome: str, level: str | None,
-                     a: xr.DataArray, b: xr.DataArray) -> tuple[xr.DataArray, xr.DataArray]:
-    """Indirect and total effects on a non-identity-link outcome by g-computation.
+                     a: xr.DataArray, b: xr.DataArray
+                     ) -> tuple[xr.DataArray, xr.DataArray, xr.DataArray]:
+    """Direct, indirect and total effects on a non-identity-link outcome by g-computation.
 
     Raising the exposure by one unit moves each (identity-link) mediator by its a path and
     keeps its residual, so on the outcome's linear predictor mediator m adds a_m b_m. Per
@@ -179,12 +204,15 @@ def _natural_effects(posterior: xr.Dataset, design: Design, outcome: str, level:
                    shifted + a.sel(mediator=m) * b.sel(mediator=m))
              - moved for m in spec.mediators],
             dim="mediator").assign_coords(mediator=list(spec.mediators))
+        unmoved = _mean(posterior, family_name, outcome, eta)
         total = (_mean(posterior, family_name, outcome, shifted + (a * b).sum("mediator"))
-                 - _mean(posterior, family_name, outcome, eta))
-        return xr.Dataset({"indirect": indirect, "total": total})
+                 - unmoved)
+        return xr.Dataset({"direct": moved - unmoved, "indirect": indirect, "total": total})
 
-    averaged = _campaign_average(posterior, design, outcome, level, contrasts)
-    return averaged["indirect"], averaged["total"]
+    # a 0/1 exposure: from every campaign at 0 (its mediators at their values under 0)
+    at_zero = direct_slope + (a * b).sum("mediator") if binary_exposure(design) else None
+    averaged = _campaign_average(posterior, design, outcome, level, contrasts, at_zero)
+    return averaged["direct"], averaged["indirect"], averaged["total"]
 
 
 def _effects_at(posterior: xr.Dataset, design: Design, level: str | None) -> xr.Dataset:
