@@ -104,8 +104,12 @@ class Design:
 
     @property
     def campaigns(self) -> np.ndarray:
+        """The rows' ids: campaign_id where the table has one, else the row's number in the
+        table given (any table may be fitted, not only the study's)."""
         if self.reduced:
             return np.zeros(0, dtype=str)
+        if "campaign_id" not in self.table:
+            return self.table.index.to_numpy()
         return self.table["campaign_id"].to_numpy()
 
     def coordinates(self) -> dict[str, list]:
