@@ -149,16 +149,19 @@ def posterior_groups(idata: az.InferenceData, latent_draws: int) -> dict[str, xr
     return groups
 
 
-def write_posterior(idata: az.InferenceData, path: str | Path, latent_draws: int) -> Path:
-    """Write posterior.nc (see the module docstring), atomically."""
+def write_posterior(idata: az.InferenceData, path: str | Path, latent_draws: int) -> int:
+    """Write posterior.nc (see the module docstring), atomically; returns how many draws of
+    the latent intercepts it keeps (every draw where they stay in the posterior group)."""
+    groups = posterior_groups(idata, latent_draws)
+    latent = groups.get(LATENT_GROUP, groups["posterior"])
     with atomic_path(path) as temporary:
-        for number, (name, group) in enumerate(posterior_groups(idata, latent_draws).items()):
+        for number, (name, group) in enumerate(groups.items()):
             group = _stored(group)
             encoding = {v: {"compression": "gzip", "compression_opts": 4, "shuffle": True}
                         for v in group.data_vars if group[v].ndim > 0}
             group.to_netcdf(temporary, mode="w" if number == 0 else "a", group=name,
                             engine="h5netcdf", encoding=encoding)
-    return Path(path)
+    return int(latent.sizes["chain"] * latent.sizes["draw"])
 
 
 def write_fit(result: FitResult, folder: str | Path) -> Path:
@@ -170,8 +173,8 @@ def write_fit(result: FitResult, folder: str | Path) -> Path:
     folder = Path(folder)
     settings = result.record.get("settings", {})
     with atomic_directory(folder) as temporary:
-        write_posterior(compact(result.idata), temporary / POSTERIOR,
-                        int(settings.get("latent_draws", 0)))
+        kept = write_posterior(compact(result.idata), temporary / POSTERIOR,
+                               int(settings.get("latent_draws", 0)))
         result.summary.rename_axis("parameter").to_csv(temporary / SUMMARY)
         tables = {EFFECTS: result.effects, CONTRASTS: result.contrasts,
                   SHRINKAGE: result.shrinkage, SENSITIVITY: result.sensitivity,
@@ -181,7 +184,8 @@ def write_fit(result: FitResult, folder: str | Path) -> Path:
                 table.to_csv(temporary / name, index=False)
         write_json(result.diagnostics, temporary / DIAGNOSTICS)
         (temporary / SPEC).write_text(result.spec.text, encoding="utf-8")
-        write_record({**result.record, "layout": LAYOUT_VERSION}, temporary / FIT_RECORD)
+        write_record({**result.record, "layout": LAYOUT_VERSION, "latent_draws_kept": kept},
+                     temporary / FIT_RECORD)
     return folder
 
 

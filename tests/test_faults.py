@@ -104,7 +104,7 @@ def test_a_full_disk_keeps_the_earlier_fit_and_says_so(inputs: Path, tmp_path: P
     record = out / "one" / "first" / "fit.json"
     before = json.loads(record.read_text("utf-8"))
 
-    def full_disk(idata, path: Path, latent_draws: int) -> None:
+    def full_disk(idata, path: Path, latent_draws: int) -> int:
         Path(path).write_bytes(b"\0" * 4096)     # what fitted before the disk filled
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 

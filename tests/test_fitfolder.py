@@ -45,6 +45,7 @@ def test_posterior_keeps_every_draw_of_the_parameters_and_thinned_intercepts(
     total = latent.sizes["chain"] * latent.sizes["draw"]
     kept = regional_fit.record["settings"]["latent_draws"]
     assert kept / 2 <= total <= kept
+    assert saved.record["latent_draws_kept"] == total
     name = "county_intercept_log_amount_raised"
     before = original[name].sel(draw=latent["draw"]).values
     np.testing.assert_allclose(latent[name].values, before, rtol=2.0 ** -FLOAT32_BITS,
