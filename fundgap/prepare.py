@@ -328,6 +328,9 @@ def prepare(dataset: Dataset, options: PrepareOptions | None = None) -> Prepared
     table["prefecture_campaigns"] = table.groupby("prefecture_code")["campaign_id"].transform(
         "size")
     table = table[[*PREPARED_COLUMNS, *EXTRA_COLUMNS]]
+    # text columns as pandas' string dtype, which a prepared table read back from Parquet or
+    # CSV has: a table prepared now and one read back then have the same fingerprint
+    table = table.astype({c: "str" for c in table.columns if table[c].dtype == object})
 
     counties_used = table["county_code"].nunique()
     diagnostics = {

@@ -262,3 +262,17 @@ def test_prefecture_development_is_a_factor_over_campaigns(small_table) -> None:
     # one value per prefecture, related to but not the same as county development
     assert small_table.groupby("prefecture_code")["prefecture_development"].nunique().max() == 1
     assert 0.3 < np.corrcoef(scores, small_table["development"])[0, 1] < 0.99
+
+
+def test_a_prepared_table_and_its_parquet_copy_have_one_fingerprint(small_simulation,
+                                                                   tmp_path) -> None:
+    """What `fundgap.load(folder, data=...)` and the batch compare: a table prepared now
+    and the same table read back from prepared.parquet are the same data."""
+    from fundgap.store import frame_fingerprint, write_table
+
+    table = prepare(load_dataset(small_simulation)).table
+    write_table(table, tmp_path / "prepared.parquet")
+    write_table(table, tmp_path / "prepared.csv")
+    for copy in ("prepared.parquet", "prepared.csv"):
+        back = read_prepared(tmp_path / copy).table
+        assert frame_fingerprint(back) == frame_fingerprint(table), copy
