@@ -194,10 +194,16 @@ def _khb_rows(result: FrequentistResult, published: dict,
                (figure[0] / published_total if published_total else None)}
         if not khb.empty:
             k = khb.iloc[0]
+            # beside the published total, the standard error Stata's khb prints for it: the
+            # reduced model's own (khb.csv keeps the delta-method one, which also counts the
+            # mediators' estimated residuals and is about twice as large)
+            comparable = k.get("reduced_model_std_error", np.nan)
+            std_error = comparable if component == "total" and pd.notna(comparable) \
+                else k["std_error"]
             row.update({"frequentist_estimate": k["estimate"],
-                        "frequentist_std_error": k["std_error"],
+                        "frequentist_std_error": std_error,
                         "frequentist_cluster_std_error": k["cluster_std_error"],
-                        "frequentist_stars": k["stars"],
+                        "frequentist_stars": stars(_normal_p(k["estimate"], std_error)),
                         "frequentist_ci_lower": k["bootstrap_ci_lower"],
                         "frequentist_ci_upper": k["bootstrap_ci_upper"],
                         "frequentist_share": k["share"], "n": int(k["n"])})

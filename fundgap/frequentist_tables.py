@@ -288,6 +288,20 @@ def run_frequentist(spec: ModelSpec, table: pd.DataFrame,
         result.khb = khb
         result.notes.append("KHB identity total = direct + sum of indirects holds to "
                             f"{abs(result.khb.attrs['identity_gap']):.1e}")
+        total = khb[khb["component"] == "total"].iloc[0]
+        result.notes.append(
+            "KHB total: the standard error beside the published one is the reduced model's "
+            f"own ({total['reduced_model_std_error']:.4f}), as Stata's khb prints it; it "
+            "treats the mediators' residuals as known, and the delta-method error that "
+            f"counts them ({total['std_error']:.4f}, cluster "
+            f"{total['cluster_std_error']:.4f}) is in khb.csv. Our KHB total equals the "
+            "exposure's coefficient in the model without mediators on the same rows, by "
+            "construction (the residualised mediators are orthogonal to the other "
+            "regressors)" + ("; the study's KHB total (Table 3: 0.048) differs from its "
+                             "model without mediators (Table 2 model 1: 0.057), which points "
+                             "to other rows or controls in its decomposition, which it does "
+                             "not report" if spec.khb_table == "table3_khb_decomposition"
+                             else ""))
     elif spec.mediators:
         result.notes.append("KHB skipped: it is defined here for Gaussian equations only")
     result.mixedlm = mixed_table(design, mixed_equations, result.notes)

@@ -279,3 +279,23 @@ def test_a_small_standard_error_is_not_printed_as_zero() -> None:
     assert _cell(0.0031, 0.00042, "***") == "0.00310*** (0.00042)"
     assert _cell(0.00004) == "0.000040"
     assert _cell(0.0, 0.0) == "0.000 (0.000)"
+
+
+def test_the_khb_total_beside_the_published_one_has_statas_standard_error(
+        regional, small_table) -> None:
+    """The comparison shows the KHB total with the reduced model's own standard error (what
+    Stata's khb prints, comparable with the published one); khb.csv keeps the delta-method
+    one, and a note says which is which and why the total equals the model without
+    mediators here."""
+    result = run_frequentist(regional, small_table, replicates=9, seed=1,
+                             mixed_equations="none")
+    frame = comparison_frame(result, None)
+    row = frame[(frame["model"] == "khb") & (frame["term"] == "total")].iloc[0]
+    total = result.khb[result.khb["component"] == "total"].iloc[0]
+    assert row["frequentist_std_error"] == pytest.approx(total["reduced_model_std_error"])
+    assert row["frequentist_std_error"] < total["std_error"]
+    direct = frame[(frame["model"] == "khb") & (frame["term"] == "direct")].iloc[0]
+    assert direct["frequentist_std_error"] == pytest.approx(
+        result.khb.loc[result.khb["component"] == "direct", "std_error"].item())
+    note = next(n for n in result.notes if n.startswith("KHB total"))
+    assert "Stata's khb" in note and "Table 2 model 1: 0.057" in note
