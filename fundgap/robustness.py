@@ -8,7 +8,8 @@ be read side by side:
 
 - all campaigns, county-in-prefecture intercepts (the spec as written);
 - the study's subsets: counties seen at least twice / three times;
-- pooling variants on all campaigns: prefecture intercepts only, county only, none.
+- pooling variants on all campaigns: prefecture intercepts only, county only, none;
+- the spec without a control that is post-treatment for the mediators (`recommended`).
 
 LOO uses the outcome equation's pointwise log likelihood (thinned draws; for the
 multilevel variants it is conditional on the drawn intercepts, so counties seen once can give
@@ -18,6 +19,7 @@ high Pareto k: their counts are reported with the comparison).
 from __future__ import annotations
 
 import dataclasses
+import re
 import warnings
 
 import arviz as az
@@ -33,10 +35,41 @@ POOLING = {"county_in_prefecture": ("prefecture_code", "county_code"),
            "prefecture_only": ("prefecture_code",),
            "county_only": ("county_code",),
            "complete_pooling": ()}
+# Controls left out of every equation: `recommended` (the platform's recommendation) comes
+# after the mediators (Table 7 models it on verifier count and core capacity), so holding it
+# fixed blocks the part of development's effect that runs through being recommended; the
+# variant without it shows the effects with that part in.
+DROPPED_CONTROLS = {"without_recommended": "recommended"}
+
+
+def _without_term(formula: str, column: str) -> str:
+    """`formula` with every fixed term that uses `column` left out (terms are joined by +;
+    a term such as C(x) or x:C(y) uses the columns named in it)."""
+    response, _, right = formula.partition("~")
+    kept = [t.strip() for t in right.split("+")
+            if column not in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", t)]
+    return f"{response.strip()} ~ {' + '.join(kept) or '1'}"
+
+
+def applies(spec: ModelSpec, name: str) -> bool:
+    """Whether a dropped-control variant changes the spec (it uses the control, and not as
+    its exposure or moderator)."""
+    column = DROPPED_CONTROLS[name]
+    return (column not in (spec.exposure, spec.moderator)
+            and any(column in e.variables for e in spec.equations.values()))
 
 
 def variant(spec: ModelSpec, name: str) -> ModelSpec:
-    """The spec restricted to a study subset, or with other random intercepts."""
+    """The spec restricted to a study subset, with other random intercepts, or without a
+    control."""
+    if name in DROPPED_CONTROLS:
+        column = DROPPED_CONTROLS[name]
+        equations = {key: dataclasses.replace(
+            equation, formula=_without_term(equation.formula, column),
+            fixed_formula=_without_term(equation.fixed_formula, column),
+            variables=tuple(v for v in equation.variables if v != column))
+            for key, equation in spec.equations.items()}
+        return dataclasses.replace(spec, name=f"{spec.name}.{name}", equations=equations)
     if name in SUBSETS:
         rule = SUBSETS[name]
         return dataclasses.replace(spec, name=f"{spec.name}.{name}",
@@ -98,7 +131,8 @@ def robustness(spec: ModelSpec, table: pd.DataFrame,
     # compile than the two subsets that could reuse it would save
     settings = settings or FitSettings()
     variants = ["county_in_prefecture", *SUBSETS, *[p for p in POOLING
-                                                    if p != "county_in_prefecture"]]
+                                                    if p != "county_in_prefecture"],
+                *[d for d in DROPPED_CONTROLS if applies(spec, d)]]
     fits = {name: fit_model(variant(spec, name), table, settings) for name in variants}
     side_by_side = pd.DataFrame([_row(name, fit) for name, fit in fits.items()])
     pooled = {name: fits[name] for name in POOLING}

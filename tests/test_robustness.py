@@ -8,7 +8,7 @@ import dataclasses
 import pandas as pd
 import pytest
 
-from fundgap.robustness import POOLING, SUBSETS, robustness, variant
+from fundgap.robustness import DROPPED_CONTROLS, POOLING, SUBSETS, applies, robustness, variant
 from fundgap.spec import load_spec
 
 from conftest import QUICK, REGIONAL
@@ -30,7 +30,7 @@ def test_robustness_side_by_side_and_loo(default_table: pd.DataFrame) -> None:
     settings = dataclasses.replace(QUICK, draws=1000, tune=1000, predictive_draws=400)
     side_by_side, loo = robustness(load_spec(REGIONAL), default_table, settings)
     rows = side_by_side.set_index("variant")
-    assert set(rows.index) == {*POOLING, *SUBSETS}
+    assert set(rows.index) == {*POOLING, *SUBSETS, *DROPPED_CONTROLS}
     counts = default_table["county_campaigns"]
     assert rows.loc["counties_seen_2plus", "campaigns"] == (counts >= 2).sum()
     assert rows.loc["counties_seen_3plus", "campaigns"] == (counts >= 3).sum()
@@ -44,3 +44,19 @@ def test_robustness_side_by_side_and_loo(default_table: pd.DataFrame) -> None:
     assert set(ranked.index) == set(POOLING)
     assert (ranked.loc["county_in_prefecture", "elpd_loo"]
             > ranked.loc["complete_pooling", "elpd_loo"])
+
+
+def test_the_variant_without_recommended_drops_it_from_every_equation() -> None:
+    spec = load_spec(REGIONAL)
+    assert applies(spec, "without_recommended")
+    without = variant(spec, "without_recommended")
+    for name, equation in without.equations.items():
+        original = spec.equations[name]
+        assert "recommended" not in equation.variables
+        assert "recommended" not in equation.fixed_formula
+        assert set(equation.variables) == set(original.variables) - {"recommended"}
+        assert equation.groups == original.groups
+        assert "(1|county)" in equation.formula
+    # a spec whose exposure it is keeps it: the variant does not apply
+    assert not applies(dataclasses.replace(spec, exposure="recommended"),
+                       "without_recommended")
