@@ -12,6 +12,14 @@ count, share or 0/1 outcome the indirect and total effects are g-computation con
 all mediators moved at once, is total - direct in every case. A spec with several outcomes
 gets every effect per outcome (dim `outcome`).
 
+direct_link and total_link are the direct and total effects on the outcome's link scale:
+its exposure slope (a log rate ratio on a count, a log odds ratio on a 0/1 outcome, per
+unit), and that plus sum_m a_m b_m (the mediators' paths, identity-link mediators). They do
+not depend on the outcome's baseline, so their contrasts between the levels of a moderator
+compare the slopes alone, where a contrast on the response's scale mixes the slopes with
+each level's baseline (acquaintance campaigns average more donations than mixed ones). On an
+identity-link outcome they equal direct and total.
+
 The estimands: the direct effect is the pure natural direct effect of a one-unit shift in
 the exposure (mediators at their observed values); each mediator's indirect effect is
 path-specific (the direct path at x + 1, the other mediators at their observed values), so
@@ -56,7 +64,8 @@ from fundgap.predictive import linear_predictor
 from fundgap.spec import ModelSpec
 
 T = TypeVar("T", xr.DataArray, xr.Dataset)
-EFFECTS = ("total", "direct", "indirect", "indirect_total", "share", "a", "b")
+EFFECTS = ("total", "direct", "indirect", "indirect_total", "share", "a", "b",
+           "direct_link", "total_link")
 SAMPLE_DIMS = ("chain", "draw")
 
 
@@ -152,9 +161,11 @@ def _outcome_effects(posterior: xr.Dataset, design: Design, outcome: str,
                      level: str | None) -> xr.Dataset:
     spec = design.spec
     mediators = list(spec.mediators)
+    exposure_slope = slope(posterior, spec, outcome, spec.exposure, level)
     if not mediators:
         direct = _exposure_path(posterior, design, outcome, level)
-        return xr.Dataset({"total": direct, "direct": direct})
+        return xr.Dataset({"total": direct, "direct": direct, "direct_link": exposure_slope,
+                           "total_link": exposure_slope})
     a = xr.concat([_exposure_path(posterior, design, m, level) for m in mediators],
                   dim="mediator").assign_coords(mediator=mediators)
     b = xr.concat([slope(posterior, spec, outcome, m, level) for m in mediators],
@@ -167,9 +178,12 @@ def _outcome_effects(posterior: xr.Dataset, design: Design, outcome: str,
         direct, indirect, total = _natural_effects(posterior, design, outcome, level, a, b)
     # the joint indirect effect (every mediator moved at once): total - direct exactly, the
     # sum of the per-mediator ones only on an identity-link outcome
+    # on the link scale (a log rate ratio, a log odds ratio per unit): free of the
+    # baseline, so a contrast between channels compares slopes, not slopes and baselines
     return xr.Dataset({"total": total, "direct": direct, "indirect": indirect,
                        "indirect_total": total - direct, "share": indirect / total,
-                       "a": a, "b": b})
+                       "a": a, "b": b, "direct_link": exposure_slope,
+                       "total_link": exposure_slope + (a * b).sum("mediator")})
 
 
 def _natural_effects(posterior: xr.Dataset, design: Design, outcome: str, level: str | None,

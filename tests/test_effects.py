@@ -67,7 +67,11 @@ def test_identity_links_multiply_paths() -> None:
     # the joint indirect effect is the sum of the paths on an identity-link outcome
     np.testing.assert_allclose(effects["indirect_total"], effects["indirect"].sum("mediator"))
     summary = summarise_effects(effects)
-    assert len(summary) == 3 + 4 * 2   # total, direct, indirect_total; 4 per mediator
+    # total, direct, indirect_total, direct_link, total_link; 4 per mediator
+    assert len(summary) == 5 + 4 * 2
+    # on an identity-link outcome the link-scale effects are the effects
+    np.testing.assert_allclose(effects["direct_link"], direct)
+    np.testing.assert_allclose(effects["total_link"], effects["total"])
     row = summary[(summary["effect"] == "a") & (summary["mediator"] == "verifier_count")].iloc[0]
     assert row["mean"] == pytest.approx(float(a.mean()))
     assert row["p_positive"] == pytest.approx(float((a > 0).mean()))
@@ -127,6 +131,9 @@ def test_lognormal_outcome_effects_are_g_computation_on_the_mean() -> None:
     joint = (mu * (np.exp(c + ab) - np.exp(c))).mean("campaign")
     np.testing.assert_allclose(effects["indirect_total"], joint)
     assert not np.allclose(effects["indirect"].sum("mediator"), joint)
+    # on the link scale (log ratios of the mean): the slopes, free of the baseline mu
+    np.testing.assert_allclose(effects["direct_link"], c)
+    np.testing.assert_allclose(effects["total_link"], c + ab)
 
 
 MODERATED = """
