@@ -238,6 +238,7 @@ def _sensitivity(args: argparse.Namespace) -> int:
     import numpy as np
 
     from fundgap.figures import sensitivity_figure
+    from fundgap.fitfolder import SENSITIVITY, SENSITIVITY_THRESHOLDS
     from fundgap.sensitivity import RHO_GRID, folder_sensitivity
     from fundgap.store import atomic_directory, write_table
 
@@ -248,11 +249,11 @@ def _sensitivity(args: argparse.Namespace) -> int:
     print(limits.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if args.out:
         with atomic_directory(args.out) as out:
-            write_table(curve, out / "sensitivity.csv")
-            write_table(limits, out / "sensitivity_thresholds.csv")
+            write_table(curve, out / SENSITIVITY)
+            write_table(limits, out / SENSITIVITY_THRESHOLDS)
             for figure in sensitivity_figure(curve, limits):
                 (out / f"{figure.name}.png").write_bytes(figure.png)
-        print(f"written: {args.out}/sensitivity.csv, sensitivity_thresholds.csv, "
+        print(f"written: {args.out}/{SENSITIVITY}, {SENSITIVITY_THRESHOLDS}, "
               "sensitivity.png")
     return 0
 

@@ -285,8 +285,9 @@ def write_frequentist(result: FrequentistResult, table: pd.DataFrame, out: str |
     fitfolder.write_frequentist(
         out, {fitfolder.OLS: result.ols, fitfolder.KHB: result.khb,
               fitfolder.MIXEDLM: result.mixedlm, fitfolder.COMPARISON: comparison},
-        {"comparison.md": to_markdown(comparison, title, notes),
-         "comparison.html": to_html(comparison, title, notes)},
+        dict(zip(fitfolder.COMPARISON_PAGES, (to_markdown(comparison, title, notes),
+                                              to_html(comparison, title, notes)),
+                 strict=True)),
         {"spec_name": result.spec.name, "spec_source": result.spec.source,
          "data_fingerprint": frame_fingerprint(table), "bootstrap_replicates": replicates,
          "bootstrap_seed": seed, "khb_identity_gap": result.khb.attrs.get("identity_gap"),

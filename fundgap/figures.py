@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from fundgap import fitfolder
 from fundgap.errors import FundgapError
 from fundgap.frequentist_tables import Z95
 from fundgap.spec import parse_spec
@@ -58,7 +59,7 @@ def frequentist_intervals(folder: Path, spec_text: str) -> pd.DataFrame:
     """Frequentist counterparts of effects.csv rows: KHB components, and table models whose
     spec entry names a `posterior_effect` (e.g. Table 5's per-channel slopes)."""
     rows = []
-    khb = folder / "khb.csv"
+    khb = folder / fitfolder.KHB
     if khb.is_file():
         for _, k in pd.read_csv(khb, keep_default_na=False).iterrows():
             if k["component"] in MAIN_EFFECTS:
@@ -66,7 +67,7 @@ def frequentist_intervals(folder: Path, spec_text: str) -> pd.DataFrame:
                 rows.append({"effect": k["component"], "mediator": k["mediator"],
                              "estimate": float(k["estimate"]), "se": float(se),
                              "source": "KHB"})
-    ols = folder / "ols.csv"
+    ols = folder / fitfolder.OLS
     if ols.is_file():
         spec = parse_spec(spec_text, "spec.toml", columns=None)
         fitted = pd.read_csv(ols)

@@ -69,6 +69,7 @@ OLS = "ols.csv"
 KHB = "khb.csv"
 MIXEDLM = "mixedlm.csv"
 COMPARISON = "comparison.csv"
+COMPARISON_PAGES = ("comparison.md", "comparison.html")
 PREPARED = "prepared.parquet"
 PREPARED_DIAGNOSTICS = "prepared.diagnostics.json"
 INDEX = "index.parquet"
