@@ -120,5 +120,5 @@ def frequentist(spec: str | Path | ModelSpec, data: Data, *, replicates: int = 9
 
     table = load_prepared(data).table
     model = spec_for(spec, table)
-    missing_columns([model], table, "the data")
+    missing_columns([model], table.columns, "the data")
     return run_frequentist(model, table, replicates, seed, mixedlm)

@@ -514,18 +514,3 @@ def prior_predictive(spec: ModelSpec, table: pd.DataFrame, draws: int = 500,
     design = build_design(spec, table)
     with build_model(design):
         return pm.sample_prior_predictive(draws=draws, random_seed=seed)
-
-
-def compact(idata: az.InferenceData) -> az.InferenceData:
-    """float32 for the bulky per-level and per-campaign draws (7 significant digits are far
-    beyond their Monte Carlo error); coefficients and variances stay float64. Returns a new
-    InferenceData; `idata` is not changed (its other arrays are shared, not copied)."""
-    posterior = idata.posterior
-    latent = [v for v in posterior.data_vars if names.is_group_intercept(str(v))]
-    groups = {group: getattr(idata, group) for group in idata.groups()}
-    groups["posterior"] = posterior.assign({v: posterior[v].astype("float32")
-                                            for v in latent})
-    for group in ("posterior_predictive", "log_likelihood"):
-        if group in groups:
-            groups[group] = groups[group].astype("float32")
-    return az.InferenceData(**groups)

@@ -196,7 +196,7 @@ def _frequentist(args: argparse.Namespace) -> int:
 
     table = load_prepared(args.data).table
     specs = [spec_for(path, table) for path in args.specs]
-    missing_columns(specs, table, args.data)
+    missing_columns(specs, table.columns, args.data)
     for spec in specs:
         out = Path(args.out) / spec.name
         result, comparison = fit_frequentist(spec, table, out, args.fits, args.replicates,

@@ -17,7 +17,7 @@ also records the folder layout's version, the spec and the data's fingerprint, w
 posterior.nc keeps every draw of the sampled parameters in float64. The bulky draws are
 kept smaller: the county and prefecture intercepts for about `latent_draws` draws (the
 group `latent_intercepts`; every draw with latent_draws = 0) and the per-campaign groups
-thinned (fit.py), both in float32 rounded to FLOAT32_BITS significant bits, every array
+thinned (fundgap.bayesian), both in float32 rounded to FLOAT32_BITS significant bits, every array
 compressed (gzip with byte shuffling). summary.csv, effects.csv and the diagnostics are
 computed from every draw before the file is written, so no reported figure depends on it.
 """
@@ -48,7 +48,7 @@ from fundgap.store import (
     write_table,
 )
 
-if TYPE_CHECKING:  # fit.py imports this module to write its results
+if TYPE_CHECKING:  # bayesian.py imports this module to write its results
     from fundgap.bayesian import FitResult
     from fundgap.spec import ModelSpec
 
@@ -79,6 +79,7 @@ KINDS = ("bayesian", "frequentist")
 RECORDS = {"bayesian": FIT_RECORD, "frequentist": FREQUENTIST_RECORD}
 # posterior.nc's group of the thinned latent intercepts (not one of ArviZ's schema's groups)
 LATENT_GROUP = "latent_intercepts"
+PER_CAMPAIGN_GROUPS = ("posterior_predictive", "log_likelihood")
 # float32 arrays keep this many significant bits (relative error at most 2^-13, about
 # 1.2e-4: far below the Monte Carlo error of any draw-based figure); compression then
 # stores them in about half the bytes
@@ -137,16 +138,27 @@ def _stored(dataset: xr.Dataset) -> xr.Dataset:
 
 
 def posterior_groups(idata: az.InferenceData, latent_draws: int) -> dict[str, xr.Dataset]:
-    """The groups posterior.nc holds: the latent intercepts moved to LATENT_GROUP, thinned
-    to about `latent_draws` draws (0: every draw, left in the posterior group)."""
+    """The groups posterior.nc holds: the latent intercepts in float32, moved to
+    LATENT_GROUP and thinned to about `latent_draws` draws (0: every draw, left in the
+    posterior group), and the per-campaign groups in float32 (7 significant digits are far
+    beyond their Monte Carlo error); the sampled parameters stay float64. `idata` is not
+    changed."""
     from fundgap.predictive import thinned
 
     groups = {name: getattr(idata, name) for name in idata.groups()}
+    for name in PER_CAMPAIGN_GROUPS:
+        if name in groups:
+            groups[name] = groups[name].astype("float32")
     posterior = groups["posterior"]
     latent = [v for v in posterior.data_vars if is_group_intercept(str(v))]
-    if latent and latent_draws > 0:
+    if not latent:
+        return groups
+    latent_values = posterior[latent].astype("float32")
+    if latent_draws > 0:
         groups["posterior"] = posterior.drop_vars(latent)
-        groups[LATENT_GROUP] = thinned(posterior[latent], latent_draws)
+        groups[LATENT_GROUP] = thinned(latent_values, latent_draws)
+    else:
+        groups["posterior"] = posterior.assign(latent_values)
     return groups
 
 
@@ -169,12 +181,10 @@ def write_fit(result: FitResult, folder: str | Path) -> Path:
     """Write a fit into `folder`, atomically: posterior.nc, summary.csv, effects.csv
     (contrasts, shrinkage and sensitivity tables where there are any), diagnostics.json,
     spec.toml, and fit.json last."""
-    from fundgap.bayesian import compact
-
     folder = Path(folder)
     settings = result.record.get("settings", {})
     with atomic_directory(folder) as temporary:
-        kept = write_posterior(compact(result.idata), temporary / POSTERIOR,
+        kept = write_posterior(result.idata, temporary / POSTERIOR,
                                int(settings.get("latent_draws", 0)))
         result.summary.rename_axis("parameter").to_csv(temporary / SUMMARY)
         tables = {EFFECTS: result.effects, CONTRASTS: result.contrasts,

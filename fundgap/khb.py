@@ -67,33 +67,14 @@ def _solve(design: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.linalg.lstsq(design, y, rcond=None)[0]
 
 
-def _reduced_design(inputs: KHBInputs, rows: np.ndarray | slice
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """KHB's reduced design on `rows` (each mediator column replaced by its residual from
-    its own equation) and the a paths of those equations."""
-    reduced = inputs.outcome_design[rows].copy()
-    a_paths = []
+def _reduced_design(inputs: KHBInputs) -> np.ndarray:
+    """KHB's reduced design: each mediator column replaced by its residual from its own
+    equation."""
+    reduced = inputs.outcome_design.copy()
     for k, design in enumerate(inputs.mediator_designs):
-        design, mediator = design[rows], inputs.mediators[rows, k]
-        coefficients = _solve(design, mediator)
-        a_paths.append(coefficients[inputs.mediator_exposure_columns[k]])
-        reduced[:, inputs.mediator_columns[k]] = mediator - design @ coefficients
-    return reduced, np.asarray(a_paths)
-
-
-def khb_point(inputs: KHBInputs, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
-    """[total, direct, indirect per mediator..., indirect sum, identity gap] on `rows`.
-
-    total is KHB's reduced model, so total and direct are on the same scale.
-    """
-    y = inputs.y[rows]
-    direct_coefficients = _solve(inputs.outcome_design[rows], y)
-    reduced, a_paths = _reduced_design(inputs, rows)
-    total = _solve(reduced, y)[inputs.exposure_column]
-    direct = direct_coefficients[inputs.exposure_column]
-    indirect = a_paths * direct_coefficients[inputs.mediator_columns]
-    gap = total - direct - indirect.sum()
-    return np.array([total, direct, *indirect, indirect.sum(), gap])
+        mediator = inputs.mediators[:, k]
+        reduced[:, inputs.mediator_columns[k]] = mediator - design @ _solve(design, mediator)
+    return reduced
 
 
 def _coefficient_weights(design: np.ndarray, column: int) -> np.ndarray:
@@ -137,8 +118,7 @@ def khb_delta_covariance(inputs: KHBInputs) -> tuple[np.ndarray, np.ndarray, np.
 
 
 def _reduced_standard_error(inputs: KHBInputs) -> float:
-    reduced, _ = _reduced_design(inputs, slice(None))
-    return float(sm.OLS(inputs.y, reduced).fit().bse[inputs.exposure_column])
+    return float(sm.OLS(inputs.y, _reduced_design(inputs)).fit().bse[inputs.exposure_column])
 
 
 @dataclass
@@ -182,7 +162,11 @@ def _normal_solve(gram: np.ndarray, rows: list[int], target: np.ndarray) -> np.n
 
 def khb_from_cross_products(inputs: KHBInputs, parts: CrossProducts,
                             gram: np.ndarray) -> np.ndarray:
-    """`khb_point` from the (weighted) cross-products `gram` = columns' W columns."""
+    """[total, direct, indirect per mediator..., indirect sum, identity gap] from the
+    (weighted) cross-products `gram` = columns' W columns of the rows (or a resample).
+
+    total is KHB's reduced model, so total and direct are on the same scale.
+    """
     size = gram.shape[0]
     direct_coefficients = _normal_solve(gram, parts.outcome, gram[parts.outcome, parts.y])
     # the reduced design as a map of the columns: R = columns @ transform
@@ -206,8 +190,8 @@ def khb_from_cross_products(inputs: KHBInputs, parts: CrossProducts,
     return np.array([total, direct, *indirect, indirect.sum(), gap])
 
 
-def bootstrap_khb(inputs: KHBInputs, replicates: int, seed: int,
-                  by: str = "county") -> np.ndarray:
+def bootstrap_khb(inputs: KHBInputs, replicates: int, seed: int, by: str = "county",
+                  parts: CrossProducts | None = None) -> np.ndarray:
     """KHB estimates on `replicates` resamples, (replicates, M + 3); `by` is "county"
     (resample whole counties) or "campaign" (resample rows).
 
@@ -216,7 +200,7 @@ def bootstrap_khb(inputs: KHBInputs, replicates: int, seed: int,
     cross-products are summed once, so a county resample costs O(counties), not O(rows).
     """
     rng = np.random.default_rng(seed)
-    parts = cross_products(inputs)
+    parts = parts or cross_products(inputs)
     columns = parts.columns
     n = len(inputs.y)
     if by == "county":
@@ -245,15 +229,16 @@ def khb_decomposition(design: Design, replicates: int = BOOTSTRAP_REPLICATES,
     campaigns resampled), share of the total, and the identity gap."""
     spec = design.spec
     inputs = khb_inputs(design)
-    point = khb_point(inputs)
+    parts = cross_products(inputs)
+    point = khb_from_cross_products(inputs, parts, parts.columns.T @ parts.columns)
     theta, conventional, clustered = khb_delta_covariance(inputs)
     n_mediators = len(spec.mediators)
     a, b = theta[:n_mediators], theta[n_mediators + 1:]
     direct_index = n_mediators
 
-    def gradient(parts: list[int], direct: bool) -> np.ndarray:
+    def gradient(included: list[int], direct: bool) -> np.ndarray:
         g = np.zeros(len(theta))
-        for k in parts:
+        for k in included:
             g[k], g[direct_index + 1 + k] = b[k], a[k]
         g[direct_index] = 1.0 if direct else 0.0
         return g
@@ -263,8 +248,8 @@ def khb_decomposition(design: Design, replicates: int = BOOTSTRAP_REPLICATES,
                  *[gradient([k], False) for k in everything], gradient(everything, False)]
     std_error = [float(np.sqrt(g @ conventional @ g)) for g in gradients]
     cluster_std_error = [float(np.sqrt(g @ clustered @ g)) for g in gradients]
-    by_county = bootstrap_khb(inputs, replicates, seed, "county")
-    by_campaign = bootstrap_khb(inputs, replicates, seed + 1, "campaign")
+    by_county = bootstrap_khb(inputs, replicates, seed, "county", parts)
+    by_campaign = bootstrap_khb(inputs, replicates, seed + 1, "campaign", parts)
     components = ["total", "direct", *["indirect"] * n_mediators, "indirect_total"]
     mediators = ["", "", *spec.mediators, ""]
     estimates = point[:-1]

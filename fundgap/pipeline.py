@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,7 +28,7 @@ from fundgap.bayesian import FitResult, FitSettings, fit_design, fit_model
 from fundgap.errors import FundgapError
 from fundgap.prepare import PreparedData
 from fundgap.spec import ModelSpec
-from fundgap.store import frame_fingerprint, write_json, write_table
+from fundgap.store import file_fingerprint, frame_fingerprint, write_json, write_table
 
 STATISTICS_CHOICES = ("auto", "always", "never")
 
@@ -54,10 +55,11 @@ def load_prepared(source: Source) -> PreparedData:
 
 
 def _input_fingerprint(folder: Path) -> str:
+    """SHA-256 over the data folder's input files (CSV or Parquet), each read in blocks."""
     digest = hashlib.sha256()
-    for path in sorted(folder.glob("*.csv")):
+    for path in sorted([*folder.glob("*.csv"), *folder.glob("*.parquet")]):
         digest.update(path.name.encode())
-        digest.update(path.read_bytes())
+        digest.update(file_fingerprint(path).encode())
     return digest.hexdigest()
 
 
@@ -120,9 +122,8 @@ def spec_for(spec: str | Path | ModelSpec, source: Source) -> ModelSpec:
         except SpecError:
             raise error from None
         where = "a DataFrame" if isinstance(source, pd.DataFrame) else str(source)
-        missing = sorted(c for c in study.all_variables if c and c not in (columns or ()))
-        raise SpecError(f"{study.source}: the data ({where}) have no column(s) "
-                        f"{', '.join(missing)}") from None
+        missing_columns([study], columns or set(), where)
+        raise
 
 
 def use_statistics(spec: ModelSpec, source: Source, choice: str = "auto") -> bool:
@@ -152,10 +153,9 @@ def use_statistics(spec: ModelSpec, source: Source, choice: str = "auto") -> boo
 
 
 def fit_bayesian(spec: ModelSpec, source: Source, settings: FitSettings,
-                 statistics: str = "auto", data_fingerprint: str | None = None,
-                 table: pd.DataFrame | None = None) -> FitResult:
+                 statistics: str = "auto", data_fingerprint: str | None = None) -> FitResult:
     """Fit `spec` to a source: from sufficient statistics where `use_statistics` says so,
-    else from the prepared rows (`table` when the caller holds them already).
+    else from the prepared rows.
     `data_fingerprint` is what fit.json records (default: the rows' fingerprint, or the
     file's when fitting from statistics)."""
     from fundgap.store import file_fingerprint
@@ -167,18 +167,19 @@ def fit_bayesian(spec: ModelSpec, source: Source, settings: FitSettings,
         design = reduce_prepared(spec, source)
         return fit_design(design, settings, data_fingerprint or file_fingerprint(source),
                           started)
-    rows = table if table is not None else load_prepared(source).table
-    result = fit_model(spec, rows, settings)
+    result = fit_model(spec, load_prepared(source).table, settings)
     if data_fingerprint is not None:
         result.record["data_fingerprint"] = data_fingerprint
     return result
 
 
-def missing_columns(specs: list[ModelSpec], table: pd.DataFrame, source: str) -> None:
-    """Raise one FundgapError naming every column a spec uses that the table lacks."""
+def missing_columns(specs: list[ModelSpec], columns: Iterable[str], source: str) -> None:
+    """Raise one FundgapError naming every column a spec uses that the data (`columns`, or
+    a table's columns) lack."""
+    present = set(columns)
     lacking = [f"{spec.source}: the data ({source}) have no column(s) {', '.join(missing)}"
                for spec in specs
-               if (missing := [c for c in spec.all_variables if c not in table.columns])]
+               if (missing := [c for c in spec.all_variables if c and c not in present])]
     if lacking:
         raise FundgapError("\n".join(lacking) + "\n(prepare the data again with this "
                            "version of fundgap)")
@@ -195,7 +196,7 @@ def fit_frequentist(spec: ModelSpec, table: pd.DataFrame, out: str | Path,
     from fundgap.frequentist_tables import run_frequentist
     from fundgap.khb import BOOTSTRAP_REPLICATES, BOOTSTRAP_SEED
 
-    missing_columns([spec], table, source)
+    missing_columns([spec], table.columns, source)
     replicates = BOOTSTRAP_REPLICATES if replicates is None else replicates
     seed = BOOTSTRAP_SEED if seed is None else seed
     result = run_frequentist(spec, table, replicates, seed, mixedlm)

@@ -57,8 +57,9 @@ def _comparison(folder: Path) -> tuple[pd.DataFrame, list[str]]:
         return pd.DataFrame(), []
     try:
         record = fitfolder.checked_record(folder, "frequentist")
-    except FundgapError as error:
-        problems = getattr(error, "problems", [str(error)])
+    except FundgapError as error:  # damaged, or written by another version
+        problems = error.problems if isinstance(error, fitfolder.DamagedFolder) \
+            else [str(error)]
         return pd.DataFrame(), [f"the frequentist folder is damaged ({'; '.join(problems)}): "
                                 "its comparison is not shown; the next `fundgap run` writes "
                                 "it again"]
