@@ -175,3 +175,38 @@ def test_an_interrupted_nutpie_run_is_not_taken_for_a_fit(monkeypatch) -> None:
         pm.Normal("x")
     with pytest.raises(KeyboardInterrupt, match="after 40 of 100 draws"):
         sample_module.sample(model, draws=100, tune=10, chains=2, progress=False)
+
+
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_a_signal_as_the_chains_finish_still_stops_the_fit(monkeypatch, signum: str) -> None:
+    """The signal arrives after the last draw: nutpie swallows the KeyboardInterrupt and
+    returns every draw, and sample() must still stop rather than write the fit."""
+    import contextlib
+    import os
+    import signal
+
+    import arviz as az
+    import nutpie
+
+    import fundgap.sampling.sample as sample_module
+
+    complete = az.from_dict(posterior={"x": np.zeros((2, 100))})
+
+    def finishing(*args, **kwargs):
+        with contextlib.suppress(KeyboardInterrupt):     # as nutpie does
+            os.kill(os.getpid(), getattr(signal, signum))   # handled before kill returns
+        return complete
+
+    terminate = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(
+        KeyboardInterrupt()))           # as the command line's handler does
+    try:
+        monkeypatch.setattr(nutpie, "sample", finishing)
+        monkeypatch.setattr(sample_module, "_compile",
+                            lambda model, structure, frozen: (object(), "off"))
+        with pm.Model() as model:
+            pm.Normal("x")
+        with pytest.raises(KeyboardInterrupt, match="interrupted"):
+            sample_module.sample(model, draws=100, tune=10, chains=2, progress=False)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, terminate)

@@ -7,10 +7,14 @@ compiling and sampling. The same seed gives the same draws with the same backend
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import arviz as az
@@ -82,9 +86,12 @@ def sample(model: pm.Model, backend: str = "nutpie", draws: int = 1000, tune: in
         else:
             compiled, cache = _compile(model, structure, frozen=True)
         compiled_at = time.perf_counter()
-        idata = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=seed,
-                              progress_bar=progress, save_warmup=False,
-                              target_accept=target_accept)
+        with _noticing_interrupts() as interrupted:
+            idata = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=seed,
+                                  progress_bar=progress, save_warmup=False,
+                                  target_accept=target_accept)
+        if interrupted:
+            raise KeyboardInterrupt("sampling was interrupted")
         _require_all_draws(idata, draws)
         return SampleResult(idata, backend, compiled_at - start,
                             time.perf_counter() - compiled_at, cache)
@@ -105,6 +112,41 @@ def sample(model: pm.Model, backend: str = "nutpie", draws: int = 1000, tune: in
     # start's, which it records apart).
     return SampleResult(idata, backend, 0.0, time.perf_counter() - start,
                         warm_start=warm_start and warm_start.record())
+
+
+@contextlib.contextmanager
+def _noticing_interrupts() -> Iterator[list[int]]:
+    """Record a SIGINT or SIGTERM that arrives inside the block, then let it do what it did.
+
+    nutpie swallows the KeyboardInterrupt and returns the draws so far, which may be all of
+    them when the signal comes as the chains finish; the caller must still stop there.
+    Yields a list that holds the signal numbers received (empty: none)."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+    def notice(signum: int, frame: object) -> None:
+        handler = previous[signum]
+        if handler == signal.SIG_IGN:
+            return
+        received.append(signum)
+        if callable(handler):
+            handler(signum, frame)
+        elif signum == signal.SIGTERM:      # the default: end the process, as without us
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        else:
+            raise KeyboardInterrupt
+
+    for signum in previous:
+        signal.signal(signum, notice)
+    try:
+        yield received
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _require_all_draws(idata: az.InferenceData, draws: int) -> None:
