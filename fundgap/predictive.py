@@ -23,14 +23,16 @@ def thinned(posterior: xr.Dataset, keep: int) -> xr.Dataset:
 
 
 def linear_predictor(posterior: xr.Dataset, design: Design, name: str,
-                     rows: np.ndarray | slice = slice(None)) -> xr.DataArray:
+                     rows: np.ndarray | slice = slice(None),
+                     groups: tuple[str, ...] | None = None) -> xr.DataArray:
     """eta = intercept + X coefficients + group intercepts, dims (chain, draw, campaign),
-    for the campaigns `rows` (default all)."""
+    for the campaigns `rows` (default all), with the intercepts of `groups` (default all
+    the equation's)."""
     equation = design.equations[name]
     X = xr.DataArray(equation.X[rows], dims=("campaign", f"term_{name}"))
     eta = posterior[names.intercept(name)] + xr.dot(X, posterior[names.coefficients(name)],
                                                    dim=f"term_{name}")
-    for column in equation.groups:
+    for column in equation.groups if groups is None else groups:
         dim = GROUP_DIMS[column]
         effect = posterior[names.group_intercept(dim, name)]
         eta = eta + effect.isel({dim: xr.DataArray(design.index[column][rows],

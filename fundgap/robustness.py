@@ -11,21 +11,22 @@ be read side by side:
 - pooling variants on all campaigns: prefecture intercepts only, county only, none;
 - the spec without a control that is post-treatment for the mediators (`recommended`).
 
-LOO uses the outcome equation's pointwise log likelihood (thinned draws; for the
-multilevel variants it is conditional on the drawn intercepts, so counties seen once can give
-high Pareto k: their counts are reported with the comparison).
+LOO compares the pooling variants on the outcome equation three ways (thinned draws): a
+campaign held out, conditional on the drawn intercepts (counties seen once can give high
+Pareto k: their counts are reported with the comparison); and, for a Gaussian outcome, a
+whole county and a whole prefecture held out, their intercepts integrated out in closed form
+(fundgap.grouped_loo), which is the comparison that asks how each structure predicts a
+county it has not seen.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-import warnings
 
-import arviz as az
 import pandas as pd
 
-from fundgap import names
+from fundgap import grouped_loo, names
 from fundgap.bayesian import FitResult, FitSettings, fit_model
 from fundgap.spec import ModelSpec
 
@@ -111,17 +112,23 @@ def _row(name: str, fit: FitResult) -> dict:
 
 
 def loo_comparison(fits: dict[str, FitResult], outcome: str) -> pd.DataFrame:
-    """ArviZ's compare of the pooling variants on the outcome's log likelihood, with the
-    count of observations whose Pareto k exceeds 0.7."""
-    data = {name: fit.idata for name, fit in fits.items()}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)   # high-k warnings: counted below
-        table = az.compare(data, var_name=outcome, ic="loo")
-        high_k = {name: int((az.loo(idata, var_name=outcome, pointwise=True).pareto_k
-                             > 0.7).sum()) for name, idata in data.items()}
-    table = table.rename_axis("variant").reset_index()
-    table["pareto_k_above_0_7"] = table["variant"].map(high_k)
-    return table
+    """ArviZ's compare of the pooling variants on the outcome, one block per unit held out:
+    a campaign (conditional on the drawn intercepts) and, for a Gaussian outcome, a whole
+    county and a whole prefecture (their intercepts integrated out, grouped_loo); with the
+    count of held-out units whose Pareto k exceeds 0.7."""
+    blocks = [grouped_loo.compare({name: fit.idata for name, fit in fits.items()}, outcome)
+              .assign(held_out="campaign")]
+    gaussian = all(fit.design.equations[outcome].family in grouped_loo.CLOSED_FORM
+                   and not fit.design.reduced for fit in fits.values())
+    for held_out in grouped_loo.HELD_OUT if gaussian else ():
+        data = {name: grouped_loo.held_out_data(
+                    fit.idata.posterior, fit.design, outcome, held_out,
+                    fit.idata.log_likelihood.sizes["chain"]
+                    * fit.idata.log_likelihood.sizes["draw"])
+                for name, fit in fits.items()}
+        blocks.append(grouped_loo.compare(data, outcome).assign(held_out=held_out))
+    table = pd.concat(blocks, ignore_index=True)
+    return table[["held_out", *[c for c in table.columns if c != "held_out"]]]
 
 
 def robustness(spec: ModelSpec, table: pd.DataFrame,

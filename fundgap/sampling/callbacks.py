@@ -171,7 +171,9 @@ def _callback(template: str, name: str, inner, user_data, shared: list, shared_d
             # enters the code (nutpie starts from the arrays it was given, then replaces each)
             layout = [(name, shared_data[name].dtype.str, shared_data[name].ndim)
                       for name in shared]
-            text = "\n".join([source, key, repr(layout), str(user_data.dtype),
+            # the module name too: a cached callback's environment names it, and a module
+            # since renamed cannot be imported to rebuild it
+            text = "\n".join([source, key, repr(layout), str(user_data.dtype), __name__,
                               nutpie.__version__, pytensor.__version__])
             _CallbackLocator.registered[function] = (
                 folder, hashlib.sha256(text.encode()).hexdigest())

@@ -1,0 +1,143 @@
+"""Leave-one-county-out and leave-one-prefecture-out PSIS-LOO for a Gaussian equation, from
+the closed-form marginal likelihood of a whole group's campaigns.
+
+Campaign-level LOO on a multilevel model is conditional on the drawn intercepts: holding out
+a campaign leaves its county's intercept in, and a county seen once gives high Pareto k.
+Holding out a whole county asks what a model of this pooling structure predicts for a county
+it has not seen. For a Gaussian equation the held-out density is exact: given the
+coefficients, sigma and the group sds, a county's campaigns are jointly normal with
+covariance sigma^2 I + county_sd^2 11' (and, holding out a prefecture, + prefecture_sd^2 11'
+over the prefecture with its counties' blocks inside), while the intercepts of levels above
+the held-out one (the prefecture's, holding out a county) are conditioned on, per draw.
+
+The nested covariance is never formed: going up from campaigns to the held-out group, each
+level's groups carry (log det, 1'A^-1 1, 1'A^-1 r, r'A^-1 r) of their block, and adding a
+level's variance tau^2 11' to a block updates them by the Sherman-Morrison formula.
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import arviz as az
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import xarray as xr
+
+from fundgap import names
+from fundgap.design import GROUP_DIMS, Design
+from fundgap.errors import FundgapError
+from fundgap.predictive import linear_predictor, thinned
+from fundgap.spec import GROUPS
+
+# What a whole group's campaigns can be held out by (inner to outer, as GROUPS).
+HELD_OUT = ("county", "prefecture")
+# Families whose group marginal is closed form: Gaussian in the response, or in its log
+# (then with the Jacobian of log y).
+CLOSED_FORM = {"gaussian": False, "lognormal": True}
+# Draws handled at once (each holds draws x campaigns residuals).
+DRAW_CHUNK = 64
+PARETO_K_BAD = 0.7
+
+
+def _indicator(codes: np.ndarray, groups: int) -> sp.csr_matrix:
+    """rows -> groups, one 1 per row."""
+    return sp.csr_matrix((np.ones(len(codes)), (np.arange(len(codes)), codes)),
+                         shape=(len(codes), groups))
+
+
+def _levels_up_to(held_out: str) -> list[str]:
+    """The group columns from the finest to the held-out one (GROUPS runs inner to outer)."""
+    columns = list(GROUPS.values())
+    return columns[:columns.index(GROUPS[held_out]) + 1]
+
+
+def group_log_likelihood(posterior: xr.Dataset, design: Design, equation: str,
+                         held_out: str) -> xr.DataArray:
+    """The log density of each held-out group's campaigns, dims (chain, draw, <group dim>),
+    with the equation's intercepts at and below that level integrated out and those above it
+    taken from each draw. `posterior` must hold the group intercepts of the levels above."""
+    record = design.equations[equation]
+    if record.family not in CLOSED_FORM:
+        raise FundgapError(f"leave-one-{held_out}-out needs a Gaussian equation; "
+                           f"{equation} is {record.family}")
+    if design.reduced:
+        raise FundgapError("leave-one-group-out needs the campaigns' rows; this fit was "
+                           "made from sufficient statistics")
+    inner = _levels_up_to(held_out)
+    conditioned = tuple(g for g in record.groups if g not in inner)
+    table = design.table
+    # each level's groups; campaigns -> finest level, then each level -> the next one up
+    # (a group's parent read from its first campaign: codes are nested, as prepared data are)
+    codes = [pd.factorize(table[c].astype(str), sort=True) for c in inner]
+    maps = [_indicator(codes[0][0], len(codes[0][1]))]
+    for (child, _), (parent, parent_uniques) in itertools.pairwise(codes):
+        first = pd.Series(parent).groupby(child).first().to_numpy()
+        maps.append(_indicator(first, len(parent_uniques)))
+    variances = [names.group_sd(GROUP_DIMS[c], equation) if c in record.groups else None
+                 for c in inner]
+    to_held_out = maps[0]
+    for step in maps[1:]:
+        to_held_out = to_held_out @ step
+    sizes = np.asarray(to_held_out.sum(axis=0)).ravel()
+    y = np.log(record.y) if CLOSED_FORM[record.family] else record.y
+    jacobian = to_held_out.T @ -y if CLOSED_FORM[record.family] else 0.0
+
+    eta = linear_predictor(posterior, design, equation, groups=conditioned)
+    sigma = posterior[names.sigma(equation)]
+    out = np.empty((*eta.shape[:2], len(codes[-1][1])))
+    flat_eta = eta.values.reshape(-1, eta.shape[-1])
+    flat_sigma = sigma.values.reshape(-1)
+    sds = [posterior[v].values.reshape(-1) if v else None for v in variances]
+    flat_out = out.reshape(-1, out.shape[-1])
+    for start in range(0, flat_eta.shape[0], DRAW_CHUNK):
+        draws = slice(start, start + DRAW_CHUNK)
+        residual = y[None, :] - flat_eta[draws]
+        variance = flat_sigma[draws, None] ** 2
+        # per campaign: A = sigma^2
+        log_det = np.log(variance) * np.ones_like(residual)
+        ones = np.broadcast_to(1.0 / variance, residual.shape)
+        ones_r = residual / variance
+        r_r = residual * ones_r
+        for step, sd in zip(maps, sds, strict=True):
+            log_det, ones, ones_r, r_r = (np.asarray(part @ step) for part in
+                                          (log_det, ones, ones_r, r_r))
+            if sd is not None:
+                tau2 = sd[draws, None] ** 2
+                scale = 1.0 + tau2 * ones
+                log_det = log_det + np.log(scale)
+                r_r = r_r - tau2 * ones_r**2 / scale
+                ones_r, ones = ones_r / scale, ones / scale
+        flat_out[draws] = -0.5 * (sizes * np.log(2 * np.pi) + log_det + r_r) + jacobian
+    dim = GROUP_DIMS[GROUPS[held_out]]
+    return xr.DataArray(out, dims=("chain", "draw", dim),
+                        coords={"chain": eta["chain"].values, "draw": eta["draw"].values,
+                                dim: np.asarray(codes[-1][1], dtype=str)})
+
+
+def held_out_data(posterior: xr.Dataset, design: Design, equation: str, held_out: str,
+                  keep: int) -> az.InferenceData:
+    """For about `keep` draws: the equation's log likelihood per held-out group (group
+    dimension renamed `held_out`, as ArviZ compares pointwise), beside the parameters' draws
+    that PSIS's relative efficiency is computed from."""
+    subset = thinned(posterior, keep)
+    loglik = group_log_likelihood(subset, design, equation, held_out)
+    parameters = [v for v in subset.data_vars if not names.is_group_intercept(v)
+                  and not names.is_sampler_internal(v)]
+    return az.InferenceData(posterior=subset[parameters],
+                            log_likelihood=xr.Dataset({equation: loglik}))
+
+
+def compare(data: dict[str, az.InferenceData], equation: str) -> pd.DataFrame:
+    """ArviZ's LOO comparison of `data` (variant -> InferenceData with a log likelihood of
+    `equation`), with the count of held-out units whose Pareto k exceeds 0.7."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)   # high-k warnings: counted below
+        table = az.compare(data, var_name=equation, ic="loo")
+        high_k = {name: int((az.loo(idata, var_name=equation, pointwise=True).pareto_k
+                             > PARETO_K_BAD).sum()) for name, idata in data.items()}
+    table = table.rename_axis("variant").reset_index()
+    table["pareto_k_above_0_7"] = table["variant"].map(high_k)
+    return table
