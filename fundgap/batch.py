@@ -1,13 +1,14 @@
 """Batch refits: every spec on every data set, resumable, on this machine or a Dask cluster.
 
 `run_batch` validates and prepares each data folder, then fits every spec in models/: the
-joint Bayesian model (`fits/<data>/<spec>/`) and the frequentist tables with their comparison
-(`fits/<data>/frequentist/<spec>/`, after the Bayesian fit, whose posterior it joins). A task
-whose run key (spec text, prepared-data fingerprint, settings, package versions, a digest of
-fundgap's source) matches the folder already there is skipped, so an interrupted batch
-resumes and a finished one costs nothing. Every folder is written atomically;
-`index.parquet` at the top of `fits/` holds one row per fit folder, rebuilt from the folders
-after each batch.
+joint Bayesian model (`fits/<data>/<spec>/`), the frequentist tables with their comparison
+(`fits/<data>/frequentist/<spec>/`, after the Bayesian fit, whose posterior it joins) and,
+for a spec with a [robustness] table, Table 4's variants (`fits/<data>/robustness/<spec>/`,
+fundgap.robustness). A task whose run key (spec text, prepared-data fingerprint, settings,
+package versions, a digest of fundgap's source) matches the folder already there is
+skipped, so an interrupted batch resumes and a finished one costs nothing. Every folder is
+written atomically; `index.parquet` at the top of `fits/` holds one row per fit folder,
+rebuilt from the folders after each batch.
 
 Tasks run one after another here (each sampler already uses the cores) or, given a Dask
 `Client`, as tasks on its cluster; the layout is the same either way.
@@ -104,6 +105,8 @@ def run_task(task: Task, after: object = None) -> dict:
             spec = load_spec(task.spec_path)
             if task.kind == "bayesian":
                 row.update(_bayesian(spec, task))
+            elif task.kind == "robustness":
+                row.update(_robustness(spec, read_prepared(task.prepared).table, task))
             else:
                 row.update(_frequentist(spec, read_prepared(task.prepared).table, task))
             log.info("finished: %s", row["status"])
@@ -127,6 +130,19 @@ def _bayesian(spec, task: Task) -> dict:
     d = result.diagnostics
     return {"status": "passed" if d["passed"] else "failed",
             "message": "; ".join(d["reasons"])}
+
+
+def _robustness(spec, table: pd.DataFrame, task: Task) -> dict:
+    from fundgap.pipeline import fit_robustness
+    from fundgap.robustness import robustness_settings
+
+    settings = robustness_settings(spec, progress=False, **task.settings)
+    side_by_side, _ = fit_robustness(spec, table, task.folder, settings,
+                                     record={"run_key": task.key},
+                                     data_fingerprint=task.data_fingerprint)
+    failed = side_by_side.loc[~side_by_side["passed"], "variant"].tolist()
+    return {"status": "failed" if failed else "passed",
+            "message": f"failed diagnostics: {', '.join(failed)}" if failed else ""}
 
 
 def _frequentist(spec, table: pd.DataFrame, task: Task) -> dict:
@@ -201,7 +217,9 @@ def plan(data: Iterable[str | Path], models: Iterable[str | Path], out: str | Pa
         for spec in specs:
             reason = not_applicable(spec, table)
             for kind in KINDS:
-                if kind == "bayesian" and not spec.is_bayesian:
+                if kind != "frequentist" and not spec.is_bayesian:
+                    continue
+                if kind == "robustness" and spec.robustness is None:
                     continue
                 if reason is not None:
                     skipped.append({"data": folder.name, "spec": spec.name, "kind": kind,
@@ -210,7 +228,7 @@ def plan(data: Iterable[str | Path], models: Iterable[str | Path], out: str | Pa
                                     "wall_seconds": 0.0})
                     continue
                 wanted = ({k: v for k, v in settings.items() if k != "replicates"}
-                          if kind == "bayesian" else
+                          if kind != "frequentist" else
                           {k: v for k, v in settings.items() if k in ("replicates", "seed")})
                 key = run_key(spec.text, fingerprint, kind, wanted)
                 target = fitfolder.fit_folder(fits, spec.name, kind)

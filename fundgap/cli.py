@@ -211,20 +211,15 @@ def _frequentist(args: argparse.Namespace) -> int:
 
 
 def _robustness(args: argparse.Namespace) -> int:
-    from fundgap.bayesian import settings_for
-    from fundgap.pipeline import load_prepared
-    from fundgap.robustness import robustness
+    from fundgap.pipeline import fit_robustness, load_prepared
+    from fundgap.robustness import robustness_settings
     from fundgap.spec import load_spec
-    from fundgap.store import atomic_directory, write_table
 
     spec = load_spec(args.spec)
     table = load_prepared(args.data).table
-    settings = settings_for(spec, draws=args.draws, tune=args.tune, chains=args.chains,
-                            seed=args.seed, progress=not args.quiet)
-    side_by_side, loo = robustness(spec, table, settings)
-    with atomic_directory(args.out) as folder:
-        write_table(side_by_side, folder / "robustness.csv")
-        write_table(loo, folder / "loo.csv")
+    settings = robustness_settings(spec, draws=args.draws, tune=args.tune, chains=args.chains,
+                                   seed=args.seed, progress=not args.quiet)
+    side_by_side, loo = fit_robustness(spec, table, args.out, settings)
     print(side_by_side.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(loo.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     failed = side_by_side.loc[~side_by_side["passed"], "variant"].tolist()
@@ -372,11 +367,12 @@ def build_parser() -> argparse.ArgumentParser:
                            "the study's subsets and pooling variants, and a LOO comparison")
     rob.add_argument("spec", help="model specification with county and prefecture groups")
     rob.add_argument("--data", required=True, help="data folder or prepared table")
-    rob.add_argument("--out", required=True, help="folder for robustness.csv and loo.csv")
-    rob.add_argument("--draws", type=int)
+    rob.add_argument("--out", required=True,
+                     help="folder for robustness.csv, loo.csv and robustness.json")
+    rob.add_argument("--draws", type=int, help="default: the spec's [robustness], [sampler]")
     rob.add_argument("--tune", type=int)
     rob.add_argument("--chains", type=int)
-    rob.add_argument("--seed", type=int, default=20250)
+    rob.add_argument("--seed", type=int)
     rob.add_argument("--quiet", action="store_true", help="no progress bar")
     rob.set_defaults(run=_robustness)
 

@@ -70,13 +70,18 @@ KHB = "khb.csv"
 MIXEDLM = "mixedlm.csv"
 COMPARISON = "comparison.csv"
 COMPARISON_PAGES = ("comparison.md", "comparison.html")
+ROBUSTNESS = "robustness.csv"
+LOO = "loo.csv"
+ROBUSTNESS_RECORD = "robustness.json"
 PREPARED = "prepared.parquet"
 PREPARED_DIAGNOSTICS = "prepared.diagnostics.json"
 INDEX = "index.parquet"
 FREQUENTIST = "frequentist"
+ROBUSTNESS_FOLDER = "robustness"
 LOGS = "logs"
-KINDS = ("bayesian", "frequentist")
-RECORDS = {"bayesian": FIT_RECORD, "frequentist": FREQUENTIST_RECORD}
+KINDS = ("bayesian", "frequentist", "robustness")
+RECORDS = {"bayesian": FIT_RECORD, "frequentist": FREQUENTIST_RECORD,
+           "robustness": ROBUSTNESS_RECORD}
 # posterior.nc's group of the thinned latent intercepts (not one of ArviZ's schema's groups)
 LATENT_GROUP = "latent_intercepts"
 PER_CAMPAIGN_GROUPS = ("posterior_predictive", "log_likelihood")
@@ -104,9 +109,15 @@ def frequentist_folder(fits: str | Path, spec_name: str) -> Path:
     return Path(fits) / FREQUENTIST / spec_name
 
 
+def robustness_folder(fits: str | Path, spec_name: str) -> Path:
+    """Where its Table 4 variants live: fits/<data>/robustness/<spec>."""
+    return Path(fits) / ROBUSTNESS_FOLDER / spec_name
+
+
 def fit_folder(fits: str | Path, spec_name: str, kind: str) -> Path:
-    """The folder of a spec's fit of either kind."""
-    return (bayesian_folder if kind == "bayesian" else frequentist_folder)(fits, spec_name)
+    """The folder of a spec's fit of any kind."""
+    return {"bayesian": bayesian_folder, "frequentist": frequentist_folder,
+            "robustness": robustness_folder}[kind](fits, spec_name)
 
 
 def log_file(fits: str | Path, spec_name: str, kind: str) -> Path:
@@ -214,6 +225,29 @@ def write_frequentist(out: str | Path, tables: dict[str, pd.DataFrame],
     return Path(out)
 
 
+def write_robustness(out: str | Path, side_by_side: pd.DataFrame, loo: pd.DataFrame,
+                     record: dict) -> Path:
+    """Write a spec's robustness folder, atomically: robustness.csv, loo.csv (where the
+    variants were compared) and robustness.json last, which says whether every variant
+    passed its diagnostics."""
+    with atomic_directory(out) as folder:
+        write_table(side_by_side, folder / ROBUSTNESS)
+        if not loo.empty:
+            write_table(loo, folder / LOO)
+        failed = side_by_side.loc[~side_by_side["passed"].astype(bool), "variant"].tolist()
+        write_record({**record, "layout": LAYOUT_VERSION, "failed_variants": failed,
+                      "passed": not failed}, folder / ROBUSTNESS_RECORD)
+    return Path(out)
+
+
+def read_robustness(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """A robustness folder's (side by side, LOO comparison, record), checked as any fit
+    folder is (DamagedFolder, FundgapError)."""
+    folder = Path(folder)
+    record = checked_record(folder, "robustness")
+    return read_csv(folder / ROBUSTNESS), read_csv(folder / LOO), record
+
+
 # ------------------------------------------------------------------------- reading
 
 
@@ -304,7 +338,7 @@ def checked_record(folder: str | Path, kind: str = "bayesian") -> dict:
     folder = Path(folder)
     path = record_file(folder, kind)
     if not path.is_file():
-        what = "fit" if kind == "bayesian" else "frequentist"
+        what = "fit" if kind == "bayesian" else kind
         raise FundgapError(f"{folder}: not a {what} folder (no {path.name})")
     broken = damaged(path)
     if broken:
@@ -353,9 +387,13 @@ def current_key(folder: str | Path, kind: str) -> str | None:
 
 
 def fit_status(folder: str | Path, kind: str) -> str:
-    """passed or failed (Bayesian, by its diagnostics), done (frequentist)."""
+    """passed or failed (Bayesian, by its diagnostics; robustness, by every variant's),
+    done (frequentist)."""
     if kind == "frequentist":
         return "done"
+    if kind == "robustness":
+        record = json.loads(record_file(folder, kind).read_text("utf-8"))
+        return "passed" if record["passed"] else "failed"
     diagnostics = json.loads((Path(folder) / DIAGNOSTICS).read_text("utf-8"))
     return "passed" if diagnostics["passed"] else "failed"
 
@@ -384,9 +422,19 @@ def _frequentist_row(record: Path) -> dict:
             "data_fingerprint": freq["data_fingerprint"], "run_key": freq.get("run_key")}
 
 
+def _robustness_row(record: Path) -> dict:
+    robust = json.loads(record.read_text("utf-8"))
+    return {"data": record.parent.parent.parent.name, "spec": robust["spec_name"],
+            "kind": "robustness", "backend": robust.get("backend"), "form": None,
+            "status": "passed" if robust["passed"] else "failed",
+            "data_fingerprint": robust["data_fingerprint"], "run_key": robust.get("run_key"),
+            "wall_seconds": robust.get("wall_seconds")}
+
+
 INDEX_PATTERNS: tuple[tuple[str, str, Callable[[Path], dict]], ...] = (
     (f"*/*/{FIT_RECORD}", "bayesian", _bayesian_row),
-    (f"*/{FREQUENTIST}/*/{FREQUENTIST_RECORD}", "frequentist", _frequentist_row))
+    (f"*/{FREQUENTIST}/*/{FREQUENTIST_RECORD}", "frequentist", _frequentist_row),
+    (f"*/{ROBUSTNESS_FOLDER}/*/{ROBUSTNESS_RECORD}", "robustness", _robustness_row))
 
 
 def build_index(out: str | Path) -> pd.DataFrame:
@@ -399,7 +447,7 @@ def build_index(out: str | Path) -> pd.DataFrame:
             try:
                 values = row(record)
             except (OSError, ValueError, KeyError, TypeError):  # refitted by the next run
-                data = (folder.parent.parent if kind == "frequentist" else folder.parent).name
+                data = (folder.parent if kind == "bayesian" else folder.parent.parent).name
                 values = {"data": data, "spec": folder.name, "kind": kind,
                           "status": "damaged"}
             rows.append({**values, "folder": str(folder),
@@ -418,10 +466,12 @@ def write_index(out: str | Path) -> Path:
 
 
 def spec_names(fits: str | Path) -> list[str]:
-    """The specs a data set's fits folder holds a fit of, of either kind."""
+    """The specs a data set's fits folder holds a fit of, of any kind."""
     fits = Path(fits)
     return sorted({p.parent.name for p in fits.glob(f"*/{FIT_RECORD}")}
-                  | {p.parent.name for p in fits.glob(f"{FREQUENTIST}/*/{FREQUENTIST_RECORD}")})
+                  | {p.parent.name for p in fits.glob(f"{FREQUENTIST}/*/{FREQUENTIST_RECORD}")}
+                  | {p.parent.name for p in
+                     fits.glob(f"{ROBUSTNESS_FOLDER}/*/{ROBUSTNESS_RECORD}")})
 
 
 @contextlib.contextmanager

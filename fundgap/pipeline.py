@@ -201,3 +201,27 @@ def fit_frequentist(spec: ModelSpec, table: pd.DataFrame, out: str | Path,
     seed = BOOTSTRAP_SEED if seed is None else seed
     result = run_frequentist(spec, table, replicates, seed, mixedlm)
     return result, write_frequentist(result, table, out, fits, replicates, seed, record=record)
+
+
+def fit_robustness(spec: ModelSpec, table: pd.DataFrame, out: str | Path,
+                   settings: FitSettings, record: dict | None = None,
+                   data_fingerprint: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Fit Table 4's variants of `spec` (fundgap.robustness) and write them to `out`
+    (robustness.csv, loo.csv, robustness.json); returns (side by side, LOO comparison)."""
+    from dataclasses import asdict
+
+    from fundgap.fitfolder import write_robustness
+    from fundgap.robustness import robustness, variant_names
+    from fundgap.store import frame_fingerprint, package_versions
+
+    started = time.perf_counter()
+    missing_columns([spec], table.columns, "the data")
+    variants = variant_names(spec)
+    side_by_side, loo = robustness(spec, table, settings, variants)
+    write_robustness(out, side_by_side, loo, {
+        "spec_name": spec.name, "variants": variants,
+        "data_fingerprint": data_fingerprint or frame_fingerprint(table),
+        "settings": asdict(settings), "backend": settings.backend,
+        "versions": package_versions(), "wall_seconds": time.perf_counter() - started,
+        **(record or {})})
+    return side_by_side, loo

@@ -18,7 +18,7 @@ from fundgap.effects import mark_undefined_shares
 from fundgap.figures import MAIN_EFFECTS
 
 if TYPE_CHECKING:
-    from fundgap.report import Report
+    from fundgap.report import Analysis, Report
 
 TEMPLATES = Environment(loader=PackageLoader("fundgap", "templates"), autoescape=True)
 
@@ -166,10 +166,60 @@ def _effects_table(effects: pd.DataFrame) -> pd.DataFrame:
     return shown
 
 
+def _interval(row: pd.Series, prefix: str) -> str:
+    if pd.isna(row.get(f"{prefix}_mean")):
+        return "–"
+    return (f"{significant(row[f'{prefix}_mean'])} [{significant(row[f'{prefix}_ci_lower'])}, "
+            f"{significant(row[f'{prefix}_ci_upper'])}]")
+
+
+def robustness_tables(side_by_side: pd.DataFrame, loo: pd.DataFrame
+                      ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Table 4's variants as a reader sees them (each estimate as mean [2.5%, 97.5%]; a
+    variant that failed its diagnostics shows FAILED and no numbers) and the LOO comparison
+    (a failed variant's row marked, its numbers left out)."""
+    rows = []
+    for _, row in side_by_side.iterrows():
+        passed = bool(row["passed"])
+        shown = {"variant": row["variant"], "campaigns": f"{int(row['campaigns']):,}",
+                 "counties": f"{int(row['counties']):,}",
+                 "diagnostics": (f"passed (R-hat {row['max_r_hat']:.3f}, ESS "
+                                 f"{row['min_ess_bulk']:,.0f})" if passed else "FAILED")}
+        for prefix, label in (("direct", "direct effect"), ("total", "total effect"),
+                              ("county_sd", "county sd"), ("prefecture_sd", "prefecture sd")):
+            shown[label] = _interval(row, prefix) if passed else "–"
+        rows.append(shown)
+    compared = pd.DataFrame()
+    if not loo.empty:
+        columns = ["held_out", "variant", "elpd_loo", "se", "elpd_diff", "dse", "p_loo",
+                   "weight", "pareto_k_above_0_7"]
+        compared = loo[columns].copy().astype(object)
+        for column in ("elpd_loo", "se", "elpd_diff", "dse", "p_loo"):
+            compared[column] = loo[column].map(lambda v: f"{v:.1f}")
+        compared["weight"] = loo["weight"].map(lambda v: f"{v:.2f}")
+        if "passed" in loo:
+            failed = ~loo["passed"].astype(bool)
+            compared.loc[failed, columns[2:]] = "–"
+            compared.loc[failed, "variant"] = compared.loc[failed, "variant"] + " (FAILED)"
+    return pd.DataFrame(rows), compared
+
+
 def _frame_html(frame: pd.DataFrame) -> str:
     return frame.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0,
                          classes="grid")
 
+
+ROBUSTNESS_LEGEND = (
+    "The spec on all campaigns beside the study's subsets (counties seen at least twice, three "
+    "times), other random intercepts (prefecture only, county only, none) and without a "
+    "control that is post-treatment for the mediators; each estimate is the posterior mean "
+    "and 95% interval.")
+LOO_LEGEND = (
+    "held_out says what is left out: a campaign (conditional on the drawn county and "
+    "prefecture intercepts, so a county seen once can give a high Pareto k), a whole county "
+    "or a whole prefecture (their intercepts integrated out in closed form: how the "
+    "structure predicts a county or prefecture it has not seen). Compare variants within "
+    "one held_out only; elpd_diff is from the best, with its standard error dse.")
 
 # how each analysis status is coloured in the contents and on its section
 STATUS_CLASS = {"passed": "passed", "FAILED": "failed", "damaged": "missing",
@@ -191,6 +241,7 @@ def render_html(report: Report) -> str:
             else "",
             "comparison": html_sections(analysis.comparison)
             if not analysis.comparison.empty else [],
+            **_robustness_html(analysis),
         })
     # autoescaped: spec descriptions and notes are text; the tables are HTML already
     return TEMPLATES.get_template("report.html").render(
@@ -198,7 +249,16 @@ def render_html(report: Report) -> str:
         descriptives=Markup(report.descriptives.to_html(float_format=lambda v: f"{v:.3f}",
                                                         border=0, classes="grid")),
         legend=LEGEND, version=__version__, status_class=STATUS_CLASS,
+        robustness_legend=ROBUSTNESS_LEGEND, loo_legend=LOO_LEGEND,
         generated=pd.Timestamp.now(tz="UTC").strftime("%Y-%m-%d %H:%M UTC"))
+
+
+def _robustness_html(analysis: Analysis) -> dict[str, str]:
+    if analysis.robustness.empty:
+        return {"robustness": "", "loo": ""}
+    variants, compared = robustness_tables(analysis.robustness, analysis.loo)
+    return {"robustness": Markup(_frame_html(variants)),
+            "loo": Markup(_frame_html(compared)) if not compared.empty else ""}
 
 
 def _status_html(index: pd.DataFrame) -> str:
@@ -252,4 +312,18 @@ def render_markdown(report: Report, figures_folder: str) -> str:
             lines += ["### Published, frequentist and Bayesian side by side", "",
                       display_frame(analysis.comparison).to_markdown(index=False), "",
                       f"*{LEGEND}*", ""]
+        lines += _robustness_markdown(analysis)
     return "\n".join(lines)
+
+
+def _robustness_markdown(analysis: Analysis) -> list[str]:
+    lines = [f"- {note}" for note in analysis.robustness_notes]
+    if analysis.robustness.empty:
+        return [*lines, ""] if lines else []
+    variants, compared = robustness_tables(analysis.robustness, analysis.loo)
+    lines = ["### Table 4: the spec's variants", "", ROBUSTNESS_LEGEND, "",
+             variants.to_markdown(index=False), "", *lines]
+    if not compared.empty:
+        lines += ["", "#### Pooling structures compared by PSIS-LOO", "", LOO_LEGEND, "",
+                  compared.to_markdown(index=False)]
+    return [*lines, ""]

@@ -49,6 +49,10 @@ class Analysis:
     figures: list[Figure] = field(default_factory=list)
     graph_svg: str = ""               # the model's graph (Graphviz), where dot is installed
     graph_text: str = ""              # the model's variables, as PyMC lists them
+    # Table 4's variants side by side and their LOO comparison (a [robustness] spec)
+    robustness: pd.DataFrame = field(default_factory=pd.DataFrame)
+    loo: pd.DataFrame = field(default_factory=pd.DataFrame)
+    robustness_notes: list[str] = field(default_factory=list)
 
 
 def _comparison(folder: Path) -> tuple[pd.DataFrame, list[str]]:
@@ -66,7 +70,32 @@ def _comparison(folder: Path) -> tuple[pd.DataFrame, list[str]]:
     return pd.read_csv(folder / fitfolder.COMPARISON), record["notes"]
 
 
+def _robustness(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """A robustness folder's tables and notes (none from a damaged folder)."""
+    if not folder.is_dir():
+        return pd.DataFrame(), pd.DataFrame(), []
+    try:
+        side_by_side, loo, record = fitfolder.read_robustness(folder)
+    except FundgapError as error:
+        problems = error.problems if isinstance(error, fitfolder.DamagedFolder) \
+            else [str(error)]
+        return pd.DataFrame(), pd.DataFrame(), [
+            f"the robustness folder is damaged ({'; '.join(problems)}): its variants are not "
+            "shown; the next `fundgap run` fits them again"]
+    failed = record.get("failed_variants", [])
+    notes = [f"FAILED diagnostics (their numbers are not shown): {', '.join(failed)}"
+             ] if failed else []
+    return side_by_side, loo, notes
+
+
 def _analysis(fits: Path, name: str, table: pd.DataFrame) -> Analysis:
+    analysis = _bayesian_analysis(fits, name, table)
+    analysis.robustness, analysis.loo, analysis.robustness_notes = _robustness(
+        fitfolder.robustness_folder(fits, name))
+    return analysis
+
+
+def _bayesian_analysis(fits: Path, name: str, table: pd.DataFrame) -> Analysis:
     folder = fitfolder.bayesian_folder(fits, name)
     frequentist = fitfolder.frequentist_folder(fits, name)
     comparison, notes = _comparison(frequentist)

@@ -27,7 +27,7 @@ import re
 import pandas as pd
 
 from fundgap import grouped_loo, names
-from fundgap.bayesian import FitResult, FitSettings, fit_model
+from fundgap.bayesian import FitResult, FitSettings, fit_model, settings_for
 from fundgap.spec import ModelSpec
 
 SUBSETS = {"counties_seen_2plus": "county_campaigns >= 2",
@@ -41,6 +41,9 @@ POOLING = {"county_in_prefecture": ("prefecture_code", "county_code"),
 # fixed blocks the part of development's effect that runs through being recommended; the
 # variant without it shows the effects with that part in.
 DROPPED_CONTROLS = {"without_recommended": "recommended"}
+# every variant, in the order they are shown (the spec as written first)
+VARIANTS = ("county_in_prefecture", *SUBSETS,
+            *[p for p in POOLING if p != "county_in_prefecture"], *DROPPED_CONTROLS)
 
 
 def _without_term(formula: str, column: str) -> str:
@@ -131,16 +134,37 @@ def loo_comparison(fits: dict[str, FitResult], outcome: str) -> pd.DataFrame:
     return table[["held_out", *[c for c in table.columns if c != "held_out"]]]
 
 
-def robustness(spec: ModelSpec, table: pd.DataFrame,
-               settings: FitSettings | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Fit every variant; return (effects and sds side by side, LOO comparison)."""
+def variant_names(spec: ModelSpec) -> list[str]:
+    """The variants to fit: the spec's [robustness] `variants` (default all), less a
+    dropped control the spec does not use."""
+    chosen = (spec.robustness or {}).get("variants", VARIANTS)
+    return [name for name in VARIANTS if name in chosen
+            and (name not in DROPPED_CONTROLS or applies(spec, name))]
+
+
+def robustness_settings(spec: ModelSpec, **overrides: object) -> FitSettings:
+    """The variants' fit settings: the defaults, the spec's [sampler], its [robustness]
+    sampler settings, then `overrides` that are not None (the command line's)."""
+    own = {k: v for k, v in (spec.robustness or {}).items() if k != "variants"}
+    return settings_for(spec, **{**own, **{k: v for k, v in overrides.items()
+                                           if v is not None}})
+
+
+def robustness(spec: ModelSpec, table: pd.DataFrame, settings: FitSettings | None = None,
+               variants: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Fit each variant (default `variant_names(spec)`); return (effects and sds side by
+    side, the LOO comparison of the pooling variants among them; empty where fewer than
+    two)."""
     # each variant compiles once, frozen: keeping an unfrozen model for reuse costs more to
     # compile than the two subsets that could reuse it would save
-    settings = settings or FitSettings()
-    variants = ["county_in_prefecture", *SUBSETS, *[p for p in POOLING
-                                                    if p != "county_in_prefecture"],
-                *[d for d in DROPPED_CONTROLS if applies(spec, d)]]
-    fits = {name: fit_model(variant(spec, name), table, settings) for name in variants}
+    settings = settings or robustness_settings(spec)
+    fits = {name: fit_model(variant(spec, name), table, settings)
+            for name in (variants or variant_names(spec))}
     side_by_side = pd.DataFrame([_row(name, fit) for name, fit in fits.items()])
-    pooled = {name: fits[name] for name in POOLING}
-    return side_by_side, loo_comparison(pooled, spec.outcome)
+    pooled = {name: fit for name, fit in fits.items() if name in POOLING}
+    if len(pooled) < 2:
+        return side_by_side, pd.DataFrame()
+    loo = loo_comparison(pooled, spec.outcome)
+    # a variant that failed its diagnostics is marked where it is compared too
+    loo["passed"] = loo["variant"].map(side_by_side.set_index("variant")["passed"])
+    return side_by_side, loo

@@ -26,7 +26,7 @@ GROUPS = {"county": "county_code", "prefecture": "prefecture_code",
           "province": "province_code"}
 PRIOR_KEYS = ("intercept_scale", "coefficient_scale", "sigma_scale", "group_sd_scale")
 KNOWN_KEYS = {"name", "description", "exposure", "outcome", "mediators", "terms",
-              "equations", "filter", "moderator", "frequentist", "sampler"}
+              "equations", "filter", "moderator", "frequentist", "sampler", "robustness"}
 # Sampler settings a spec may set as its own defaults (the command line still overrides).
 SAMPLER_KEYS = ("draws", "tune", "chains", "target_accept", "form")
 TABLE_MODEL_KEYS = {"table", "model", "formula", "equation", "filter", "family", "cluster",
@@ -92,6 +92,10 @@ class ModelSpec:
     khb_table: str | None = None
     sampler: dict[str, int | float | str] = field(default_factory=dict)
     outcomes: tuple[str, ...] = ()
+    # [robustness]: `fundgap run` fits Table 4's variants (fundgap.robustness) with these
+    # sampler settings over the spec's own, and `variants` (default all that apply); None:
+    # the spec has no such table, and runs none
+    robustness: dict | None = None
 
     @property
     def all_variables(self) -> tuple[str, ...]:
@@ -333,19 +337,10 @@ def parse_spec(text: str, source: str = "<spec>",
     if khb is not None and not mediators:
         errors.append("frequentist.khb: the spec has no mediators to decompose")
     sampler = raw.get("sampler", {})
-    for key, value in sampler.items():
-        if key not in SAMPLER_KEYS:
-            errors.append(f"sampler.{key}: unknown (use {', '.join(SAMPLER_KEYS)})")
-        elif key == "target_accept":
-            low, high = TARGET_ACCEPT_RANGE
-            if isinstance(value, bool) or not isinstance(value, float | int) \
-                    or not low <= value < high:
-                errors.append(f"sampler.target_accept: must be a number in [{low}, {high:g})")
-        elif key == "form":
-            if value not in FORMS:
-                errors.append(f"sampler.form: {value!r} is not one of {', '.join(FORMS)}")
-        elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            errors.append(f"sampler.{key}: must be a positive whole number")
+    errors += _sampler_errors("sampler", sampler)
+    robustness = raw.get("robustness")
+    if robustness is not None:
+        errors += _robustness_errors(robustness)
     if errors:
         raise SpecError(f"{source}:\n  " + "\n  ".join(errors))
     ordered = {name: equations[name] for name in dict.fromkeys((*mediators, *outcomes))}
@@ -354,7 +349,45 @@ def parse_spec(text: str, source: str = "<spec>",
                      mediators=mediators,
                      equations=ordered, filter=raw.get("filter"), moderator=moderator,
                      source=source, text=text, tables=tables, khb_table=khb,
-                     sampler=dict(sampler))
+                     sampler=dict(sampler),
+                     robustness=dict(robustness) if robustness is not None else None)
+
+
+def _sampler_errors(table: str, values: dict) -> list[str]:
+    """What is wrong with a table of sampler settings ([sampler], [robustness])."""
+    errors = []
+    for key, value in values.items():
+        if key not in SAMPLER_KEYS:
+            errors.append(f"{table}.{key}: unknown (use {', '.join(SAMPLER_KEYS)})")
+        elif key == "target_accept":
+            low, high = TARGET_ACCEPT_RANGE
+            if isinstance(value, bool) or not isinstance(value, float | int) \
+                    or not low <= value < high:
+                errors.append(f"{table}.target_accept: must be a number in [{low}, {high:g})")
+        elif key == "form":
+            if value not in FORMS:
+                errors.append(f"{table}.form: {value!r} is not one of {', '.join(FORMS)}")
+        elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            errors.append(f"{table}.{key}: must be a positive whole number")
+    return errors
+
+
+def _robustness_errors(values: object) -> list[str]:
+    """What is wrong with a [robustness] table: sampler settings and `variants`."""
+    from fundgap.robustness import VARIANTS  # it builds on this module
+
+    if not isinstance(values, dict):
+        return ["robustness: a table of sampler settings and `variants`"]
+    errors = _sampler_errors("robustness", {k: v for k, v in values.items()
+                                            if k != "variants"})
+    variants = values.get("variants", list(VARIANTS))
+    if not isinstance(variants, list) or not variants \
+            or not all(isinstance(v, str) for v in variants):
+        errors.append("robustness.variants: a list of variant names")
+    else:
+        errors += [f"robustness.variants: unknown variant {v!r} (use {', '.join(VARIANTS)})"
+                   for v in variants if v not in VARIANTS]
+    return errors
 
 
 def load_spec(path: str | Path, columns: set[str] | None = None) -> ModelSpec:

@@ -48,7 +48,7 @@ def _complete_or_absent(fits: Path) -> list[str]:
     """Visible fit folders that are not complete (an empty list is what atomic writes give)."""
     broken = []
     for folder in fits.glob("*/*"):
-        if folder.name.startswith(".") or folder.name in ("logs", "frequentist") \
+        if folder.name.startswith(".") or folder.name in ("logs", "frequentist", "robustness") \
                 or not folder.is_dir():
             continue
         missing = [f for f in FIT_FILES if not (folder / f).is_file()]
@@ -225,3 +225,42 @@ def test_run_fits_a_large_gaussian_table_from_sufficient_statistics(
     assert frequentist["posterior"] == str(out / "first" / "tiny")
     comparison = pd.read_csv(out / "first" / "frequentist" / "tiny" / "comparison.csv")
     assert comparison["posterior_mean"].notna().any()
+
+
+def test_a_spec_with_a_robustness_table_gets_its_variants_fitted_and_reported(
+        batch_inputs: Path, tmp_path: Path) -> None:
+    """[robustness]: `fundgap run` fits the variants into fits/<data>/robustness/<spec>, with
+    the LOO comparison held out by campaign, county and prefecture; the index lists the
+    folder, a rerun skips it, and the report shows it (failed variants marked as such)."""
+    from fundgap.render import render_markdown
+    from fundgap.report import build_report
+
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "robust.toml").write_text(TINY.format(name="robust", extra="") + (
+        '[robustness]\nvariants = ["county_in_prefecture", "complete_pooling"]\n'))
+    out = tmp_path / "fits"
+    first = run_batch([batch_inputs / "data" / "first"], [models / "robust.toml"], out, FAST,
+                      progress=False)
+    rows = first.rows.set_index("kind")
+    assert rows.loc["robustness", "action"] == "fitted"
+    folder = out / "first" / "robustness" / "robust"
+    side_by_side = pd.read_csv(folder / "robustness.csv")
+    assert list(side_by_side["variant"]) == ["county_in_prefecture", "complete_pooling"]
+    assert (side_by_side["campaigns"] == 250).all()
+    loo = pd.read_csv(folder / "loo.csv")
+    assert set(loo["held_out"]) == {"campaign", "county", "prefecture"}
+    assert loo.groupby("held_out")["variant"].nunique().eq(2).all()
+    assert rows.loc["robustness", "status"] == (
+        "passed" if side_by_side["passed"].all() else "failed")
+    index = pd.read_parquet(first.index).set_index("kind")
+    assert index.loc["robustness", "status"] == rows.loc["robustness", "status"]
+    again = run_batch([batch_inputs / "data" / "first"], [models / "robust.toml"], out, FAST,
+                      progress=False)
+    assert set(again.rows["action"]) == {"skipped"}
+    (analysis,) = build_report(out / "first").analyses
+    assert len(analysis.robustness) == 2 and not analysis.loo.empty
+    page = render_markdown(build_report(out / "first"), "figures")
+    assert "Table 4: the spec's variants" in page and "held_out" in page
+    for variant in side_by_side.loc[~side_by_side["passed"], "variant"]:
+        assert f"{variant} (FAILED)" in page

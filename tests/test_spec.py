@@ -222,3 +222,28 @@ def test_three_nested_groupings_are_modelled_explicitly_or_refused(small_table) 
     frequentist = run_frequentist(spec, small_table, replicates=5, seed=1)
     assert frequentist.mixedlm.empty
     assert any("MixedLM of log_amount_raised left out" in n for n in frequentist.notes)
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ("draws = 0", "robustness.draws: must be a positive whole number"),
+    ('variants = ["county_only", "by_province"]', "robustness.variants: unknown variant "
+                                                   "'by_province'"),
+    ("variants = []", "robustness.variants: a list of variant names"),
+])
+def test_broken_robustness_table(table: str, message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        parse_spec(GOOD + f"\n[robustness]\n{table}\n", "s.toml")
+
+
+def test_robustness_settings_sit_between_the_sampler_table_and_the_command_line() -> None:
+    from fundgap.robustness import VARIANTS, robustness_settings, variant_names
+
+    spec = parse_spec(GOOD + "\n[sampler]\ndraws = 800\ntune = 900\n"
+                      '[robustness]\ntune = 300\nvariants = ["complete_pooling"]\n', "s.toml")
+    settings = robustness_settings(spec, draws=None, chains=3)
+    assert (settings.draws, settings.tune, settings.chains) == (800, 300, 3)
+    assert variant_names(spec) == ["complete_pooling"]
+    assert parse_spec(GOOD, "s.toml").robustness is None
+    every = parse_spec(GOOD + "\n[robustness]\n", "s.toml")
+    # the dropped control applies only where the spec uses it
+    assert set(variant_names(every)) <= set(VARIANTS) and "county_only" in variant_names(every)
