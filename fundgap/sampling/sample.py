@@ -46,6 +46,10 @@ class SampleResult:
 # nutpie models compiled in this process, by structure: a batch of refits or a repeated
 # fit compiles once and swaps the data in.
 _COMPILED: dict[tuple, object] = {}
+# one compilation at a time: fundgap.sampling.callbacks swaps nutpie's callback factories
+# while it compiles, so fits in threads (fundgap.robustness) compile in turn, then sample
+# side by side
+_COMPILING = threading.Lock()
 
 
 def _data_values(model: pm.Model) -> dict[str, object]:
@@ -76,15 +80,17 @@ def sample(model: pm.Model, backend: str = "nutpie", draws: int = 1000, tune: in
 
         start = time.perf_counter()
         reusable = structure is not None and data_as_inputs
-        if backend == "nutpie-jax":
-            compiled, cache = _compile_jax(model), "off"
-        elif reusable and structure in _COMPILED:
-            compiled, cache = _COMPILED[structure].with_data(**_data_values(model)), "in process"
-        elif reusable and keep_compiled:
-            compiled, cache = _compile(model, structure, frozen=False)
-            _COMPILED[structure] = compiled
-        else:
-            compiled, cache = _compile(model, structure, frozen=True)
+        with _COMPILING:
+            if backend == "nutpie-jax":
+                compiled, cache = _compile_jax(model), "off"
+            elif reusable and structure in _COMPILED:
+                compiled = _COMPILED[structure].with_data(**_data_values(model))
+                cache = "in process"
+            elif reusable and keep_compiled:
+                compiled, cache = _compile(model, structure, frozen=False)
+                _COMPILED[structure] = compiled
+            else:
+                compiled, cache = _compile(model, structure, frozen=True)
         compiled_at = time.perf_counter()
         with _noticing_interrupts() as interrupted:
             idata = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=seed,
