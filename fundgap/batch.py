@@ -137,9 +137,11 @@ def _robustness(spec, table: pd.DataFrame, task: Task) -> dict:
     from fundgap.robustness import robustness_settings
 
     settings = robustness_settings(spec, progress=False, **task.settings)
+    # the spec's own fit (this run's, or a current one) is the spec-as-written row
     side_by_side, _ = fit_robustness(spec, table, task.folder, settings,
                                      record={"run_key": task.key},
-                                     data_fingerprint=task.data_fingerprint)
+                                     data_fingerprint=task.data_fingerprint,
+                                     fit=fitfolder.bayesian_folder(task.fits, spec.name))
     failed = side_by_side.loc[~side_by_side["passed"], "variant"].tolist()
     return {"status": "failed" if failed else "passed",
             "message": f"failed diagnostics: {', '.join(failed)}" if failed else ""}
@@ -247,8 +249,9 @@ def plan(data: Iterable[str | Path], models: Iterable[str | Path], out: str | Pa
 
 
 def _stale(task: Task, planned: list[Task]) -> bool:
-    """A comparison is redone when the Bayesian fit it joins is being redone."""
-    return task.kind == "frequentist" and any(
+    """A comparison, or the variants that take the spec's fit as written, are redone when
+    the Bayesian fit they join is being redone."""
+    return task.kind != "bayesian" and any(
         t.kind == "bayesian" and t.spec_name == task.spec_name and t.data == task.data
         for t in planned)
 
@@ -270,7 +273,8 @@ def _clean_leftovers(fits: Path) -> None:
 
 def run_tasks(tasks: list[Task], client=None, progress: bool = True) -> list[dict]:
     """Run the tasks here, in order, or on a Dask cluster (`client`); a frequentist task
-    runs after the Bayesian fit of its spec and data set. Returns one row per task."""
+    and a robustness task run after the Bayesian fit of its spec and data set. Returns one
+    row per task."""
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(tasks), desc="fits", unit="fit", disable=not progress)
@@ -286,7 +290,7 @@ def run_tasks(tasks: list[Task], client=None, progress: bool = True) -> list[dic
 
     futures, bayesian, of_future = [], {}, {}
     for task in tasks:
-        before = bayesian.get((task.data, task.spec_name)) if task.kind == "frequentist" \
+        before = bayesian.get((task.data, task.spec_name)) if task.kind != "bayesian" \
             else None
         # a task whose worker dies is run again once elsewhere (its half-written folder is
         # a hidden temporary one, removed at the end of the run)

@@ -219,7 +219,7 @@ def _robustness(args: argparse.Namespace) -> int:
     table = load_prepared(args.data).table
     settings = robustness_settings(spec, draws=args.draws, tune=args.tune, chains=args.chains,
                                    seed=args.seed, progress=not args.quiet)
-    side_by_side, loo = fit_robustness(spec, table, args.out, settings)
+    side_by_side, loo = fit_robustness(spec, table, args.out, settings, fit=args.fit)
     print(side_by_side.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(loo.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     failed = side_by_side.loc[~side_by_side["passed"], "variant"].tolist()
@@ -369,6 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     rob.add_argument("--data", required=True, help="data folder or prepared table")
     rob.add_argument("--out", required=True,
                      help="folder for robustness.csv, loo.csv and robustness.json")
+    rob.add_argument("--fit", help="the spec's fit folder (fundgap fit) on these data: it serves "
+                                   "as the spec as written instead of a refit")
     rob.add_argument("--draws", type=int, help="default: the spec's [robustness], [sampler]")
     rob.add_argument("--tune", type=int)
     rob.add_argument("--chains", type=int)

@@ -205,22 +205,34 @@ def fit_frequentist(spec: ModelSpec, table: pd.DataFrame, out: str | Path,
 
 def fit_robustness(spec: ModelSpec, table: pd.DataFrame, out: str | Path,
                    settings: FitSettings, record: dict | None = None,
-                   data_fingerprint: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                   data_fingerprint: str | None = None,
+                   fit: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Fit Table 4's variants of `spec` (fundgap.robustness) and write them to `out`
-    (robustness.csv, loo.csv, robustness.json); returns (side by side, LOO comparison)."""
+    (robustness.csv, loo.csv, robustness.json); returns (side by side, LOO comparison).
+    `fit`: the spec's own fit folder, which serves as the spec as written where it is of
+    this spec and these data (else that variant is fitted too)."""
     from dataclasses import asdict
 
-    from fundgap.fitfolder import write_robustness
-    from fundgap.robustness import robustness, variant_names
+    from fundgap.fitfolder import load_fit, write_robustness
+    from fundgap.robustness import SavedReference, robustness, variant_names
     from fundgap.store import frame_fingerprint, package_versions
 
     started = time.perf_counter()
     missing_columns([spec], table.columns, "the data")
+    fingerprint = data_fingerprint or frame_fingerprint(table)
+    reference, why = None, "no fit folder given"
+    if fit is not None:
+        try:
+            reference = SavedReference.read(load_fit(fit, spec, fingerprint), table)
+            why = "" if reference else "fitted from sufficient statistics"
+        except FundgapError as error:
+            why = str(error)
     variants = variant_names(spec)
-    side_by_side, loo = robustness(spec, table, settings, variants)
+    side_by_side, loo = robustness(spec, table, settings, variants, reference)
     write_robustness(out, side_by_side, loo, {
-        "spec_name": spec.name, "variants": variants,
-        "data_fingerprint": data_fingerprint or frame_fingerprint(table),
+        "spec_name": spec.name, "variants": variants, "data_fingerprint": fingerprint,
+        # where the spec as written comes from: its own fit, or fitted here (and why)
+        "spec_as_written": str(fit) if reference else f"fitted here ({why})",
         "settings": asdict(settings), "backend": settings.backend,
         "versions": package_versions(), "wall_seconds": time.perf_counter() - started,
         **(record or {})})

@@ -23,11 +23,15 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from dataclasses import dataclass
 
+import arviz as az
 import pandas as pd
 
 from fundgap import grouped_loo, names
 from fundgap.bayesian import FitResult, FitSettings, fit_model, settings_for
+from fundgap.design import Design, build_design
+from fundgap.fitfolder import SavedFit, with_intercepts
 from fundgap.spec import ModelSpec
 
 SUBSETS = {"counties_seen_2plus": "county_campaigns >= 2",
@@ -44,8 +48,9 @@ DROPPED_CONTROLS = {"without_recommended": "recommended"}
 # variants fitted at once (threads: the sampler runs outside Python's lock)
 VARIANTS_AT_ONCE = 2
 # every variant, in the order they are shown (the spec as written first)
-VARIANTS = ("county_in_prefecture", *SUBSETS,
-            *[p for p in POOLING if p != "county_in_prefecture"], *DROPPED_CONTROLS)
+SPEC_AS_WRITTEN = "county_in_prefecture"
+VARIANTS = (SPEC_AS_WRITTEN, *SUBSETS, *[p for p in POOLING if p != SPEC_AS_WRITTEN],
+            *DROPPED_CONTROLS)
 
 
 def _without_term(formula: str, column: str) -> str:
@@ -96,7 +101,7 @@ def _interval(frame: pd.DataFrame, **keys: str) -> dict:
     return {"mean": row["mean"], "ci_lower": row["ci_lower"], "ci_upper": row["ci_upper"]}
 
 
-def _row(name: str, fit: FitResult) -> dict:
+def _row(name: str, fit: FitResult | SavedReference) -> dict:
     spec, summary = fit.spec, fit.summary
     row = {"variant": name, "campaigns": len(fit.design.table),
            "counties": len(fit.design.table["county_code"].unique()),
@@ -116,7 +121,7 @@ def _row(name: str, fit: FitResult) -> dict:
     return row
 
 
-def loo_comparison(fits: dict[str, FitResult], outcome: str) -> pd.DataFrame:
+def loo_comparison(fits: dict[str, FitResult | SavedReference], outcome: str) -> pd.DataFrame:
     """ArviZ's compare of the pooling variants on the outcome, one block per unit held out:
     a campaign (conditional on the drawn intercepts) and, for a Gaussian outcome, a whole
     county and a whole prefecture (their intercepts integrated out, grouped_loo); with the
@@ -152,11 +157,38 @@ def robustness_settings(spec: ModelSpec, **overrides: object) -> FitSettings:
                                            if v is not None}})
 
 
+@dataclass
+class SavedReference:
+    """The spec's own fit read from its folder, as the rows and the comparison read a fit:
+    it serves as the variant `county_in_prefecture` (the spec as written), so that row is
+    the reported fit itself, not another run of it."""
+
+    spec: ModelSpec
+    design: Design
+    diagnostics: dict
+    effects: pd.DataFrame
+    summary: pd.DataFrame
+    idata: az.InferenceData       # posterior with the intercepts kept, and log likelihood
+
+    @classmethod
+    def read(cls, saved: SavedFit, table: pd.DataFrame) -> SavedReference | None:
+        """From a fit folder read with load_fit, or None where it cannot serve (fitted from
+        sufficient statistics: no per-campaign log likelihood)."""
+        idata = saved.idata
+        if "log_likelihood" not in idata.groups():
+            return None
+        return cls(saved.spec, build_design(saved.spec, table), saved.diagnostics,
+                   saved.effects, saved.summary,
+                   az.InferenceData(posterior=with_intercepts(idata),
+                                    log_likelihood=idata.log_likelihood))
+
+
 def robustness(spec: ModelSpec, table: pd.DataFrame, settings: FitSettings | None = None,
-               variants: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Fit each variant (default `variant_names(spec)`); return (effects and sds side by
-    side, the LOO comparison of the pooling variants among them; empty where fewer than
-    two)."""
+               variants: list[str] | None = None,
+               reference: SavedReference | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Fit each variant (default `variant_names(spec)`), `county_in_prefecture` taken from
+    `reference` where given; return (effects and sds side by side, the LOO comparison of the
+    pooling variants among them; empty where fewer than two)."""
     # each variant compiles once, frozen: keeping an unfrozen model for reuse costs more to
     # compile than the two subsets that could reuse it would save. Two at a time: one's
     # post-processing (intercept draws, effects, summaries: one core) runs while the other
@@ -167,6 +199,7 @@ def robustness(spec: ModelSpec, table: pd.DataFrame, settings: FitSettings | Non
 
     settings = settings or robustness_settings(spec)
     chosen = variants or variant_names(spec)
+    given = {SPEC_AS_WRITTEN: reference} if reference and SPEC_AS_WRITTEN in chosen else {}
     quiet = dataclasses.replace(settings, progress=False)   # one bar, over the variants
     pool = ThreadPoolExecutor(max_workers=VARIANTS_AT_ONCE)
     with tqdm(total=len(chosen), desc="variants", unit="fit",
@@ -176,10 +209,13 @@ def robustness(spec: ModelSpec, table: pd.DataFrame, settings: FitSettings | Non
             bar.update()
             return result
 
+        bar.update(len(given))
+        fitted = [name for name in chosen if name not in given]
         try:
-            fits = dict(zip(chosen, pool.map(fit, chosen), strict=True))
+            fits = {**given, **dict(zip(fitted, pool.map(fit, fitted), strict=True))}
         finally:  # an error or Ctrl-C: the variants not started are not
             pool.shutdown(wait=True, cancel_futures=True)
+        fits = {name: fits[name] for name in chosen}
     side_by_side = pd.DataFrame([_row(name, fit) for name, fit in fits.items()])
     pooled = {name: fit for name, fit in fits.items() if name in POOLING}
     if len(pooled) < 2:

@@ -3,6 +3,7 @@ bad data among good, and the index."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -253,6 +254,13 @@ def test_a_spec_with_a_robustness_table_gets_its_variants_fitted_and_reported(
     assert loo.groupby("held_out")["variant"].nunique().eq(2).all()
     assert rows.loc["robustness", "status"] == (
         "passed" if side_by_side["passed"].all() else "failed")
+    # the spec as written is the spec's own fit, not another run of it
+    record = json.loads((folder / "robustness.json").read_text("utf-8"))
+    assert record["spec_as_written"] == str(out / "first" / "robust")
+    effects = pd.read_csv(out / "first" / "robust" / "effects.csv", keep_default_na=False)
+    direct = effects[(effects["effect"] == "direct") & (effects["mediator"] == "")]
+    assert side_by_side.loc[0, "direct_mean"] == pytest.approx(float(direct["mean"].iloc[0]),
+                                                               rel=1e-12)
     index = pd.read_parquet(first.index).set_index("kind")
     assert index.loc["robustness", "status"] == rows.loc["robustness", "status"]
     again = run_batch([batch_inputs / "data" / "first"], [models / "robust.toml"], out, FAST,
