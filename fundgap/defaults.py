@@ -3,20 +3,25 @@
 Priors are weakly informative and scaled to the data, in one place (a spec may override the
 scales per equation under [equations.X.priors]). Predictors are standardised inside the
 model, so with s_y the response's scale on the link scale (its sd for gaussian, student_t and
-lognormal (of log y); 1 for negative_binomial and bernoulli) and m_y its location:
+lognormal (of log y); 1 for negative_binomial and bernoulli), m_y its location and K the
+number of terms:
   intercept at the predictors' means ~ Normal(m_y, intercept_scale * s_y)
-  coefficient per sd of a predictor   ~ Normal(0, coefficient_scale * s_y)
+  coefficient per sd of a predictor   ~ Normal(0, coefficient_scale * s_y / sqrt(K))
   residual sd                         ~ HalfNormal(sigma_scale * s_y)
   county and prefecture sds           ~ HalfNormal(group_sd_scale * s_y)
   student_t degrees of freedom        ~ Gamma(2, 0.1)
   negative_binomial dispersion       ~ Exponential(1)
+The coefficients' scale is spread over the terms so that the linear predictor's prior sd is
+about coefficient_scale * s_y whatever K is: with one scale per coefficient, an equation of
+25 terms put its responses' prior predictive some 40 s_y wide (benchmarks/README.md, "The
+default priors"), where the data span a few s_y.
 Reported coefficients are converted back to the predictors' own units.
 """
 
 from __future__ import annotations
 
 PRIOR_SCALES: dict[str, float] = {
-    "intercept_scale": 2.5,
+    "intercept_scale": 1.0,
     "coefficient_scale": 2.5,
     "sigma_scale": 1.0,
     "group_sd_scale": 0.5,

@@ -69,9 +69,12 @@ class EquationDesign:
         equation's own [priors])."""
         priors = {**PRIOR_SCALES, **self.priors}
         location, scale = self.link_scale()
+        # spread over the terms: the linear predictor's prior sd is about coefficient_scale
+        # * scale however many terms the equation has (standardised, roughly independent)
+        terms = max(len(self.terms), 1)
         return np.array([location, priors["intercept_scale"] * scale,
-                         priors["coefficient_scale"] * scale, priors["sigma_scale"] * scale,
-                         priors["group_sd_scale"] * scale])
+                         priors["coefficient_scale"] * scale / np.sqrt(terms),
+                         priors["sigma_scale"] * scale, priors["group_sd_scale"] * scale])
 
     def link_scale(self) -> tuple[float, float]:
         """Location and scale of the response on the link scale (for the default priors)."""

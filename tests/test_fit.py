@@ -208,6 +208,22 @@ def test_prior_predictive_covers_the_data(small_table: pd.DataFrame):
         # weakly informative: the prior predictive spreads wider than the data, around them
         assert np.quantile(draws, 0.05) < observed.quantile(0.05)
         assert np.quantile(draws, 0.95) > observed.quantile(0.95)
+        # ...but not by orders of magnitude: the coefficients' scale is spread over the
+        # terms (with one scale per coefficient the outcome's spanned about -24 to 26)
+        spread = np.quantile(draws, 0.99) - np.quantile(draws, 0.01)
+        assert spread < 4 * (observed.max() - observed.min()), name
+
+
+def test_count_equations_prior_predictive_stays_finite(small_table: pd.DataFrame):
+    """The SES spec's negative-binomial equations: with one scale per coefficient, exp of
+    the prior's linear predictor overflowed and PyMC could not draw the counts."""
+    from conftest import REPO
+
+    prior = prior_predictive(load_spec(REPO / "models" / "ses_gradient.toml"), small_table,
+                             draws=100, seed=2)
+    for name in ("donation_count", "repost_count"):
+        draws = prior.prior_predictive[name].values
+        assert np.isfinite(draws).all() and np.median(draws) < 100 * small_table[name].max()
 
 
 def test_shrinkage_pulls_sparse_counties_hardest(regional_fit):
