@@ -159,22 +159,29 @@ def test_jax_backends_have_erfcx_for_the_censored_lognormal() -> None:
     np.testing.assert_allclose(got, erfcx(values), rtol=1e-10)
 
 
-def test_an_interrupted_nutpie_run_is_not_taken_for_a_fit(monkeypatch) -> None:
-    """nutpie answers Ctrl-C by returning the draws so far; sample() raises
-    KeyboardInterrupt instead of handing them on as a complete fit."""
-    import arviz as az
+def _sample_through(monkeypatch, nutpie_sample) -> None:
+    """sample() of a one-variable model, 2 x 100 draws, with nutpie.sample replaced by
+    `nutpie_sample` and nothing compiled."""
     import nutpie
 
     import fundgap.sampling.sample as sample_module
 
-    partial = az.from_dict(posterior={"x": np.zeros((2, 40))})
-    monkeypatch.setattr(nutpie, "sample", lambda *args, **kwargs: partial)
+    monkeypatch.setattr(nutpie, "sample", nutpie_sample)
     monkeypatch.setattr(sample_module, "_compile",
                         lambda model, structure, frozen: (object(), "off"))
     with pm.Model() as model:
         pm.Normal("x")
+    sample_module.sample(model, draws=100, tune=10, chains=2, progress=False)
+
+
+def test_an_interrupted_nutpie_run_is_not_taken_for_a_fit(monkeypatch) -> None:
+    """nutpie answers Ctrl-C by returning the draws so far; sample() raises
+    KeyboardInterrupt instead of handing them on as a complete fit."""
+    import arviz as az
+
+    partial = az.from_dict(posterior={"x": np.zeros((2, 40))})
     with pytest.raises(KeyboardInterrupt, match="after 40 of 100 draws"):
-        sample_module.sample(model, draws=100, tune=10, chains=2, progress=False)
+        _sample_through(monkeypatch, lambda *args, **kwargs: partial)
 
 
 @pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
@@ -186,9 +193,6 @@ def test_a_signal_as_the_chains_finish_still_stops_the_fit(monkeypatch, signum: 
     import signal
 
     import arviz as az
-    import nutpie
-
-    import fundgap.sampling.sample as sample_module
 
     complete = az.from_dict(posterior={"x": np.zeros((2, 100))})
 
@@ -197,16 +201,13 @@ def test_a_signal_as_the_chains_finish_still_stops_the_fit(monkeypatch, signum: 
             os.kill(os.getpid(), getattr(signal, signum))   # handled before kill returns
         return complete
 
-    terminate = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(
-        KeyboardInterrupt()))           # as the command line's handler does
+    def command_line_handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt    # what fundgap.cli installs for SIGTERM
+
+    terminate = signal.signal(signal.SIGTERM, command_line_handler)
     try:
-        monkeypatch.setattr(nutpie, "sample", finishing)
-        monkeypatch.setattr(sample_module, "_compile",
-                            lambda model, structure, frozen: (object(), "off"))
-        with pm.Model() as model:
-            pm.Normal("x")
         with pytest.raises(KeyboardInterrupt, match="interrupted"):
-            sample_module.sample(model, draws=100, tune=10, chains=2, progress=False)
+            _sample_through(monkeypatch, finishing)
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGTERM, terminate)
