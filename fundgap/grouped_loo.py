@@ -54,6 +54,28 @@ def _levels_up_to(held_out: str) -> list[str]:
     return columns[:columns.index(GROUPS[held_out]) + 1]
 
 
+def _nested_log_density(residual: np.ndarray, variance: np.ndarray, maps: list,
+                        tau2: list[np.ndarray | None], sizes: np.ndarray) -> np.ndarray:
+    """Per draw (rows) and held-out group: the normal log density of the group's residuals
+    with covariance variance * I plus tau2[k] * 11' over each group of level k (maps[k]
+    takes level k-1's groups, campaigns first, to level k's; None: no intercept there).
+    Each block carries log det A, 1'A^-1 1, 1'A^-1 r and r'A^-1 r; adding tau^2 11' to a
+    block updates them by Sherman-Morrison."""
+    log_det = np.log(variance) * np.ones_like(residual)
+    ones = np.broadcast_to(1.0 / variance, residual.shape)
+    ones_r = residual / variance
+    r_r = residual * ones_r
+    for step, level_tau2 in zip(maps, tau2, strict=True):
+        log_det, ones, ones_r, r_r = (np.asarray(part @ step)
+                                      for part in (log_det, ones, ones_r, r_r))
+        if level_tau2 is not None:
+            scale = 1.0 + level_tau2 * ones
+            log_det = log_det + np.log(scale)
+            r_r = r_r - level_tau2 * ones_r**2 / scale
+            ones_r, ones = ones_r / scale, ones / scale
+    return -0.5 * (sizes * np.log(2 * np.pi) + log_det + r_r)
+
+
 def group_log_likelihood(posterior: xr.Dataset, design: Design, equation: str,
                          held_out: str) -> xr.DataArray:
     """The log density of each held-out group's campaigns, dims (chain, draw, <group dim>),
@@ -86,31 +108,16 @@ def group_log_likelihood(posterior: xr.Dataset, design: Design, equation: str,
     jacobian = to_held_out.T @ -y if CLOSED_FORM[record.family] else 0.0
 
     eta = linear_predictor(posterior, design, equation, groups=conditioned)
-    sigma = posterior[names.sigma(equation)]
-    out = np.empty((*eta.shape[:2], len(codes[-1][1])))
     flat_eta = eta.values.reshape(-1, eta.shape[-1])
-    flat_sigma = sigma.values.reshape(-1)
+    flat_sigma = posterior[names.sigma(equation)].values.reshape(-1)
     sds = [posterior[v].values.reshape(-1) if v else None for v in variances]
-    flat_out = out.reshape(-1, out.shape[-1])
+    out = np.empty((flat_eta.shape[0], len(codes[-1][1])))
     for start in range(0, flat_eta.shape[0], DRAW_CHUNK):
         draws = slice(start, start + DRAW_CHUNK)
-        residual = y[None, :] - flat_eta[draws]
-        variance = flat_sigma[draws, None] ** 2
-        # per campaign: A = sigma^2
-        log_det = np.log(variance) * np.ones_like(residual)
-        ones = np.broadcast_to(1.0 / variance, residual.shape)
-        ones_r = residual / variance
-        r_r = residual * ones_r
-        for step, sd in zip(maps, sds, strict=True):
-            log_det, ones, ones_r, r_r = (np.asarray(part @ step) for part in
-                                          (log_det, ones, ones_r, r_r))
-            if sd is not None:
-                tau2 = sd[draws, None] ** 2
-                scale = 1.0 + tau2 * ones
-                log_det = log_det + np.log(scale)
-                r_r = r_r - tau2 * ones_r**2 / scale
-                ones_r, ones = ones_r / scale, ones / scale
-        flat_out[draws] = -0.5 * (sizes * np.log(2 * np.pi) + log_det + r_r) + jacobian
+        out[draws] = _nested_log_density(
+            y[None, :] - flat_eta[draws], flat_sigma[draws, None] ** 2, maps,
+            [None if sd is None else sd[draws, None] ** 2 for sd in sds], sizes) + jacobian
+    out = out.reshape((*eta.shape[:2], -1))
     dim = GROUP_DIMS[GROUPS[held_out]]
     return xr.DataArray(out, dims=("chain", "draw", dim),
                         coords={"chain": eta["chain"].values, "draw": eta["draw"].values,
@@ -119,9 +126,9 @@ def group_log_likelihood(posterior: xr.Dataset, design: Design, equation: str,
 
 def held_out_data(posterior: xr.Dataset, design: Design, equation: str, held_out: str,
                   keep: int) -> az.InferenceData:
-    """For about `keep` draws: the equation's log likelihood per held-out group (group
-    dimension renamed `held_out`, as ArviZ compares pointwise), beside the parameters' draws
-    that PSIS's relative efficiency is computed from."""
+    """For about `keep` draws: the equation's log likelihood per held-out group (what ArviZ's
+    loo treats as one observation each), beside the parameters' draws that PSIS's relative
+    efficiency is computed from."""
     subset = thinned(posterior, keep)
     loglik = group_log_likelihood(subset, design, equation, held_out)
     parameters = [v for v in subset.data_vars if not names.is_group_intercept(v)
