@@ -185,9 +185,13 @@ def test_ses_gradient_recovers_the_companion_truth(companion: Path, companion_ta
                                    row["ci_lower"], row["ci_upper"]))
     # 2 channels x 4 outcomes x 5 quantities = 40 intervals at 95%: allow a few misses
     assert len(misses) <= 4, misses
-    # text quality mediates nothing: every interval of its indirect effect covers zero
-    text = effects[(effects["effect"] == "indirect") & (effects["mediator"] == "text_rating")]
-    assert ((text["ci_lower"] <= 0) & (text["ci_upper"] >= 0)).all()
+    # text quality mediates nothing: SES does not move it (its a path is zero in the truth).
+    # Asked of that path, within 3 posterior sds of zero in each channel; its indirect
+    # effects' intervals are among the 40 checked above (all 8 at once covering zero is a
+    # chance of about 0.9 even for a perfect model: two channels' a paths at 95% each)
+    a_text = effects[(effects["effect"] == "a") & (effects["mediator"] == "text_rating")]
+    assert set(a_text["channel"]) == {"acquaintance", "mixed"}
+    assert ((a_text["mean"].abs() / a_text["sd"]) < 3).all(), a_text
     # the SES gradient is larger among acquaintances, in every outcome
     totals = fit.contrasts[fit.contrasts["effect"] == "total"]
     assert len(totals) == 4 and (totals["p_greater"] > 0.95).all()
