@@ -26,9 +26,10 @@ install: $(STAMP)
 demo: install graphviz
 	$(BIN)/fundgap simulate --out $(DEFAULT_DATA) --reuse $(COUNTIES_ARG)
 	$(BIN)/fundgap describe $(DEFAULT_DATA)
-	@# validate, prepare and fit every spec in models/ (Bayesian and frequentist); a fit that
-	@# fails its diagnostics is written (marked failed), the others still run, and the demo
-	@# exits non-zero at the end; a second `make demo` skips what is current
+	@# validate, prepare and fit every spec in models/ (Bayesian, frequentist, and Table 4's
+	@# variants where a spec has a [robustness] table); a fit that fails its diagnostics is
+	@# written (marked failed), the others still run, and the demo exits non-zero at the
+	@# end; a second `make demo` skips what is current
 	@status=0; \
 	$(BIN)/fundgap run --data $(DEFAULT_DATA) --models models --out fits || status=1; \
 	$(BIN)/fundgap report $(FITS) --out $(FITS)/report.html || status=1; \
