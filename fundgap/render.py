@@ -175,7 +175,7 @@ def _interval(row: pd.Series, prefix: str) -> str:
 
 def robustness_tables(side_by_side: pd.DataFrame, loo: pd.DataFrame
                       ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Table 4's variants as a reader sees them (each estimate as mean [2.5%, 97.5%]; a
+    """Table 4's variants as a reader sees them (each estimate as mean [95% interval]; a
     variant that failed its diagnostics shows FAILED and no numbers) and the LOO comparison
     (a failed variant's row marked, its numbers left out)."""
     rows = []
@@ -213,7 +213,7 @@ ROBUSTNESS_LEGEND = (
     "The spec on all campaigns beside the study's subsets (counties seen at least twice, three "
     "times), other random intercepts (prefecture only, county only, none) and without a "
     "control that is post-treatment for the mediators; each estimate is the posterior mean "
-    "and 95% interval.")
+    "and 95% interval (equal-tailed for the effects, highest-density for the sds).")
 LOO_LEGEND = (
     "held_out says what is left out: a campaign (conditional on the drawn county and "
     "prefecture intercepts, so a county seen once can give a high Pareto k), a whole county "

@@ -4,8 +4,10 @@
 frequentist folders) and lays out, per analysis: the diagnostics status (a failed fit is shown
 failed, in red, with its reasons and without its numbers), the effects with a forest plot of
 posterior and frequentist intervals on one axis, the channel contrasts, the county-intercept
-shrinkage and a posterior predictive check, and the side-by-side table of published figure,
-OLS/KHB, MixedLM and posterior. Figures are ArviZ/matplotlib PNGs embedded in the page.
+shrinkage and a posterior predictive check, the side-by-side table of published figure,
+OLS/KHB, MixedLM and posterior, and Table 4's variants with the LOO comparison of pooling
+structures (a spec with a [robustness] table). Figures are ArviZ/matplotlib PNGs embedded in
+the page.
 """
 
 from __future__ import annotations
