@@ -272,3 +272,23 @@ def test_a_spec_with_a_robustness_table_gets_its_variants_fitted_and_reported(
     assert "Table 4: the spec's variants" in page and "held_out" in page
     for variant in side_by_side.loc[~side_by_side["passed"], "variant"]:
         assert f"{variant} (FAILED)" in page
+
+
+def test_fundgap_robustness_writes_the_same_folder_from_the_command_line(
+        batch_inputs: Path, tmp_path: Path, capsys) -> None:
+    """`fundgap robustness` without --fit fits the spec as written too, says so in
+    robustness.json, and exits 1 exactly where a variant failed its diagnostics."""
+    spec = tmp_path / "robust.toml"
+    spec.write_text(TINY.format(name="robust", extra="") + (
+        '[robustness]\nvariants = ["county_in_prefecture", "prefecture_only"]\n'))
+    out = tmp_path / "robustness"
+    code = main(["robustness", str(spec), "--data", str(batch_inputs / "data" / "first"),
+                 "--out", str(out), "--draws", "150", "--tune", "150", "--chains", "2",
+                 "--quiet"])
+    record = json.loads((out / "robustness.json").read_text("utf-8"))
+    assert record["spec_as_written"].startswith("fitted here")
+    assert record["variants"] == ["county_in_prefecture", "prefecture_only"]
+    assert code == (0 if record["passed"] else 1)
+    assert "Traceback" not in capsys.readouterr().err
+    assert set(pd.read_csv(out / "loo.csv")["held_out"]) == {"campaign", "county",
+                                                            "prefecture"}
