@@ -150,14 +150,15 @@ def run(replicates: int, out: Path, settings: FitSettings) -> None:
                   flush=True)
 
 
-def coverage_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per kind of quantity: how many, the coverage at each level, the rank histogram and
-    its chi-square p-value, and the mean share below (0.5 where unbiased)."""
+def coverage_table(rows: pd.DataFrame, by: str = "kind") -> pd.DataFrame:
+    """Per kind of quantity (or per quantity, `by`="quantity"): how many, the coverage at
+    each level, the rank histogram and its chi-square p-value, and the mean share below
+    (0.5 where unbiased)."""
     table = []
-    for kind, group in rows.groupby("kind", sort=False):
+    for kind, group in rows.groupby(by, sort=False):
         distance = (group["share_below"] - 0.5).abs()
         counts = np.histogram(group["share_below"], bins=10, range=(0, 1))[0]
-        table.append({"kind": kind, "quantities": len(group),
+        table.append({by: kind, "quantities": len(group),
                       **{f"cover {level:.0%}": float((distance <= level / 2).mean())
                          for level in LEVELS},
                       "mean share below": float(group["share_below"].mean()),
@@ -201,6 +202,11 @@ def report(out: Path) -> None:
           f"median seconds per fit "
           f"{rows.groupby(['replicate', 'spec'])['seconds'].first().median():.1f}")
     print(coverage_table(passing).to_markdown(index=False, floatfmt=".3f"))
+    # each effect on its own (the sds, many per fit, stay pooled by level above)
+    effects = passing[~passing["kind"].str.endswith(" sd")]
+    by_quantity = coverage_table(effects, by="quantity")
+    print(by_quantity.drop(columns=["rank histogram"]).sort_values("cover 95%")
+          .to_markdown(index=False, floatfmt=".3f"))
     path = out.with_suffix(".png")
     figure(passing, path)
     print(f"figure: {path}")
