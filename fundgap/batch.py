@@ -142,7 +142,7 @@ def _robustness(spec, table: pd.DataFrame, task: Task) -> dict:
                                      record={"run_key": task.key},
                                      data_fingerprint=task.data_fingerprint,
                                      fit=fitfolder.bayesian_folder(task.fits, spec.name))
-    failed = side_by_side.loc[~side_by_side["passed"], "variant"].tolist()
+    failed = fitfolder.failed_variants(side_by_side)
     return {"status": "failed" if failed else "passed",
             "message": f"failed diagnostics: {', '.join(failed)}" if failed else ""}
 

@@ -211,6 +211,7 @@ def _frequentist(args: argparse.Namespace) -> int:
 
 
 def _robustness(args: argparse.Namespace) -> int:
+    from fundgap.fitfolder import failed_variants
     from fundgap.pipeline import fit_robustness, load_prepared
     from fundgap.robustness import robustness_settings
     from fundgap.spec import load_spec
@@ -222,7 +223,7 @@ def _robustness(args: argparse.Namespace) -> int:
     side_by_side, loo = fit_robustness(spec, table, args.out, settings, fit=args.fit)
     print(side_by_side.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(loo.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    failed = side_by_side.loc[~side_by_side["passed"], "variant"].tolist()
+    failed = failed_variants(side_by_side)
     if failed:
         print(f"fundgap robustness: FAILED diagnostics: {', '.join(failed)}", file=sys.stderr)
         return EXIT_PROBLEMS

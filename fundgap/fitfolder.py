@@ -225,6 +225,11 @@ def write_frequentist(out: str | Path, tables: dict[str, pd.DataFrame],
     return Path(out)
 
 
+def failed_variants(side_by_side: pd.DataFrame) -> list[str]:
+    """The variants of a robustness table that failed their diagnostics."""
+    return side_by_side.loc[~side_by_side["passed"].astype(bool), "variant"].tolist()
+
+
 def write_robustness(out: str | Path, side_by_side: pd.DataFrame, loo: pd.DataFrame,
                      record: dict) -> Path:
     """Write a spec's robustness folder, atomically: robustness.csv, loo.csv (where the
@@ -234,7 +239,7 @@ def write_robustness(out: str | Path, side_by_side: pd.DataFrame, loo: pd.DataFr
         write_table(side_by_side, folder / ROBUSTNESS)
         if not loo.empty:
             write_table(loo, folder / LOO)
-        failed = side_by_side.loc[~side_by_side["passed"].astype(bool), "variant"].tolist()
+        failed = failed_variants(side_by_side)
         write_record({**record, "layout": LAYOUT_VERSION, "failed_variants": failed,
                       "passed": not failed}, folder / ROBUSTNESS_RECORD)
     return Path(out)

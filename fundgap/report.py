@@ -57,6 +57,12 @@ class Analysis:
     robustness_notes: list[str] = field(default_factory=list)
 
 
+def _problems(error: FundgapError) -> str:
+    """What a refused folder's error says is wrong with it."""
+    return "; ".join(error.problems if isinstance(error, fitfolder.DamagedFolder)
+                     else [str(error)])
+
+
 def _comparison(folder: Path) -> tuple[pd.DataFrame, list[str]]:
     """A frequentist folder's comparison and notes (none from a damaged folder)."""
     if not (folder / fitfolder.COMPARISON).is_file():
@@ -64,9 +70,7 @@ def _comparison(folder: Path) -> tuple[pd.DataFrame, list[str]]:
     try:
         record = fitfolder.checked_record(folder, "frequentist")
     except FundgapError as error:  # damaged, or written by another version
-        problems = error.problems if isinstance(error, fitfolder.DamagedFolder) \
-            else [str(error)]
-        return pd.DataFrame(), [f"the frequentist folder is damaged ({'; '.join(problems)}): "
+        return pd.DataFrame(), [f"the frequentist folder is damaged ({_problems(error)}): "
                                 "its comparison is not shown; the next `fundgap run` writes "
                                 "it again"]
     return pd.read_csv(folder / fitfolder.COMPARISON), record["notes"]
@@ -79,10 +83,8 @@ def _robustness(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     try:
         side_by_side, loo, record = fitfolder.read_robustness(folder)
     except FundgapError as error:
-        problems = error.problems if isinstance(error, fitfolder.DamagedFolder) \
-            else [str(error)]
         return pd.DataFrame(), pd.DataFrame(), [
-            f"the robustness folder is damaged ({'; '.join(problems)}): its variants are not "
+            f"the robustness folder is damaged ({_problems(error)}): its variants are not "
             "shown; the next `fundgap run` fits them again"]
     failed = record.get("failed_variants", [])
     notes = [f"FAILED diagnostics (their numbers are not shown): {', '.join(failed)}"
