@@ -11,7 +11,7 @@ that all are Gaussian. fit.json and diagnostics.json record each equation's choi
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import arviz as az
@@ -22,6 +22,8 @@ import xarray as xr
 
 from fundgap import names
 from fundgap.build import build_model
+from fundgap.correlated import draw_intercepts as correlated_intercepts
+from fundgap.correlated import error_covariance
 from fundgap.defaults import (
     CENTRED_MIN_CAMPAIGNS,
     FORMS,
@@ -228,23 +230,43 @@ def _add_intercepts(posterior: xr.Dataset, design: Design, forms: FormChoice,
                                      if str(v).startswith(LAPLACE_PREFIX)])
     marginal = forms.named("exact")
     stacked = posterior.stack(sample=("chain", "draw")) if marginal else None
+    correlated = [n for n in design.spec.correlated_errors if n in marginal]
+    drawn = {}
+    if correlated and design.equations[correlated[0]].groups:
+        groups = design.equations[correlated[0]].groups
+        drawn = correlated_intercepts(
+            design, tuple(correlated), [_theta(stacked, name) for name in correlated],
+            error_covariance(stacked, tuple(correlated)),
+            _sds(stacked, correlated, groups[-1]),
+            _sds(stacked, correlated, groups[0]) if len(groups) == 2 else None, rng)
     for name in marginal:
         equation = design.equations[name]
-        if not equation.groups:
+        if not equation.groups or name in correlated:
             continue
-        theta = np.column_stack([stacked[names.alpha(name)].values,
-                                 stacked[names.beta_std(name)].values.T])
         outer = GROUP_DIMS[equation.groups[0]]
         inner = GROUP_DIMS[equation.groups[-1]]
-        draws = draw_intercepts(
-            design, name, theta, stacked[names.sigma(name)].values,
+        drawn[name] = draw_intercepts(
+            design, name, _theta(stacked, name), stacked[names.sigma(name)].values,
             stacked[names.group_sd(inner, name)].values,
             stacked[names.group_sd(outer, name)].values if len(equation.groups) == 2
             else None, rng)
+    for name, draws in drawn.items():
         for dim, values in draws.items():
             added[names.group_intercept(dim, name)] = _level_draws(design, name, dim,
                                                                    values, posterior)
     return posterior.assign(added)
+
+
+def _theta(stacked: xr.Dataset, name: str) -> np.ndarray:
+    """(draws, 1 + terms) draws of an equation's [alpha, beta_std]."""
+    return np.column_stack([stacked[names.alpha(name)].values,
+                            stacked[names.beta_std(name)].values.T])
+
+
+def _sds(stacked: xr.Dataset, equations: list[str], column: str) -> np.ndarray:
+    """(draws, equations) draws of each equation's sd of one grouping."""
+    dim = GROUP_DIMS[column]
+    return np.column_stack([stacked[names.group_sd(dim, name)].values for name in equations])
 
 
 def _laplace_search(posterior: xr.Dataset, laplace: tuple[str, ...]) -> dict:
@@ -431,7 +453,7 @@ def fit_design(design: Design, settings: FitSettings | None = None,
     model = build_model(design, marginal, centred, laplace, iterations,
                         compiled=settings.backend not in FIXED_STEP_BACKENDS)
     structure = (tuple(forms.equations.items()), tuple(centred), iterations,
-                 *structure_key(design))
+                 spec.correlated_errors, *structure_key(design))
     result = sample(model, settings.backend, settings.draws, settings.tune, settings.chains,
                     settings.seed, settings.progress, structure,
                     data_as_inputs=form == "marginal", keep_compiled=settings.reuse_compiled,
@@ -483,6 +505,7 @@ def fit_design(design: Design, settings: FitSettings | None = None,
         "marginalised": list(marginal),
         "laplace": list(laplace),
         "centred": list(centred),
+        "correlated_errors": list(spec.correlated_errors),
         "settings": asdict(settings),
         "data_fingerprint": data_fingerprint,
         "rows_used": design.rows,
@@ -510,7 +533,11 @@ def fit_design(design: Design, settings: FitSettings | None = None,
 def prior_predictive(spec: ModelSpec, table: pd.DataFrame, draws: int = 500,
                      seed: int = 20250) -> az.InferenceData:
     """Prior and prior predictive draws of every equation (explicit form, which has the
-    responses as random variables), to check that the default priors allow the data."""
-    design = build_design(spec, table)
+    responses as random variables), to check that the default priors allow the data.
+
+    Correlated errors are left out: each response's prior predictive is the same with them
+    (an error's marginal is N(0, sigma^2) whatever the correlation), and the LKJ prior's
+    unconstrained values (fundgap.correlated) cannot be drawn forward."""
+    design = build_design(replace(spec, correlated_errors=()), table)
     with build_model(design):
         return pm.sample_prior_predictive(draws=draws, random_seed=seed)

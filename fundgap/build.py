@@ -28,6 +28,12 @@ import pymc as pm
 import pytensor.tensor as pt
 
 from fundgap import names
+from fundgap.correlated import (
+    ERROR_EQUATION_DIM,
+    JointMember,
+    add_joint_likelihood,
+    error_pairs,
+)
 from fundgap.design import GROUP_DIMS, Design, EquationDesign, term_dim
 from fundgap.families import family
 from fundgap.laplace import add_laplace_likelihood
@@ -45,8 +51,10 @@ def _likelihood(equation: EquationDesign, eta: pt.TensorVariable,
 
 
 def _equation(design: Design, name: str, form: str, centred: Collection[str],
-              iterations: int | None, compiled: bool) -> None:
-    """Add one equation's parameters and likelihood to the model in context.
+              iterations: int | None, compiled: bool, joint: dict[str, JointMember]) -> None:
+    """Add one equation's parameters and likelihood to the model in context; an equation
+    whose errors are correlated with others' leaves its likelihood to the block, its pieces
+    in `joint`.
 
     Every number that comes from the data enters as pm.Data, so a compiled model whose
     equations are all marginal can be reused with another data set of the same structure.
@@ -60,9 +68,14 @@ def _equation(design: Design, name: str, form: str, centred: Collection[str],
     coefficients = pm.Deterministic(names.coefficients(name), beta_std / x_sd,
                                     dims=term_dim(name))
     pm.Deterministic(names.intercept(name), alpha - pt.dot(coefficients, x_mean))
+    correlated = name in design.spec.correlated_errors
     if form == "exact":
-        add_marginal_likelihood(design, name, alpha, beta_std,
-                                _group_sds(equation, scales[4], folded=equation.groups),
+        sds = _group_sds(equation, scales[4], folded=equation.groups)
+        if correlated:
+            joint[name] = JointMember(pt.concatenate([pt.atleast_1d(alpha), beta_std]), sds,
+                                      scales[3])
+            return
+        add_marginal_likelihood(design, name, alpha, beta_std, sds,
                                 pm.HalfNormal(names.sigma(name), scales[3]), compiled)
         return
     X = pm.Data(f"X_{name}", (equation.X - equation.x_mean) / equation.x_sd,
@@ -78,6 +91,9 @@ def _equation(design: Design, name: str, form: str, centred: Collection[str],
                                                   if c not in centred])
     if nested_centred:
         eta = pt.dot(X, beta_std) + _nested_centred(design, name, alpha, sds)
+        if correlated:
+            joint[name] = JointMember(eta, sds, scales[3])
+            return
         _likelihood(equation, eta, scales[3])
         return
     eta = alpha + pt.dot(X, beta_std)
@@ -89,6 +105,9 @@ def _equation(design: Design, name: str, form: str, centred: Collection[str],
             z = pm.Normal(names.group_z(dim, name), 0.0, 1.0, dims=dim)
             effect = pm.Deterministic(names.group_intercept(dim, name), sds[dim] * z, dims=dim)
         eta = eta + effect[design.index[column]]
+    if correlated:
+        joint[name] = JointMember(eta, sds, scales[3])
+        return
     _likelihood(equation, eta, scales[3])
 
 
@@ -157,9 +176,16 @@ def build_model(design: Design, marginal: Collection[str] = (),
         # so the compiled model does not depend on them
         coords = {k: v for k, v in coords.items()
                   if k not in (*GROUP_DIMS.values(), "campaign")}
+    correlated = design.spec.correlated_errors
+    if correlated:
+        coords[names.ERROR_PAIR_DIM] = error_pairs(correlated)
+        coords[ERROR_EQUATION_DIM] = list(correlated)
+    joint: dict[str, JointMember] = {}
     with pm.Model(coords=coords, check_bounds=False) as model:
         for name in design.equations:
             form = ("exact" if name in marginal else "laplace" if name in laplace
                     else "explicit")
-            _equation(design, name, form, centred, iterations, compiled)
+            _equation(design, name, form, centred, iterations, compiled, joint)
+        if joint:
+            add_joint_likelihood(design, correlated, joint, exact=correlated[0] in marginal)
     return model

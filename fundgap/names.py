@@ -9,6 +9,11 @@ Each equation's variables carry the equation's name (its response) as a suffix:
     signed_<dim>_sd_<eq>            its sampled signed value, where the sd is folded
     <dim>_intercept_<eq>            the latent intercepts of a grouping's levels
     <dim>_z_<eq>, <dim>_level_<eq>  the sampler's non-centred and nested forms of them
+
+Equations whose errors are correlated (fundgap.correlated) share:
+
+    error_correlation               the errors' correlations, one per pair (dim error_pair)
+    error_cholesky                  the sampler's packed Cholesky factor of their covariance
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ from fundgap.defaults import DIMS
 FOLDED_PREFIX = "signed_"
 GROUPING_DIMS = (DIMS["county"], DIMS["prefecture"], DIMS["province"])
 INTERCEPT_INFIX = "_intercept_"
+ERROR_CORRELATION = "error_correlation"
+ERROR_PAIR_DIM = "error_pair"
+ERROR_CHOLESKY = "error_cholesky"
 
 
 def alpha(equation: str) -> str:
@@ -76,8 +84,8 @@ def is_group_intercept(name: str) -> bool:
 def is_sampler_internal(name: str) -> bool:
     """A variable only the sampler needs (non-centred z's, nested levels, transformed
     values): dropped from the saved posterior, which keeps deviations whatever the form."""
-    return name.endswith("__") or any(name.startswith((f"{dim}_z_", f"{dim}_level_"))
-                                      for dim in GROUPING_DIMS)
+    return name.endswith("__") or name == ERROR_CHOLESKY or any(
+        name.startswith((f"{dim}_z_", f"{dim}_level_")) for dim in GROUPING_DIMS)
 
 
 def is_folded(name: str) -> bool:
@@ -86,5 +94,6 @@ def is_folded(name: str) -> bool:
 
 def reported_prefixes(auxiliary_names: tuple[str, ...]) -> tuple[str, ...]:
     """The prefixes of the variables the gate checks (the latent intercepts are not)."""
-    return ("coefficients_", "intercept_", *(f"{dim}_sd_" for dim in GROUPING_DIMS),
+    return ("coefficients_", "intercept_", ERROR_CORRELATION,
+            *(f"{dim}_sd_" for dim in GROUPING_DIMS),
             *(f"{name}_" for name in auxiliary_names))

@@ -18,7 +18,7 @@ from formulae import model_description
 
 from fundgap.defaults import FORMS, TARGET_ACCEPT_RANGE
 from fundgap.errors import SpecError
-from fundgap.families import FAMILY_NAMES, FREQUENTIST_FAMILIES
+from fundgap.families import EXACT_FAMILIES, FAMILY_NAMES, FREQUENTIST_FAMILIES
 from fundgap.rules import EXTRA_COLUMNS, PREPARED_COLUMNS
 
 # Group names a formula may use, and the prepared columns they stand for.
@@ -26,7 +26,8 @@ GROUPS = {"county": "county_code", "prefecture": "prefecture_code",
           "province": "province_code"}
 PRIOR_KEYS = ("intercept_scale", "coefficient_scale", "sigma_scale", "group_sd_scale")
 KNOWN_KEYS = {"name", "description", "exposure", "outcome", "mediators", "terms",
-              "equations", "filter", "moderator", "frequentist", "sampler", "robustness"}
+              "equations", "filter", "moderator", "frequentist", "sampler", "robustness",
+              "correlated_errors"}
 # Sampler settings a spec may set as its own defaults (the command line still overrides).
 SAMPLER_KEYS = ("draws", "tune", "chains", "target_accept", "form")
 TABLE_MODEL_KEYS = {"table", "model", "formula", "equation", "filter", "family", "cluster",
@@ -96,6 +97,9 @@ class ModelSpec:
     # sampler settings over the spec's own, and `variants` (default all that apply); None:
     # the spec has no such table, and runs none
     robustness: dict | None = None
+    # Gaussian mediator equations whose campaign-level errors are correlated (an LKJ prior;
+    # fundgap.correlated); empty: every equation's errors are independent
+    correlated_errors: tuple[str, ...] = ()
 
     @property
     def all_variables(self) -> tuple[str, ...]:
@@ -341,6 +345,8 @@ def parse_spec(text: str, source: str = "<spec>",
     robustness = raw.get("robustness")
     if robustness is not None:
         errors += _robustness_errors(robustness)
+    correlated = raw.get("correlated_errors", [])
+    errors += _correlated_errors(correlated, equations, mediators)
     if errors:
         raise SpecError(f"{source}:\n  " + "\n  ".join(errors))
     ordered = {name: equations[name] for name in dict.fromkeys((*mediators, *outcomes))}
@@ -350,7 +356,8 @@ def parse_spec(text: str, source: str = "<spec>",
                      equations=ordered, filter=raw.get("filter"), moderator=moderator,
                      source=source, text=text, tables=tables, khb_table=khb,
                      sampler=dict(sampler),
-                     robustness=dict(robustness) if robustness is not None else None)
+                     robustness=dict(robustness) if robustness is not None else None,
+                     correlated_errors=tuple(correlated))
 
 
 def _sampler_errors(table: str, values: dict) -> list[str]:
@@ -387,6 +394,31 @@ def _robustness_errors(values: object) -> list[str]:
     else:
         errors += [f"robustness.variants: unknown variant {v!r} (use {', '.join(VARIANTS)})"
                    for v in variants if v not in VARIANTS]
+    return errors
+
+
+def _correlated_errors(values: object, equations: dict[str, Equation],
+                       mediators: tuple[str, ...]) -> list[str]:
+    """What is wrong with `correlated_errors`: two or more Gaussian mediator equations with
+    the same groupings. The outcome is not among them: its correlation with a mediator's
+    errors is what the data cannot tell (the sensitivity analysis's rho)."""
+    where = "correlated_errors"
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        return [f"{where}: a list of mediator equations"]
+    if not values:
+        return []
+    errors = [f"{where}: {v!r} is not a mediator (an outcome's correlation with the "
+              "mediators is the sensitivity analysis's rho, not estimable)"
+              for v in values if v not in mediators]
+    errors += [f"{where}: {v!r} is named twice" for v in sorted(set(values))
+               if values.count(v) > 1]
+    if len(set(values)) < 2:
+        errors.append(f"{where}: name two or more equations")
+    present = [equations[v] for v in values if v in equations and v in mediators]
+    errors += [f"{where}: {e.response!r} is {e.family}; correlated errors need gaussian "
+               "equations" for e in present if e.family not in EXACT_FAMILIES]
+    if len({e.groups for e in present}) > 1:
+        errors.append(f"{where}: the equations must have the same (1|group) terms")
     return errors
 
 

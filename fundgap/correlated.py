@@ -1,0 +1,350 @@
+"""Correlated campaign-level errors across Gaussian equations, intercepts integrated out exactly.
+
+A spec's `correlated_errors` names Gaussian mediator equations with the same groupings. Their
+errors, one K-vector per campaign, are N(0, Sigma) with Sigma = diag(sigma) R diag(sigma)
+and an LKJ prior on the correlation R (as brms's residual correlations); each equation keeps
+its own county and prefecture intercepts, independent across equations (T = diag(tau_c^2),
+W = diag(tau_p^2)). Without this, the mediators' equations are independent while their
+errors are not (the data's residual correlations reach 0.45), and the interval of the total
+effect and of any sum of indirect effects misses the cross terms.
+
+For residuals r_i = y_i - (Z_k theta_k)_k, county sums s_c and campaign counts n_c, the
+stacked covariance of a county's campaigns is I (x) Sigma + J (x) T: within-county deviations
+have covariance Sigma, and s_c | prefecture level v ~ N(n_c v, n_c (Sigma + n_c T)). With
+H_c = (Sigma + n_c T)^-1 (one per distinct county size), M_p = sum_{c in p} n_c H_c,
+b_p = sum_{c in p} H_c s_c, D = diag(tau_p) and B_p = I + D M_p D:
+
+    -2 log L = n K log(2 pi) + (n - C) log|Sigma| + sum_c log|Sigma + n_c T|
+               + tr(Sigma^-1 (R - sum_c s_c s_c' / n_c)) + sum_c s_c' H_c s_c / n_c
+               + sum_p (log|B_p| - b_p' D B_p^-1 D b_p)
+
+where R = sum_i r_i r_i' comes from the stacked cross-products of the designs and responses,
+so a gradient costs O(counties x K^2 + prefectures x K^3) whatever the number of campaigns.
+With one grouping the last line is absent; with none, C = 0 and only the first two lines'
+Sigma terms remain. `draw_intercepts` then draws every equation's intercepts jointly from
+their exact conditional posterior, so the saved posterior has the same variables as the
+independent form.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pymc as pm
+import pytensor.tensor as pt
+
+from fundgap import names
+from fundgap.design import GROUP_DIMS, Design
+from fundgap.marginal import size_table, standardised_design
+
+# The LKJ prior's shape: 2 puts less weight on correlations near +-1 than the uniform 1
+LKJ_ETA = 2.0
+# the draws whose intercepts are drawn at once (each holds draws x prefectures x K^2)
+DRAW_CHUNK = 256
+# the dim of the block's responses in the explicit form's joint likelihood
+ERROR_EQUATION_DIM = "error_equation"
+
+
+@dataclass
+class JointMember:
+    """One equation of a correlated block, as fundgap.build leaves it: its coefficients
+    ([alpha, beta_std], the exact form) or linear predictor per campaign (explicit), its
+    group sds by dim, and its sigma's prior scale."""
+
+    predictor: pt.TensorVariable
+    sds: dict[str, pt.TensorVariable]
+    sigma_scale: pt.TensorVariable
+
+
+@dataclass
+class JointStatistics:
+    """What the joint marginal likelihood of K Gaussian equations needs.
+
+    The equations' standardised designs are stacked side by side (P columns in all; equation
+    k's are columns offsets[k]:offsets[k + 1]); the inner level is the innermost grouping.
+    """
+
+    n: int
+    ZtZ: np.ndarray            # (P, P) cross-products of the stacked designs
+    ZtY: np.ndarray            # (P, K)
+    YtY: np.ndarray            # (K, K)
+    inner_n: np.ndarray        # (C,) campaigns per inner level
+    inner_Z: np.ndarray        # (C, P) sums of the stacked design per inner level
+    inner_Y: np.ndarray        # (C, K) sums of the responses per inner level
+    inner_parent: np.ndarray   # (C,) outer level of each inner level (empty without one)
+    n_outer: int
+    size_values: np.ndarray    # (S,) the distinct inner level sizes
+    size_counts: np.ndarray    # (S,) how many inner levels have each
+    size_index: np.ndarray     # (C,) each inner level's size, as an index into size_values
+    outer_sizes: np.ndarray    # (O, S) how many inner levels of each size each outer one has
+
+    def as_dict(self) -> dict[str, np.ndarray]:
+        return {k: np.asarray(v) for k, v in self.__dict__.items()}
+
+
+def offsets(design: Design, equations: tuple[str, ...]) -> np.ndarray:
+    """Where each equation's standardised columns (intercept first) start in the stack."""
+    widths = [len(design.equations[name].terms) + 1 for name in equations]
+    return np.concatenate([[0], np.cumsum(widths)])
+
+
+def joint_statistics(design: Design, equations: tuple[str, ...]) -> JointStatistics:
+    """The stacked cross-products and per-level sums of `equations` (one pass over the rows)."""
+    Z = np.column_stack([standardised_design(design.equations[name]) for name in equations])
+    Y = np.column_stack([design.equations[name].y for name in equations])
+    groups = design.equations[equations[0]].groups
+    if groups:
+        index = design.index[groups[-1]]
+        levels = len(design.levels[groups[-1]])
+    else:
+        index, levels = np.zeros(len(Y), dtype=int), 0
+    inner_Z, inner_Y = np.zeros((levels, Z.shape[1])), np.zeros((levels, Y.shape[1]))
+    if groups:
+        np.add.at(inner_Z, index, Z)
+        np.add.at(inner_Y, index, Y)
+    inner_n = np.bincount(index, minlength=levels).astype(float) if groups else np.zeros(0)
+    size_values, size_counts = size_table(inner_n)
+    size_index = np.searchsorted(size_values, inner_n)
+    nested = len(groups) == 2
+    parent = design.parent(groups[-1], groups[0]) if nested else np.zeros(0, int)
+    n_outer = len(design.levels[groups[0]]) if nested else 0
+    outer_sizes = np.zeros((n_outer, len(size_values)))
+    if nested:
+        np.add.at(outer_sizes, (parent, size_index), 1.0)
+    return JointStatistics(
+        n=len(Y), ZtZ=Z.T @ Z, ZtY=Z.T @ Y, YtY=Y.T @ Y, inner_n=inner_n, inner_Z=inner_Z,
+        inner_Y=inner_Y, inner_parent=parent, n_outer=n_outer, size_values=size_values,
+        size_counts=size_counts, size_index=size_index, outer_sizes=outer_sizes)
+
+
+def _stacked_coefficients(thetas: list, starts: np.ndarray):
+    """Theta as a (P, K) matrix: equation k's coefficients in its own rows of column k."""
+    matrix = pt.zeros((int(starts[-1]), len(thetas)))
+    for k, theta in enumerate(thetas):
+        matrix = pt.set_subtensor(matrix[int(starts[k]):int(starts[k + 1]), k], theta)
+    return matrix
+
+
+def _logdet_and_inverse(matrices):
+    """log|A| and A^-1 of a (..., K, K) batch of symmetric positive definite matrices."""
+    chol = pt.linalg.cholesky(matrices)
+    identity = pt.eye(matrices.shape[-1])
+    inverse_chol = pt.linalg.solve_triangular(chol, pt.broadcast_to(identity, matrices.shape),
+                                              lower=True)
+    logdet = 2 * pt.sum(pt.log(pt.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
+    return logdet, pt.matrix_transpose(inverse_chol) @ inverse_chol
+
+
+def joint_marginal_loglik(stats: JointStatistics, thetas: list, starts: np.ndarray,
+                          chol_sigma, tau_inner=None, tau_outer=None):
+    """The joint marginal log likelihood (a PyTensor scalar) of K Gaussian equations with
+    correlated errors (Sigma = chol_sigma chol_sigma') and independent intercepts with sds
+    `tau_inner` and `tau_outer` (K-vectors; None where the equations have no such level).
+    `thetas` are the equations' [alpha, beta_std] vectors, `starts` their offsets."""
+    K = len(thetas)
+    coefficients = _stacked_coefficients(thetas, starts)
+    ZtTheta = pt.dot(stats.ZtY.T, coefficients)                    # Y'Z Theta
+    residual_products = (stats.YtY - ZtTheta - ZtTheta.T
+                         + coefficients.T @ pt.dot(stats.ZtZ, coefficients))
+    sigma = chol_sigma @ chol_sigma.T
+    logdet_sigma, sigma_inverse = _logdet_and_inverse(sigma)
+    if tau_inner is None:
+        value = stats.n * logdet_sigma + pt.sum(sigma_inverse * residual_products)
+        return -0.5 * (stats.n * K * np.log(2 * np.pi) + value)
+    sums = stats.inner_Y - pt.dot(stats.inner_Z, coefficients)    # (C, K)
+    within = residual_products - pt.dot((sums / stats.inner_n[:, None]).T, sums)
+    inner_var = tau_inner**2
+    per_size = sigma[None] + stats.size_values[:, None, None] * pt.diag(inner_var)[None]
+    logdet_size, precision_size = _logdet_and_inverse(per_size)   # (S,), (S, K, K)
+    precision = precision_size[stats.size_index]                  # (C, K, K)
+    weighted = pt.sum(precision * sums[:, None, :], axis=-1)       # H_c s_c, (C, K)
+    value = ((stats.n - stats.inner_n.shape[0]) * logdet_sigma
+             + pt.sum(stats.size_counts * logdet_size)
+             + pt.sum(sigma_inverse * within)
+             + pt.sum(weighted * sums / stats.inner_n[:, None]))
+    if tau_outer is not None:
+        # M_p = sum over sizes of (levels of that size in p) n H; b_p = sum_{c in p} H_c s_c
+        scaled = stats.size_values[:, None, None] * precision_size
+        outer_m = pt.tensordot(stats.outer_sizes, scaled, axes=[[1], [0]])   # (O, K, K)
+        outer_b = pt.inc_subtensor(pt.zeros((stats.n_outer, K))[stats.inner_parent],
+                                   weighted)
+        d = tau_outer
+        block = pt.eye(K)[None] + d[None, :, None] * outer_m * d[None, None, :]
+        logdet_block, block_inverse = _logdet_and_inverse(block)
+        db = outer_b * d[None, :]
+        value = (value + pt.sum(logdet_block)
+                 - pt.sum(db[:, :, None] * block_inverse * db[:, None, :]))
+    return -0.5 * (stats.n * K * np.log(2 * np.pi) + value)
+
+
+def error_pairs(equations: tuple[str, ...]) -> list[str]:
+    """The coordinate of the error correlations: one label per pair of equations."""
+    rows, columns = np.triu_indices(len(equations), 1)
+    return [f"{equations[i]}, {equations[j]}" for i, j in zip(rows, columns, strict=True)]
+
+
+def correlation_cholesky(unconstrained: pt.TensorVariable, size: int,
+                         eta: float = LKJ_ETA) -> tuple[pt.TensorVariable, pt.TensorVariable]:
+    """The Cholesky factor of a correlation matrix from K(K-1)/2 unconstrained values, and
+    the log density of an LKJ(eta) prior on the correlation in those values (Jacobian
+    included, normalising constant left out).
+
+    Stan's construction (Lewandowski, Kurowicka and Joe's canonical partial correlations):
+    z = tanh(x) in (-1, 1); row i of L is z_i0, z_i1 sqrt(1 - L_i0^2), ..., with L_ii the
+    rest of the row's unit length, so every x gives a valid correlation matrix. PyMC's
+    LKJCorr maps each correlation to (-1, 1) on its own (most points are not positive
+    definite), and its LKJCholeskyCov starts from a random draw that nutpie's compiled
+    initial point cannot evaluate."""
+    z = pt.tanh(unconstrained)
+    log_density = pt.sum(pt.log1p(-(z**2)))
+    factor = pt.set_subtensor(pt.zeros((size, size))[0, 0], 1.0)
+    position = 0
+    for i in range(1, size):
+        squares = pt.constant(0.0)
+        for j in range(i):
+            value = z[position]
+            if j:
+                # x -> z_ij sqrt(1 - sum of squares so far) stretches by that square root
+                log_density += 0.5 * pt.log1p(-squares)
+                value = value * pt.sqrt(1.0 - squares)
+            factor = pt.set_subtensor(factor[i, j], value)
+            squares = squares + value**2
+            position += 1
+        factor = pt.set_subtensor(factor[i, i], pt.sqrt(1.0 - squares))
+        # LKJ on the Cholesky factor: L_ii^(K - 1 - i + 2 (eta - 1))
+        log_density += (size - 1 - i + 2 * (eta - 1)) * 0.5 * pt.log1p(-squares)
+    return factor, log_density
+
+
+def add_error_covariance(equations: tuple[str, ...],
+                         sigmas: list[pt.TensorVariable]) -> pt.TensorVariable:
+    """The errors' covariance for the model in context: an LKJ prior on their correlation
+    (sampled as unconstrained values, `error_cholesky`), each equation's own sigma, the
+    correlations saved per pair (dim `error_pair`). Returns the Cholesky factor of Sigma."""
+    K = len(equations)
+    unconstrained = pm.Flat(names.ERROR_CHOLESKY, shape=K * (K - 1) // 2)
+    factor, log_density = correlation_cholesky(unconstrained, K)
+    pm.Potential("error_correlation_prior", log_density)
+    rows, columns = np.triu_indices(K, 1)
+    correlation = factor @ factor.T
+    pm.Deterministic(names.ERROR_CORRELATION, correlation[rows, columns],
+                     dims=names.ERROR_PAIR_DIM)
+    return pt.stack(sigmas)[:, None] * factor
+
+
+def add_joint_likelihood(design: Design, equations: tuple[str, ...],
+                         members: dict[str, JointMember], exact: bool) -> None:
+    """The block's likelihood in the model in context: its errors' covariance, then (`exact`)
+    the joint marginal with every intercept integrated out, its statistics as pm.Data, or
+    (explicit) a multivariate normal for each campaign's responses around the linear
+    predictors, which hold the intercepts."""
+    chol = add_error_covariance(equations, [pm.HalfNormal(names.sigma(n),
+                                                          members[n].sigma_scale)
+                                            for n in equations])
+    if not exact:
+        Y = np.column_stack([design.equations[name].y for name in equations])
+        observed = pm.Data(f"y_{ERROR_EQUATION_DIM}", Y,
+                           dims=("campaign", ERROR_EQUATION_DIM))
+        mean = pt.stack([members[name].predictor for name in equations], axis=1)
+        pm.MvNormal(f"responses_{ERROR_EQUATION_DIM}", mu=mean, chol=chol, observed=observed,
+                    dims=("campaign", ERROR_EQUATION_DIM))
+        return
+    stats = JointStatistics(**{key: pm.Data(f"joint_{key}", value) for key, value in
+                               joint_statistics(design, equations).as_dict().items()})
+    groups = [GROUP_DIMS[c] for c in design.equations[equations[0]].groups]
+
+    def level(dim: str):
+        return pt.stack([members[name].sds[dim] for name in equations])
+
+    value = joint_marginal_loglik(
+        stats, [members[name].predictor for name in equations], offsets(design, equations),
+        chol, level(groups[-1]) if groups else None,
+        level(groups[0]) if len(groups) == 2 else None)
+    pm.Potential("marginal_loglik_correlated", value)
+
+
+def draw_intercepts(design: Design, equations: tuple[str, ...], thetas: list[np.ndarray],
+                    covariance: np.ndarray, tau_inner: np.ndarray,
+                    tau_outer: np.ndarray | None,
+                    rng: np.random.Generator) -> dict[str, dict[str, np.ndarray]]:
+    """Draw every equation's intercepts jointly from their exact conditional posterior.
+
+    Arrays are per draw (leading axis): thetas[k] (draws, p_k), the errors' `covariance`
+    (draws, K, K), the sds (draws, K). The outer levels first, with the inner ones integrated out:
+        v_p | y ~ N(D B_p^-1 D b_p, D B_p^-1 D)
+    then each inner level given its outer one:
+        u_c | v, y ~ N(T H_c (s_c - n_c v_p), T - n_c T H_c T)
+    Returns {equation: {dim: (draws, levels)}}.
+    """
+    stats = joint_statistics(design, equations)
+    starts = offsets(design, equations)
+    groups = design.equations[equations[0]].groups
+    K, C = len(equations), len(stats.inner_n)
+    out = {name: {} for name in equations}
+    inner_parts, outer_parts = [], []
+    for begin in range(0, len(covariance), DRAW_CHUNK):
+        chunk = slice(begin, begin + DRAW_CHUNK)
+        sigma = covariance[chunk]
+        draws = len(sigma)
+        coefficients = np.zeros((draws, int(starts[-1]), K))
+        for k in range(K):
+            coefficients[:, starts[k]:starts[k + 1], k] = thetas[k][chunk]
+        sums = stats.inner_Y[None] - np.einsum("cp,dpk->dck", stats.inner_Z, coefficients)
+        inner_var = tau_inner[chunk] ** 2                                     # (d, K)
+        per_size = (sigma[:, None] + stats.size_values[None, :, None, None]
+                    * _diagonal(inner_var)[:, None])                       # (d, S, K, K)
+        precision_size = np.linalg.inv(per_size)
+        precision = precision_size[:, stats.size_index]                    # (d, C, K, K)
+        n = stats.inner_n[None, :, None]
+        if len(groups) == 2:
+            outer_m = np.einsum("os,dskl->dokl", stats.outer_sizes,
+                                stats.size_values[None, :, None, None] * precision_size)
+            weighted = np.einsum("dckl,dcl->dck", precision, sums)
+            outer_b = np.zeros((draws, stats.n_outer, K))
+            np.add.at(outer_b, (slice(None), stats.inner_parent), weighted)
+            d = np.abs(tau_outer[chunk])[:, None, :]                          # (d, 1, K)
+            block = np.eye(K) + d[..., :, None] * outer_m * d[..., None, :]
+            block_inverse = np.linalg.inv(block)
+            mean = d * np.einsum("dokl,dol->dok", block_inverse, d * outer_b)
+            spread = d[..., :, None] * block_inverse * d[..., None, :]
+            outer = mean + _correlated_normal(spread, rng)
+            outer_parts.append(outer)
+            sums = sums - n * outer[:, stats.inner_parent]
+        t = _diagonal(inner_var)[:, None]                                     # (d, 1, K, K)
+        mean = np.einsum("dckl,dcl->dck", t @ precision, sums)
+        spread = t - n[..., None] * (t @ precision @ t)
+        inner_parts.append(mean + _correlated_normal(spread, rng))
+    inner = np.concatenate(inner_parts) if C else None
+    for k, name in enumerate(equations):
+        out[name][GROUP_DIMS[groups[-1]]] = inner[..., k]
+        if outer_parts:
+            out[name][GROUP_DIMS[groups[0]]] = np.concatenate(outer_parts)[..., k]
+    return out
+
+
+def error_covariance(posterior, equations: tuple[str, ...]) -> np.ndarray:
+    """The errors' covariance per draw, (draws, K, K), from the saved sigmas and correlations
+    of a posterior stacked over (chain, draw) into `sample`."""
+    sds = np.stack([posterior[names.sigma(name)].values for name in equations], axis=-1)
+    K = len(equations)
+    correlation = np.broadcast_to(np.eye(K), (len(sds), K, K)).copy()
+    rows, columns = np.triu_indices(K, 1)
+    pairs = posterior[names.ERROR_CORRELATION].transpose("sample", ...).values
+    correlation[:, rows, columns] = pairs
+    correlation[:, columns, rows] = pairs
+    return sds[:, :, None] * correlation * sds[:, None, :]
+
+
+def _diagonal(values: np.ndarray) -> np.ndarray:
+    """(..., K) -> (..., K, K) diagonal matrices."""
+    return values[..., :, None] * np.eye(values.shape[-1])
+
+
+def _correlated_normal(covariance: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One normal draw per (..., K, K) covariance: by its symmetric square root, which
+    exists where an sd is zero and the covariance singular (a Cholesky factor does not)."""
+    values, vectors = np.linalg.eigh(covariance)
+    root = vectors * np.sqrt(np.clip(values, 0.0, None))[..., None, :]
+    noise = rng.standard_normal(covariance.shape[:-1])
+    return np.einsum("...kl,...l->...k", root, noise)
