@@ -187,5 +187,6 @@ def build_model(design: Design, marginal: Collection[str] = (),
                     else "explicit")
             _equation(design, name, form, centred, iterations, compiled, joint)
         if joint:
-            add_joint_likelihood(design, correlated, joint, exact=correlated[0] in marginal)
+            add_joint_likelihood(design, correlated, joint, exact=correlated[0] in marginal,
+                                 compiled=compiled)
     return model

@@ -35,6 +35,7 @@ import pymc as pm
 import pytensor.tensor as pt
 
 from fundgap import names
+from fundgap.correlated_kernel import JointGaussianMarginal
 from fundgap.design import GROUP_DIMS, Design
 from fundgap.marginal import size_table, standardised_design
 
@@ -78,6 +79,13 @@ class JointStatistics:
     size_counts: np.ndarray    # (S,) how many inner levels have each
     size_index: np.ndarray     # (C,) each inner level's size, as an index into size_values
     outer_sizes: np.ndarray    # (O, S) how many inner levels of each size each outer one has
+    # inner_Z with the equations' identical blocks once (mediator equations usually share
+    # their design): the compiled kernel reads a quarter of the memory for four mediators.
+    # Block g is columns distinct_starts[g]:distinct_starts[g + 1]; equation k uses
+    # block distinct_of[k].
+    distinct_Z: np.ndarray     # (C, P_distinct)
+    distinct_starts: np.ndarray
+    distinct_of: np.ndarray    # (K,)
 
     def as_dict(self) -> dict[str, np.ndarray]:
         return {k: np.asarray(v) for k, v in self.__dict__.items()}
@@ -90,7 +98,10 @@ def offsets(design: Design, equations: tuple[str, ...]) -> np.ndarray:
 
 
 def joint_statistics(design: Design, equations: tuple[str, ...]) -> JointStatistics:
-    """The stacked cross-products and per-level sums of `equations` (one pass over the rows)."""
+    """The stacked cross-products and per-level sums of `equations` (one pass over the rows;
+    a design reduced in chunks by fundgap.reduce already holds them)."""
+    if design.reduced:
+        return design.joint_statistics
     Z = np.column_stack([standardised_design(design.equations[name]) for name in equations])
     Y = np.column_stack([design.equations[name].y for name in equations])
     groups = design.equations[equations[0]].groups
@@ -104,18 +115,40 @@ def joint_statistics(design: Design, equations: tuple[str, ...]) -> JointStatist
         np.add.at(inner_Z, index, Z)
         np.add.at(inner_Y, index, Y)
     inner_n = np.bincount(index, minlength=levels).astype(float) if groups else np.zeros(0)
+    nested = len(groups) == 2
+    return from_sums(len(Y), Z.T @ Z, Z.T @ Y, Y.T @ Y, inner_n, inner_Z, inner_Y,
+                     design.parent(groups[-1], groups[0]) if nested else np.zeros(0, int),
+                     len(design.levels[groups[0]]) if nested else 0,
+                     offsets(design, equations))
+
+
+def from_sums(n: int, ZtZ: np.ndarray, ZtY: np.ndarray, YtY: np.ndarray,
+              inner_n: np.ndarray, inner_Z: np.ndarray, inner_Y: np.ndarray,
+              parent: np.ndarray, n_outer: int, starts: np.ndarray) -> JointStatistics:
+    """JointStatistics from the sums (on the standardised designs, equation k's columns
+    starts[k]:starts[k + 1]) and the levels' layout."""
+    blocks = [inner_Z[:, starts[k]:starts[k + 1]] for k in range(len(starts) - 1)]
+    distinct: list[np.ndarray] = []
+    distinct_of = []
+    for block in blocks:
+        same = next((g for g, seen in enumerate(distinct) if np.array_equal(seen, block)), None)
+        if same is None:
+            distinct.append(block)
+            same = len(distinct) - 1
+        distinct_of.append(same)
+    widths = [block.shape[1] for block in distinct]
     size_values, size_counts = size_table(inner_n)
     size_index = np.searchsorted(size_values, inner_n)
-    nested = len(groups) == 2
-    parent = design.parent(groups[-1], groups[0]) if nested else np.zeros(0, int)
-    n_outer = len(design.levels[groups[0]]) if nested else 0
     outer_sizes = np.zeros((n_outer, len(size_values)))
-    if nested:
+    if n_outer:
         np.add.at(outer_sizes, (parent, size_index), 1.0)
     return JointStatistics(
-        n=len(Y), ZtZ=Z.T @ Z, ZtY=Z.T @ Y, YtY=Y.T @ Y, inner_n=inner_n, inner_Z=inner_Z,
-        inner_Y=inner_Y, inner_parent=parent, n_outer=n_outer, size_values=size_values,
-        size_counts=size_counts, size_index=size_index, outer_sizes=outer_sizes)
+        n=n, ZtZ=ZtZ, ZtY=ZtY, YtY=YtY, inner_n=inner_n, inner_Z=inner_Z, inner_Y=inner_Y,
+        inner_parent=parent, n_outer=n_outer, size_values=size_values,
+        size_counts=size_counts, size_index=size_index, outer_sizes=outer_sizes,
+        distinct_Z=np.column_stack(distinct) if distinct else np.zeros((len(inner_n), 0)),
+        distinct_starts=np.concatenate([[0], np.cumsum(widths)]).astype(int),
+        distinct_of=np.asarray(distinct_of, dtype=int))
 
 
 def _stacked_coefficients(thetas: list, starts: np.ndarray):
@@ -126,14 +159,51 @@ def _stacked_coefficients(thetas: list, starts: np.ndarray):
     return matrix
 
 
-def _logdet_and_inverse(matrices):
-    """log|A| and A^-1 of a (..., K, K) batch of symmetric positive definite matrices."""
-    chol = pt.linalg.cholesky(matrices)
-    identity = pt.eye(matrices.shape[-1])
-    inverse_chol = pt.linalg.solve_triangular(chol, pt.broadcast_to(identity, matrices.shape),
-                                              lower=True)
-    logdet = 2 * pt.sum(pt.log(pt.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
-    return logdet, pt.matrix_transpose(inverse_chol) @ inverse_chol
+def _cholesky(entry, size: int) -> dict:
+    """The lower Cholesky factor {(i, j): tensor} of symmetric positive definite matrices
+    given by `entry(i, j)` (i >= j), each entry a tensor over a batch (or a scalar).
+
+    Written out entry by entry: K is small (the mediators), and a batch of thousands of
+    K x K factorisations as elementwise vector operations is cheap, where PyTensor's
+    batched LAPACK calls and their gradients (one call per matrix) dominated the sampler's
+    time (benchmarks/README.md)."""
+    factor = {}
+    for j in range(size):
+        factor[j, j] = pt.sqrt(entry(j, j) - sum(factor[j, k] ** 2 for k in range(j)))
+        for i in range(j + 1, size):
+            factor[i, j] = (entry(i, j) - sum(factor[i, k] * factor[j, k] for k in range(j))
+                            ) / factor[j, j]
+    return factor
+
+
+def _logdet(factor: dict, size: int):
+    return 2 * sum(pt.log(factor[i, i]) for i in range(size))
+
+
+def _forward_solve(factor: dict, values: list, size: int) -> list:
+    """w with L w = values (entry by entry)."""
+    solved = []
+    for i in range(size):
+        solved.append((values[i] - sum(factor[i, k] * solved[k] for k in range(i)))
+                      / factor[i, i])
+    return solved
+
+
+def _inverse(factor: dict, size: int) -> dict:
+    """{(i, j): tensor} of A^-1 = L^-T L^-1 (i >= j; symmetric) from A's factor L."""
+    lower = {}
+    for i in range(size):
+        lower[i, i] = 1 / factor[i, i]
+        for j in range(i):
+            lower[i, j] = -sum(factor[i, k] * lower[k, j] for k in range(j, i)) / factor[i, i]
+    return {(i, j): sum(lower[k, i] * lower[k, j] for k in range(i, size))
+            for i in range(size) for j in range(i + 1)}
+
+
+def _trace(inverse: dict, matrix, size: int):
+    """tr(A^-1 M) for symmetric M, from the entries of A^-1 (i >= j)."""
+    return sum((1 if i == j else 2) * inverse[i, j] * matrix[i, j]
+               for i in range(size) for j in range(i + 1))
 
 
 def joint_marginal_loglik(stats: JointStatistics, thetas: list, starts: np.ndarray,
@@ -148,33 +218,41 @@ def joint_marginal_loglik(stats: JointStatistics, thetas: list, starts: np.ndarr
     residual_products = (stats.YtY - ZtTheta - ZtTheta.T
                          + coefficients.T @ pt.dot(stats.ZtZ, coefficients))
     sigma = chol_sigma @ chol_sigma.T
-    logdet_sigma, sigma_inverse = _logdet_and_inverse(sigma)
+    sigma_factor = _cholesky(lambda i, j: sigma[i, j], K)
+    logdet_sigma = _logdet(sigma_factor, K)
+    sigma_inverse = _inverse(sigma_factor, K)
     if tau_inner is None:
-        value = stats.n * logdet_sigma + pt.sum(sigma_inverse * residual_products)
+        value = stats.n * logdet_sigma + _trace(sigma_inverse, residual_products, K)
         return -0.5 * (stats.n * K * np.log(2 * np.pi) + value)
     sums = stats.inner_Y - pt.dot(stats.inner_Z, coefficients)    # (C, K)
     within = residual_products - pt.dot((sums / stats.inner_n[:, None]).T, sums)
     inner_var = tau_inner**2
-    per_size = sigma[None] + stats.size_values[:, None, None] * pt.diag(inner_var)[None]
-    logdet_size, precision_size = _logdet_and_inverse(per_size)   # (S,), (S, K, K)
-    precision = precision_size[stats.size_index]                  # (C, K, K)
-    weighted = pt.sum(precision * sums[:, None, :], axis=-1)       # H_c s_c, (C, K)
+    # H_s = (Sigma + n_s T)^-1 per distinct county size s, each entry an (S,) vector
+    size_factor = _cholesky(lambda i, j: sigma[i, j] + (stats.size_values * inner_var[i]
+                                                        if i == j else 0.0), K)
+    size_precision = _inverse(size_factor, K)
+    # per county: H_c s_c
+    precision = {key: value[stats.size_index] for key, value in size_precision.items()}
+    columns = [sums[:, k] for k in range(K)]
+    weighted = [sum(precision[max(i, j), min(i, j)] * columns[j] for j in range(K))
+                for i in range(K)]
     value = ((stats.n - stats.inner_n.shape[0]) * logdet_sigma
-             + pt.sum(stats.size_counts * logdet_size)
-             + pt.sum(sigma_inverse * within)
-             + pt.sum(weighted * sums / stats.inner_n[:, None]))
+             + pt.sum(stats.size_counts * _logdet(size_factor, K))
+             + _trace(sigma_inverse, within, K)
+             + sum(pt.sum(weighted[i] * columns[i] / stats.inner_n) for i in range(K)))
     if tau_outer is not None:
-        # M_p = sum over sizes of (levels of that size in p) n H; b_p = sum_{c in p} H_c s_c
-        scaled = stats.size_values[:, None, None] * precision_size
-        outer_m = pt.tensordot(stats.outer_sizes, scaled, axes=[[1], [0]])   # (O, K, K)
-        outer_b = pt.inc_subtensor(pt.zeros((stats.n_outer, K))[stats.inner_parent],
-                                   weighted)
+        # B_p = I + D M_p D with M_p = sum over sizes of (levels of that size in p) n_s H_s,
+        # and b_p = sum_{c in p} H_c s_c
+        outer_m = {key: pt.dot(stats.outer_sizes, stats.size_values * h)
+                   for key, h in size_precision.items()}
         d = tau_outer
-        block = pt.eye(K)[None] + d[None, :, None] * outer_m * d[None, None, :]
-        logdet_block, block_inverse = _logdet_and_inverse(block)
-        db = outer_b * d[None, :]
-        value = (value + pt.sum(logdet_block)
-                 - pt.sum(db[:, :, None] * block_inverse * db[:, None, :]))
+        block = _cholesky(lambda i, j: (1.0 if i == j else 0.0) + d[i] * d[j] * outer_m[i, j],
+                          K)
+        zeros = pt.zeros(stats.n_outer)
+        scaled_b = [d[i] * pt.inc_subtensor(zeros[stats.inner_parent], weighted[i])
+                    for i in range(K)]
+        solved = _forward_solve(block, scaled_b, K)
+        value = value + pt.sum(_logdet(block, K)) - sum(pt.sum(w**2) for w in solved)
     return -0.5 * (stats.n * K * np.log(2 * np.pi) + value)
 
 
@@ -234,11 +312,14 @@ def add_error_covariance(equations: tuple[str, ...],
 
 
 def add_joint_likelihood(design: Design, equations: tuple[str, ...],
-                         members: dict[str, JointMember], exact: bool) -> None:
+                         members: dict[str, JointMember], exact: bool,
+                         compiled: bool = True) -> None:
     """The block's likelihood in the model in context: its errors' covariance, then (`exact`)
     the joint marginal with every intercept integrated out, its statistics as pm.Data, or
     (explicit) a multivariate normal for each campaign's responses around the linear
-    predictors, which hold the intercepts."""
+    predictors, which hold the intercepts. `compiled` takes the one-operation form of the
+    joint marginal (fundgap.correlated_kernel: numba and PyMC backends); otherwise the
+    graph, which JAX can trace."""
     chol = add_error_covariance(equations, [pm.HalfNormal(names.sigma(n),
                                                           members[n].sigma_scale)
                                             for n in equations])
@@ -257,10 +338,18 @@ def add_joint_likelihood(design: Design, equations: tuple[str, ...],
     def level(dim: str):
         return pt.stack([members[name].sds[dim] for name in equations])
 
-    value = joint_marginal_loglik(
-        stats, [members[name].predictor for name in equations], offsets(design, equations),
-        chol, level(groups[-1]) if groups else None,
-        level(groups[0]) if len(groups) == 2 else None)
+    thetas = [members[name].predictor for name in equations]
+    starts = offsets(design, equations)
+    if compiled:
+        zeros = pt.zeros(len(equations))
+        value = JointGaussianMarginal(len(groups), tuple(starts))(
+            pt.concatenate(thetas), chol @ chol.T, level(groups[-1]) if groups else zeros,
+            level(groups[0]) if len(groups) == 2 else zeros,
+            *(getattr(stats, key) for key in JointGaussianMarginal.STATISTICS))[0]
+    else:
+        value = joint_marginal_loglik(stats, thetas, starts, chol,
+                                      level(groups[-1]) if groups else None,
+                                      level(groups[0]) if len(groups) == 2 else None)
     pm.Potential("marginal_loglik_correlated", value)
 
 

@@ -24,7 +24,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 from formulae import design_matrices
 from scipy import sparse
+from scipy.linalg import block_diag
 
+from fundgap.correlated import JointStatistics, from_sums
 from fundgap.design import INTERCEPT, Design, EquationDesign, select_rows
 from fundgap.errors import SpecError
 from fundgap.families import EXACT_FAMILIES
@@ -61,23 +63,35 @@ def _rows(chunk: pd.DataFrame, spec: ModelSpec, dropped: dict[str, int] | None
 
 
 class _Accumulator:
-    """Sums of one equation's raw design [1, X] and response, overall and per county."""
+    """Sums of one equation's raw design [1, X] and response (or of the stacked designs and
+    the responses of a block of equations: `responses` columns), overall and per county."""
 
-    def __init__(self, columns: int, levels: int) -> None:
+    def __init__(self, columns: int, levels: int, responses: int | None = None) -> None:
+        shape = () if responses is None else (responses,)
         self.n = 0
         self.XtX = np.zeros((columns, columns))
-        self.Xty = np.zeros(columns)
-        self.yty = 0.0
+        self.Xty = np.zeros((columns, *shape))
+        self.yty = np.zeros(shape * 2)
         self.inner_X = np.zeros((levels, columns))
-        self.inner_y = np.zeros(levels)
+        self.inner_y = np.zeros((levels, *shape))
 
     def add(self, X: np.ndarray, y: np.ndarray, membership: sparse.csr_matrix) -> None:
         self.n += len(y)
         self.XtX += X.T @ X
         self.Xty += X.T @ y
-        self.yty += float(y @ y)
+        self.yty += y.T @ y
         self.inner_X += membership @ X
         self.inner_y += membership @ y
+
+    def joint(self, affines: list[np.ndarray], inner_n: np.ndarray, parent: np.ndarray,
+              n_outer: int) -> JointStatistics:
+        """A block's statistics on the stacked standardised designs, each equation's
+        Z = [1, X] A_k (its own affine map)."""
+        affine = block_diag(*affines)
+        starts = np.concatenate([[0], np.cumsum([len(a) for a in affines])])
+        return from_sums(self.n, affine.T @ self.XtX @ affine, affine.T @ self.Xty,
+                         self.yty, inner_n, self.inner_X @ affine, self.inner_y, parent,
+                         n_outer, starts)
 
     def standardised(self, inner_n: np.ndarray, parent: np.ndarray, n_outer: int
                      ) -> tuple[SufficientStatistics, np.ndarray, np.ndarray, tuple]:
@@ -92,13 +106,15 @@ class _Accumulator:
         affine[0, 1:] = -x_mean / x_sd
         affine[1:, 1:] = np.diag(1 / x_sd)
         y_mean = mean[0]
-        y_sd = float(np.sqrt(max(self.yty / n - y_mean**2, 0.0)))
+        y_sd = float(np.sqrt(max(float(self.yty) / n - y_mean**2, 0.0)))
         size_values, size_counts = size_table(inner_n)
         stats = SufficientStatistics(
-            n=n, ZtZ=affine.T @ self.XtX @ affine, Zty=affine.T @ self.Xty, yty=self.yty,
+            n=n, ZtZ=affine.T @ self.XtX @ affine, Zty=affine.T @ self.Xty,
+            yty=float(self.yty),
             inner_n=inner_n, inner_Z=self.inner_X @ affine, inner_y=self.inner_y,
             inner_parent=parent, n_outer=n_outer, size_values=size_values,
             size_counts=size_counts)
+        self.affine = affine
         return stats, x_mean, x_sd, (float(y_mean), y_sd)
 
 
@@ -197,6 +213,10 @@ def reduce_prepared(spec: ModelSpec, path: str | Path,
                                        len(levels[inner_column[name]])
                                        if name in inner_column else 0)
                     for name in spec.equations}
+    block = spec.correlated_errors
+    joint = (_Accumulator(sum(accumulators[name].XtX.shape[0] for name in block),
+                          accumulators[block[0]].inner_X.shape[0], len(block))
+             if block else None)
     counts = {c: np.zeros(len(levels[c])) for c in group_columns}
     used = 0
     # pass 2: the sums
@@ -214,11 +234,15 @@ def reduce_prepared(spec: ModelSpec, path: str | Path,
         for c in group_columns:
             counts[c] += np.bincount(index[c], minlength=len(levels[c]))
         expanded = expand(rows)
+        empty = sparse.csr_matrix((0, len(rows)))
         for name, equation in spec.equations.items():
             y = rows[equation.response].to_numpy(float)
-            empty = sparse.csr_matrix((0, len(rows)))
             accumulators[name].add(expanded[name], y,
                                    membership.get(inner_column.get(name), empty))
+        if joint is not None:
+            joint.add(np.column_stack([expanded[name] for name in block]),
+                      rows[list(block)].to_numpy(float),
+                      membership.get(inner_column.get(block[0]), empty))
 
     design = Design(spec, table, {}, levels, {c: np.zeros(0, int) for c in levels},
                     {"filter": 0, "missing": 0, **dropped},
@@ -235,4 +259,9 @@ def reduce_prepared(spec: ModelSpec, path: str | Path,
         design.equations[name] = EquationDesign(
             name, equation.family, np.zeros(0), np.zeros((0, len(terms))), terms, groups_of,
             dict(equation.priors), x_mean=x_mean, x_sd=x_sd, y_moments=moments)
+    if joint is not None:
+        first = design.statistics[block[0]]
+        design.joint_statistics = joint.joint(
+            [accumulators[name].affine for name in block], first.inner_n,
+            first.inner_parent, first.n_outer)
     return design

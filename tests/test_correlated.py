@@ -257,3 +257,42 @@ def test_a_fit_recovers_the_error_correlation_and_keeps_every_variable() -> None
     assert names.ERROR_CHOLESKY not in posterior
     a = result.effects.set_index(["effect", "mediator"]).loc["a"]
     assert abs(a.loc["m1", "mean"] - 0.5) < 3 * a.loc["m1", "sd"]
+
+
+@pytest.mark.parametrize("levels", LEVELS)
+def test_the_compiled_kernel_equals_the_graph_in_value_and_gradient(levels: str) -> None:
+    """fundgap.correlated_kernel's one operation against the PyTensor graph it replaces,
+    through PyTensor's numba backend and through `perform`, at random points (mediators
+    with different designs, so each block of coefficients is checked)."""
+    from fundgap.correlated_kernel import JointGaussianMarginal
+
+    design = tiny_design(levels)
+    stats = joint_statistics(design, MEDIATORS)
+    starts = offsets(design, MEDIATORS)
+    groups = design.equations["m1"].groups
+    theta, factor = pt.vector("theta"), pt.matrix("factor")
+    tau_inner, tau_outer = pt.vector("tau_inner"), pt.vector("tau_outer")
+    parts = [theta[starts[k]:starts[k + 1]] for k in range(3)]
+    graph = joint_marginal_loglik(stats, parts, starts, factor,
+                                  tau_inner if groups else None,
+                                  tau_outer if len(groups) == 2 else None)
+    op = JointGaussianMarginal(len(groups), tuple(starts))(
+        theta, factor @ factor.T, tau_inner, tau_outer,
+        *(getattr(stats, key) for key in JointGaussianMarginal.STATISTICS))[0]
+    inputs = [theta, factor, tau_inner, tau_outer]
+
+    def function(output, mode=None):
+        return pytensor.function(inputs, [output, *pytensor.grad(
+            output, inputs, disconnected_inputs="ignore")], on_unused_input="ignore",
+            mode=mode)
+
+    reference = function(graph)
+    rng = np.random.default_rng(2)
+    for mode in ("NUMBA", "FAST_COMPILE"):
+        compiled = function(op, mode)
+        for _ in range(3):
+            point = [rng.standard_normal(starts[-1]),
+                     np.tril(rng.standard_normal((3, 3))) + 2 * np.eye(3),
+                     rng.normal(0, 0.7, 3), rng.normal(0, 0.7, 3)]
+            for ours, expected in zip(compiled(*point), reference(*point), strict=True):
+                np.testing.assert_allclose(ours, expected, rtol=1e-10, atol=1e-10)

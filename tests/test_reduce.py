@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from fundgap.bayesian import fit_design
+from fundgap.correlated import joint_statistics
 from fundgap.design import build_design
 from fundgap.errors import SpecError
 from fundgap.marginal import sufficient_statistics
@@ -55,6 +56,12 @@ def test_chunked_statistics_equal_the_row_wise_ones(small_table: pd.DataFrame,
         for key, value in reduced.statistics[name].as_dict().items():
             np.testing.assert_allclose(value, expected[key], rtol=1e-9, atol=1e-8,
                                        err_msg=f"{name}.{key}")
+    # the correlated mediators' joint cross-products too
+    assert spec.correlated_errors
+    expected = joint_statistics(rows, spec.correlated_errors).as_dict()
+    for key, value in joint_statistics(reduced, spec.correlated_errors).as_dict().items():
+        np.testing.assert_allclose(value, expected[key], rtol=1e-9, atol=1e-8,
+                                   err_msg=f"joint.{key}")
 
 
 def test_reduction_refuses_non_gaussian_specs_and_missing_columns(

@@ -1,0 +1,320 @@
+"""The joint marginal of correlated Gaussian equations compiled as one operation.
+
+`fundgap.correlated.joint_marginal_loglik` writes the likelihood as a PyTensor graph (the
+reference, and what the JAX backends trace); compiled node by node with its gradient it
+took minutes on a machine with empty caches. Here the same sums are one numba function
+with the gradient written out (cached by numba on disk, compiled once per machine), wrapped
+as one PyTensor Op whose gradient is an output of the same call, as fundgap.marginal_kernel
+does for one equation.
+
+With F = -2 log L - n K log(2 pi) (fundgap.correlated's notation: W = R - sum_c s_c s_c'/n_c,
+A_s = Sigma + n_s T, H_s = A_s^-1, B_p = I + D M_p D, beta_p = D b_p, gamma_p = B_p^-1 beta_p):
+
+    F = (n - C) log|Sigma| + tr(Sigma^-1 W) + sum_s count_s log|A_s|
+        + sum_c s_c' H_c s_c / n_c + sum_p (log|B_p| - beta_p' gamma_p)
+
+the gradient goes in reverse: dF/dB_p = B_p^-1 + gamma gamma', so dF/dM_p = D (.) D and
+dF/dd_k = 2 (M D dF/dB)_kk - 2 gamma_k b_k; dF/db_p = -2 D gamma; then each county's H_c
+collects s_c s_c' / n_c, n_c dF/dM_p and the symmetrised dF/db_p s_c'; each size's
+dF/dA_s = count_s H_s - H_s (dF/dH_s) H_s feeds Sigma and T; the county sums s_c take
+2 H_c s_c / n_c - 2 Sigma^-1 s_c / n_c + H_c dF/db_p, and theta takes
+2 (Z'Z Theta - Z'Y) Sigma^-1 - Z_c' dF/ds. K x K algebra is written as loops (K is the
+number of mediators): numba's LAPACK calls cost more than the arithmetic at this size.
+tests/test_correlated.py holds value and gradient to the graph's.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+import pytensor.tensor as pt
+from pytensor.gradient import DisconnectedType
+from pytensor.graph.basic import Apply
+from pytensor.graph.op import Op
+from pytensor.link.numba.dispatch.basic import numba_njit, register_funcify_default_op_cache_key
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+@numba.njit(cache=True)
+def _inverse_spd(matrix, inverse, factor, lower):
+    """Writes the inverse of a small symmetric positive definite matrix into `inverse` and
+    returns its log-determinant (Cholesky by loops into the scratch `factor` and `lower`;
+    -inf where it is not positive definite, so the sampler rejects the point)."""
+    size = matrix.shape[0]
+    factor[:] = 0.0
+    lower[:] = 0.0
+    logdet = 0.0
+    for j in range(size):
+        total = matrix[j, j]
+        for k in range(j):
+            total -= factor[j, k] * factor[j, k]
+        if not total > 0.0:
+            return -np.inf
+        factor[j, j] = math.sqrt(total)
+        logdet += 2.0 * math.log(factor[j, j])
+        for i in range(j + 1, size):
+            total = matrix[i, j]
+            for k in range(j):
+                total -= factor[i, k] * factor[j, k]
+            factor[i, j] = total / factor[j, j]
+    for i in range(size):                       # lower = L^-1
+        lower[i, i] = 1.0 / factor[i, i]
+        for j in range(i):
+            total = 0.0
+            for k in range(j, i):
+                total -= factor[i, k] * lower[k, j]
+            lower[i, j] = total / factor[i, i]
+    for i in range(size):
+        for j in range(i + 1):
+            total = 0.0
+            for k in range(i, size):
+                total += lower[k, i] * lower[k, j]
+            inverse[i, j] = total
+            inverse[j, i] = total
+    return logdet
+
+
+@numba.njit(cache=True)
+def joint_marginal(levels, n, ZtZ, ZtY, YtY, inner_n, inner_Z, inner_Y, parent, n_outer,
+                   size_values, size_counts, size_index, outer_sizes, distinct_starts,
+                   distinct_of, starts, theta, sigma, tau_inner, tau_outer):
+    """The joint marginal log likelihood of K Gaussian equations with correlated errors
+    (covariance `sigma`) and `levels` (0, 1 or 2) levels of independent intercepts, and its
+    gradient in theta (the equations' stacked [alpha, beta_std]), sigma (symmetric) and the
+    sds. Arguments are fundgap.correlated.JointStatistics' fields (`inner_Z` its
+    distinct_Z) and `starts` (offsets)."""
+    P, K = ZtY.shape
+    bad = (-np.inf, np.zeros(P), np.zeros((K, K)), np.zeros(K), np.zeros(K))
+    coefficients = np.zeros((P, K))
+    for k in range(K):
+        for j in range(starts[k], starts[k + 1]):
+            coefficients[j, k] = theta[j]
+    fitted = np.ascontiguousarray(ZtZ) @ coefficients    # Z'Z Theta
+    products = YtY.copy()                        # R
+    for a in range(K):
+        for b in range(K):
+            for j in range(P):
+                products[a, b] += (coefficients[j, a] * (fitted[j, b] - ZtY[j, b])
+                                   - ZtY[j, a] * coefficients[j, b])
+    factor, lower = np.empty((K, K)), np.empty((K, K))
+    sigma_inverse = np.empty((K, K))
+    logdet_sigma = _inverse_spd(sigma, sigma_inverse, factor, lower)
+    if logdet_sigma == -np.inf:
+        return bad
+    counties = inner_n.shape[0]
+    within = products
+    d_sums = np.zeros((counties, K))
+    sums = np.zeros((counties, K))
+    scaled = np.zeros((counties, K))
+    if levels >= 1:
+        within = products.copy()
+        # Theta is block-sparse (equation k's coefficients in column k): row by row
+        for c in range(counties):
+            for k in range(K):
+                base, first = distinct_starts[distinct_of[k]], starts[k]
+                total = inner_Y[c, k]
+                for j in range(starts[k + 1] - first):
+                    total -= inner_Z[c, base + j] * theta[first + j]
+                sums[c, k] = total
+        scaled = sums / inner_n.reshape((-1, 1))     # s_c / n_c
+        within -= scaled.T @ sums
+    value = (n - counties) * logdet_sigma
+    d_sigma = (n - counties) * sigma_inverse
+    for a in range(K):
+        for b in range(K):
+            value += sigma_inverse[a, b] * within[a, b]
+    # - Sigma^-1 W Sigma^-1
+    product = sigma_inverse @ within @ sigma_inverse
+    d_sigma -= product
+    d_inner = np.zeros(K)                         # dF/d tau_inner^2
+    d_outer = np.zeros(K)                         # dF/d tau_outer (signed)
+    if levels >= 1:
+        d_sums -= 2.0 * scaled @ sigma_inverse
+        sizes = size_values.shape[0]
+        precision = np.empty((sizes, K, K))
+        d_precision = np.zeros((sizes, K, K))
+        block = np.empty((K, K))
+        for s in range(sizes):
+            for a in range(K):
+                for b in range(K):
+                    block[a, b] = sigma[a, b]
+                block[a, a] += size_values[s] * tau_inner[a] * tau_inner[a]
+            logdet = _inverse_spd(block, precision[s], factor, lower)
+            if logdet == -np.inf:
+                return bad
+            value += size_counts[s] * logdet
+        weighted = np.zeros((counties, K))        # H_c s_c
+        for c in range(counties):
+            s = size_index[c]
+            for a in range(K):
+                total = 0.0
+                for b in range(K):
+                    total += precision[s, a, b] * sums[c, b]
+                weighted[c, a] = total
+                value += total * scaled[c, a]
+                d_sums[c, a] += 2.0 * total / inner_n[c]
+                for b in range(K):
+                    d_precision[s, a, b] += scaled[c, a] * sums[c, b]
+        if levels == 2:
+            outer_m = np.zeros((n_outer, K, K))
+            outer_b = np.zeros((n_outer, K))
+            for p in range(n_outer):
+                for s in range(sizes):
+                    if outer_sizes[p, s] != 0.0:
+                        scale = outer_sizes[p, s] * size_values[s]
+                        for a in range(K):
+                            for b in range(K):
+                                outer_m[p, a, b] += scale * precision[s, a, b]
+            for c in range(counties):
+                for a in range(K):
+                    outer_b[parent[c], a] += weighted[c, a]
+            d_outer_b = np.zeros((n_outer, K))
+            inverse = np.empty((K, K))
+            gamma = np.empty(K)
+            d_block = np.empty((K, K))
+            for p in range(n_outer):
+                for a in range(K):
+                    for b in range(K):
+                        block[a, b] = tau_outer[a] * outer_m[p, a, b] * tau_outer[b]
+                    block[a, a] += 1.0
+                logdet = _inverse_spd(block, inverse, factor, lower)
+                if logdet == -np.inf:
+                    return bad
+                value += logdet
+                for a in range(K):
+                    total = 0.0
+                    for b in range(K):
+                        total += inverse[a, b] * tau_outer[b] * outer_b[p, b]
+                    gamma[a] = total
+                for a in range(K):
+                    value -= tau_outer[a] * outer_b[p, a] * gamma[a]
+                    for b in range(K):
+                        d_block[a, b] = inverse[a, b] + gamma[a] * gamma[b]
+                for a in range(K):
+                    # 2 (M D dF/dB)_aa
+                    total = 0.0
+                    for b in range(K):
+                        total += outer_m[p, a, b] * tau_outer[b] * d_block[b, a]
+                    d_outer[a] += 2.0 * total - 2.0 * gamma[a] * outer_b[p, a]
+                    d_outer_b[p, a] = -2.0 * tau_outer[a] * gamma[a]
+                # dF/dM_p = D dF/dB D, into each size's H
+                for s in range(sizes):
+                    if outer_sizes[p, s] != 0.0:
+                        scale = outer_sizes[p, s] * size_values[s]
+                        for a in range(K):
+                            for b in range(K):
+                                d_precision[s, a, b] += (scale * tau_outer[a] * d_block[a, b]
+                                                         * tau_outer[b])
+            for c in range(counties):
+                p, s = parent[c], size_index[c]
+                for a in range(K):
+                    total = 0.0
+                    for b in range(K):
+                        total += precision[s, a, b] * d_outer_b[p, b]
+                        d_precision[s, a, b] += 0.5 * (d_outer_b[p, a] * sums[c, b]
+                                                       + sums[c, a] * d_outer_b[p, b])
+                    d_sums[c, a] += total
+        for s in range(sizes):
+            # dF/dA_s = count_s H_s - H_s dF/dH_s H_s
+            d_a = size_counts[s] * precision[s] - precision[s] @ d_precision[s] @ precision[s]
+            d_sigma += d_a
+            for a in range(K):
+                d_inner[a] += size_values[s] * d_a[a, a]
+    # theta: 2 (Z'Z Theta - Z'Y) Sigma^-1 from R, -Z_c' dF/ds from the county sums
+    d_theta = np.zeros(P)
+    for k in range(K):
+        for j in range(starts[k], starts[k + 1]):
+            for b in range(K):
+                d_theta[j] += 2.0 * (fitted[j, b] - ZtY[j, b]) * sigma_inverse[b, k]
+    for c in range(counties):
+        for k in range(K):
+            base, first = distinct_starts[distinct_of[k]], starts[k]
+            for j in range(starts[k + 1] - first):
+                d_theta[first + j] -= inner_Z[c, base + j] * d_sums[c, k]
+    value = -0.5 * (n * K * _LOG_2PI + value)
+    return (value, -0.5 * d_theta, -0.5 * d_sigma, -0.5 * 2.0 * tau_inner * d_inner,
+            -0.5 * d_outer)
+
+
+class JointGaussianMarginal(Op):
+    """The joint marginal of a block of correlated Gaussian equations as a PyTensor Op.
+
+    Inputs: theta (the equations' [alpha, beta_std] stacked), the errors' covariance, the
+    inner and outer sds (K-vectors; ignored beyond `levels`), then the statistics in
+    fundgap.correlated.JointStatistics' order. Outputs: the value and its gradients; only
+    the value is differentiable, and its gradient comes from the same call.
+    """
+
+    __props__ = ("levels", "starts")
+    STATISTICS = ("n", "ZtZ", "ZtY", "YtY", "inner_n", "distinct_Z", "inner_Y",
+                  "inner_parent", "n_outer", "size_values", "size_counts", "size_index",
+                  "outer_sizes", "distinct_starts", "distinct_of")
+    INTEGERS = ("inner_parent", "n_outer", "size_index", "distinct_starts", "distinct_of")
+
+    def __init__(self, levels: int, starts: tuple[int, ...]):
+        self.levels = int(levels)
+        self.starts = tuple(int(s) for s in starts)
+
+    def make_node(self, theta, sigma, tau_inner, tau_outer, *statistics) -> Apply:
+        inputs = [pt.as_tensor(x).astype("float64") for x in (theta, sigma, tau_inner,
+                                                               tau_outer)]
+        for name, value in zip(self.STATISTICS, statistics, strict=True):
+            kind = "int64" if name in self.INTEGERS else "float64"
+            inputs.append(pt.as_tensor(value).astype(kind))
+        return Apply(self, inputs, [pt.dscalar(), pt.dvector(), pt.dmatrix(), pt.dvector(),
+                                    pt.dvector()])
+
+    def perform(self, node, inputs, outputs) -> None:
+        theta, sigma, tau_inner, tau_outer, *statistics = inputs
+        named = dict(zip(self.STATISTICS, statistics, strict=True))
+        results = joint_marginal(
+            self.levels, float(named["n"]), named["ZtZ"], named["ZtY"], named["YtY"],
+            named["inner_n"], named["distinct_Z"], named["inner_Y"], named["inner_parent"],
+            int(named["n_outer"]), named["size_values"], named["size_counts"],
+            named["size_index"], named["outer_sizes"], named["distinct_starts"],
+            named["distinct_of"], np.asarray(self.starts), theta, sigma, tau_inner,
+            tau_outer)
+        for storage, result, variable in zip(outputs, results, node.outputs, strict=True):
+            storage[0] = np.asarray(result, dtype=variable.dtype)
+
+    def infer_shape(self, fgraph, node, shapes):
+        return [(), shapes[0], shapes[1], shapes[2], shapes[3]]
+
+    def connection_pattern(self, node):
+        differentiable = [True] * 4 + [False] * len(self.STATISTICS)
+        return [[d and k == 0 for k in range(5)] for d in differentiable]
+
+    def grad(self, inputs, output_gradients):
+        for gradient in output_gradients[1:]:
+            if not isinstance(gradient.type, DisconnectedType):
+                raise NotImplementedError("only the marginal value is differentiable")
+        _, *gradients = self(*inputs)
+        value_gradient = output_gradients[0]
+        return [*(value_gradient * g for g in gradients),
+                *(DisconnectedType()() for _ in self.STATISTICS)]
+
+
+# bump when the kernel's arithmetic changes, so PyTensor's numba cache drops old code
+KERNEL_VERSION = 1
+
+
+@register_funcify_default_op_cache_key(JointGaussianMarginal)
+def _numba_joint_marginal(op: JointGaussianMarginal, node=None, **kwargs):
+    levels, starts = op.levels, np.asarray(op.starts, dtype=np.int64)
+
+    # without fast-math, as fundgap.marginal_kernel's wrapper: the same arithmetic whether
+    # numba compiled the kernel into this wrapper or loaded it from its cache
+    @numba_njit(fastmath=False)
+    def joint_op(theta, sigma, tau_inner, tau_outer, n, ZtZ, ZtY, YtY, inner_n, distinct_Z,
+                 inner_Y, parent, n_outer, size_values, size_counts, size_index,
+                 outer_sizes, distinct_starts, distinct_of):
+        value, d_theta, d_sigma, d_inner, d_outer = joint_marginal(
+            levels, n.item(), ZtZ, ZtY, YtY, inner_n, distinct_Z, inner_Y, parent,
+            n_outer.item(), size_values, size_counts, size_index, outer_sizes,
+            distinct_starts, distinct_of, starts, theta, sigma, tau_inner, tau_outer)
+        return np.asarray(value), d_theta, d_sigma, d_inner, d_outer
+
+    return joint_op, KERNEL_VERSION
