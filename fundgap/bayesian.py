@@ -23,7 +23,13 @@ import xarray as xr
 from fundgap import names
 from fundgap.build import build_model
 from fundgap.correlated import draw_intercepts as correlated_intercepts
-from fundgap.correlated import error_covariance
+from fundgap.correlated import (
+    error_covariance,
+    error_pairs,
+    joint_statistics,
+    offsets,
+    ols_residual_correlation,
+)
 from fundgap.defaults import (
     CENTRED_MIN_CAMPAIGNS,
     FORMS,
@@ -506,6 +512,7 @@ def fit_design(design: Design, settings: FitSettings | None = None,
         "laplace": list(laplace),
         "centred": list(centred),
         "correlated_errors": list(spec.correlated_errors),
+        **_ols_error_correlation(design),
         "settings": asdict(settings),
         "data_fingerprint": data_fingerprint,
         "rows_used": design.rows,
@@ -528,6 +535,19 @@ def fit_design(design: Design, settings: FitSettings | None = None,
                                   record["data_fingerprint"], "seed": settings.seed})
     return FitResult(spec, design, idata, effects, summary, diagnostics, record, contrasts,
                      shrinkage_table(posterior, design), curve, limits)
+
+
+def _ols_error_correlation(design: Design) -> dict:
+    """fit.json's frequentist figure for the error correlations: {"ols_error_correlation":
+    {pair: the OLS residuals' correlation}}, or nothing without correlated errors."""
+    block = design.spec.correlated_errors
+    if not block:
+        return {}
+    matrix = ols_residual_correlation(joint_statistics(design, block), offsets(design, block))
+    rows, columns = np.triu_indices(len(block), 1)
+    return {"ols_error_correlation": {
+        pair: float(matrix[i, j])
+        for pair, i, j in zip(error_pairs(block), rows, columns, strict=True)}}
 
 
 def prior_predictive(spec: ModelSpec, table: pd.DataFrame, draws: int = 500,

@@ -31,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import pymc as pm
 import pytensor.tensor as pt
 
@@ -254,6 +255,43 @@ def joint_marginal_loglik(stats: JointStatistics, thetas: list, starts: np.ndarr
         solved = _forward_solve(block, scaled_b, K)
         value = value + pt.sum(_logdet(block, K)) - sum(pt.sum(w**2) for w in solved)
     return -0.5 * (stats.n * K * np.log(2 * np.pi) + value)
+
+
+def ols_residual_correlation(stats: JointStatistics, starts: np.ndarray) -> np.ndarray:
+    """The correlations of the equations' OLS residuals (each equation by least squares on
+    its own design, intercepts not separated): the frequentist figure beside the posterior
+    error correlations, from the same cross-products (rows or chunks alike)."""
+    K = len(starts) - 1
+    coefficients = np.zeros((int(starts[-1]), K))
+    for k in range(K):
+        block = slice(int(starts[k]), int(starts[k + 1]))
+        coefficients[block, k] = np.linalg.lstsq(stats.ZtZ[block, block], stats.ZtY[block, k],
+                                                 rcond=None)[0]
+    fitted = stats.ZtY.T @ coefficients
+    products = stats.YtY - fitted - fitted.T + coefficients.T @ stats.ZtZ @ coefficients
+    scale = np.sqrt(np.diag(products))
+    return products / np.outer(scale, scale)
+
+
+def correlation_table(summary: pd.DataFrame, record: dict) -> pd.DataFrame:
+    """The error correlations as the report shows them: per pair the posterior mean and
+    95% interval (highest density), R-hat and bulk ESS from summary.csv, beside the OLS
+    residual correlation fit.json records. Empty where the fit has none."""
+    ols = record.get("ols_error_correlation", {})
+    rows = [{"pair": label[len(names.ERROR_CORRELATION) + 1:-1], **row}
+            for label, row in summary.iterrows()
+            if str(label).startswith(f"{names.ERROR_CORRELATION}[")]
+    if not rows:
+        return pd.DataFrame()
+    frame = pd.DataFrame(rows)
+    return pd.DataFrame({
+        "errors of": frame["pair"],
+        "posterior mean": frame["mean"].map(lambda v: f"{v:.3f}"),
+        "95% interval": [f"[{lo:.3f}, {hi:.3f}]" for lo, hi in
+                         zip(frame["hdi_2.5%"], frame["hdi_97.5%"], strict=True)],
+        "R-hat": frame["r_hat"].map(lambda v: f"{v:.3f}"),
+        "bulk ESS": frame["ess_bulk"].map(lambda v: f"{v:,.0f}"),
+        "OLS residuals": frame["pair"].map(lambda p: f"{ols[p]:.3f}" if p in ols else "–")})
 
 
 def error_pairs(equations: tuple[str, ...]) -> list[str]:

@@ -41,32 +41,31 @@ _LOG_2PI = math.log(2 * math.pi)
 @numba.njit(cache=True)
 def _inverse_spd(matrix, inverse, factor, lower):
     """Writes the inverse of a small symmetric positive definite matrix into `inverse` and
-    returns its log-determinant (Cholesky by loops into the scratch `factor` and `lower`;
-    -inf where it is not positive definite, so the sampler rejects the point)."""
+    returns its log-determinant (Cholesky by loops into the scratch `factor` and `lower`,
+    whose upper triangles are never read; -inf where it is not positive definite, so the
+    sampler rejects the point)."""
     size = matrix.shape[0]
-    factor[:] = 0.0
-    lower[:] = 0.0
-    logdet = 0.0
+    determinant = 1.0
     for j in range(size):
         total = matrix[j, j]
         for k in range(j):
             total -= factor[j, k] * factor[j, k]
         if not total > 0.0:
             return -np.inf
+        determinant *= total                    # one log at the end: K is small
         factor[j, j] = math.sqrt(total)
-        logdet += 2.0 * math.log(factor[j, j])
+        lower[j, j] = 1.0 / factor[j, j]
         for i in range(j + 1, size):
             total = matrix[i, j]
             for k in range(j):
                 total -= factor[i, k] * factor[j, k]
-            factor[i, j] = total / factor[j, j]
+            factor[i, j] = total * lower[j, j]
     for i in range(size):                       # lower = L^-1
-        lower[i, i] = 1.0 / factor[i, i]
         for j in range(i):
             total = 0.0
             for k in range(j, i):
                 total -= factor[i, k] * lower[k, j]
-            lower[i, j] = total / factor[i, i]
+            lower[i, j] = total * lower[i, i]
     for i in range(size):
         for j in range(i + 1):
             total = 0.0
@@ -74,7 +73,7 @@ def _inverse_spd(matrix, inverse, factor, lower):
                 total += lower[k, i] * lower[k, j]
             inverse[i, j] = total
             inverse[j, i] = total
-    return logdet
+    return math.log(determinant)
 
 
 @numba.njit(cache=True)
@@ -111,14 +110,13 @@ def joint_marginal(levels, n, ZtZ, ZtY, YtY, inner_n, inner_Z, inner_Y, parent, 
     scaled = np.zeros((counties, K))
     if levels >= 1:
         within = products.copy()
-        # Theta is block-sparse (equation k's coefficients in column k): row by row
-        for c in range(counties):
-            for k in range(K):
-                base, first = distinct_starts[distinct_of[k]], starts[k]
-                total = inner_Y[c, k]
-                for j in range(starts[k + 1] - first):
-                    total -= inner_Z[c, base + j] * theta[first + j]
-                sums[c, k] = total
+        # s_c = Y_c - Z_c Theta with each distinct design block once (BLAS)
+        distinct = np.zeros((inner_Z.shape[1], K))
+        for k in range(K):
+            base, first = distinct_starts[distinct_of[k]], starts[k]
+            for j in range(starts[k + 1] - first):
+                distinct[base + j, k] = theta[first + j]
+        sums = inner_Y - np.ascontiguousarray(inner_Z) @ distinct
         scaled = sums / inner_n.reshape((-1, 1))     # s_c / n_c
         within -= scaled.T @ sums
     value = (n - counties) * logdet_sigma
@@ -229,11 +227,12 @@ def joint_marginal(levels, n, ZtZ, ZtY, YtY, inner_n, inner_Z, inner_Y, parent, 
         for j in range(starts[k], starts[k + 1]):
             for b in range(K):
                 d_theta[j] += 2.0 * (fitted[j, b] - ZtY[j, b]) * sigma_inverse[b, k]
-    for c in range(counties):
+    if levels >= 1:
+        from_sums = np.ascontiguousarray(inner_Z).T @ d_sums
         for k in range(K):
             base, first = distinct_starts[distinct_of[k]], starts[k]
             for j in range(starts[k + 1] - first):
-                d_theta[first + j] -= inner_Z[c, base + j] * d_sums[c, k]
+                d_theta[first + j] -= from_sums[base + j, k]
     value = -0.5 * (n * K * _LOG_2PI + value)
     return (value, -0.5 * d_theta, -0.5 * d_sigma, -0.5 * 2.0 * tau_inner * d_inner,
             -0.5 * d_outer)

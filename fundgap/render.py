@@ -214,6 +214,11 @@ ROBUSTNESS_LEGEND = (
     "times), other random intercepts (prefecture only, county only, none) and without a "
     "control that is post-treatment for the mediators; each estimate is the posterior mean "
     "and 95% interval (equal-tailed for the effects, highest-density for the sds).")
+CORRELATION_LEGEND = (
+    "The mediators' campaign-level errors are modelled as correlated (an LKJ prior), so the "
+    "intervals of the total and of sums of indirect effects carry the cross terms. Beside "
+    "each posterior correlation, the correlation of the two equations' OLS residuals "
+    "(county and prefecture intercepts not separated from the errors there).")
 LOO_LEGEND = (
     "held_out says what is left out: a campaign (conditional on the drawn county and "
     "prefecture intercepts, so a county seen once can give a high Pareto k), a whole county "
@@ -242,6 +247,8 @@ def render_html(report: Report) -> str:
             "comparison": html_sections(analysis.comparison)
             if not analysis.comparison.empty else [],
             **_robustness_html(analysis),
+            "correlations": Markup(_frame_html(analysis.error_correlations))
+            if not analysis.error_correlations.empty else "",
         })
     # autoescaped: spec descriptions and notes are text; the tables are HTML already
     return TEMPLATES.get_template("report.html").render(
@@ -250,6 +257,7 @@ def render_html(report: Report) -> str:
                                                         border=0, classes="grid")),
         legend=LEGEND, version=__version__, status_class=STATUS_CLASS,
         robustness_legend=ROBUSTNESS_LEGEND, loo_legend=LOO_LEGEND,
+        correlation_legend=CORRELATION_LEGEND,
         generated=pd.Timestamp.now(tz="UTC").strftime("%Y-%m-%d %H:%M UTC"))
 
 
@@ -306,6 +314,10 @@ def render_markdown(report: Report, figures_folder: str) -> str:
                                                                    floatfmt=".4g"), ""]
             if not analysis.contrasts.empty:
                 lines += [analysis.contrasts.to_markdown(index=False, floatfmt=".4g"), ""]
+            if not analysis.error_correlations.empty:
+                lines += ["### The mediators' error correlations", "", CORRELATION_LEGEND, "",
+                          analysis.error_correlations.to_markdown(
+                              index=False, disable_numparse=True), ""]
             lines += [f"![{f.caption}]({figures_folder}/{f.name}.png)"
                       for f in analysis.figures] + [""]
         if not analysis.comparison.empty:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from fundgap import fitfolder
+from fundgap.correlated import correlation_table
 from fundgap.describe import descriptives, occupancy
 from fundgap.errors import FundgapError
 from fundgap.figures import (
@@ -55,6 +56,8 @@ class Analysis:
     robustness: pd.DataFrame = field(default_factory=pd.DataFrame)
     loo: pd.DataFrame = field(default_factory=pd.DataFrame)
     robustness_notes: list[str] = field(default_factory=list)
+    # the mediators' error correlations beside the OLS residuals' (correlated errors)
+    error_correlations: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def _problems(error: FundgapError) -> str:
@@ -136,6 +139,7 @@ def _figures(saved: fitfolder.SavedFit, frequentist: Path, analysis: Analysis
     """Read a passed fit's tables into `analysis` and draw its figures."""
     spec = saved.spec
     analysis.effects = saved.effects
+    analysis.error_correlations = correlation_table(saved.summary, saved.record)
     figures = forest_figures(analysis.effects, frequentist_intervals(
         frequentist, spec.text) if frequentist.is_dir() else pd.DataFrame(), analysis.name)
     if not saved.contrasts.empty:

@@ -15,6 +15,7 @@ from fundgap import names
 from fundgap.bayesian import FitSettings, fit_model
 from fundgap.correlated import (
     correlation_cholesky,
+    correlation_table,
     draw_intercepts,
     joint_marginal_loglik,
     joint_statistics,
@@ -257,6 +258,18 @@ def test_a_fit_recovers_the_error_correlation_and_keeps_every_variable() -> None
     assert names.ERROR_CHOLESKY not in posterior
     a = result.effects.set_index(["effect", "mediator"]).loc["a"]
     assert abs(a.loc["m1", "mean"] - 0.5) < 3 * a.loc["m1", "sd"]
+    # the frequentist figure beside it: the OLS residuals' correlation, as numpy has it
+    residuals = [e.y - standardised_design(e) @ np.linalg.lstsq(
+        standardised_design(e), e.y, rcond=None)[0]
+        for e in (result.design.equations["m1"], result.design.equations["m2"])]
+    ols = result.record["ols_error_correlation"]["m1, m2"]
+    assert ols == pytest.approx(np.corrcoef(residuals)[0, 1], abs=1e-10)
+    shown = correlation_table(result.summary, result.record)
+    assert shown.to_dict("records") == [{
+        "errors of": "m1, m2", "posterior mean": f"{correlation['mean']:.3f}",
+        "95% interval": f"[{correlation['hdi_2.5%']:.3f}, {correlation['hdi_97.5%']:.3f}]",
+        "R-hat": f"{correlation['r_hat']:.3f}",
+        "bulk ESS": f"{correlation['ess_bulk']:,.0f}", "OLS residuals": f"{ols:.3f}"}]
 
 
 @pytest.mark.parametrize("levels", LEVELS)
