@@ -29,6 +29,7 @@ independent form.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -44,6 +45,9 @@ from fundgap.marginal import size_table, standardised_design
 LKJ_ETA = 2.0
 # the draws whose intercepts are drawn at once (each holds draws x prefectures x K^2)
 DRAW_CHUNK = 256
+# the statistics the graph form reads (the compiled form reads its Op's STATISTICS)
+GRAPH_STATISTICS = ("n", "ZtZ", "ZtY", "YtY", "inner_n", "inner_Z", "inner_Y", "inner_parent",
+                    "n_outer", "size_values", "size_counts", "size_index", "outer_sizes")
 # the dim of the block's responses in the explicit form's joint likelihood
 ERROR_EQUATION_DIM = "error_equation"
 
@@ -87,6 +91,9 @@ class JointStatistics:
     distinct_Z: np.ndarray     # (C, P_distinct)
     distinct_starts: np.ndarray
     distinct_of: np.ndarray    # (K,)
+    # the inner levels ordered by size: size s's are size_order[size_starts[s]:...[s + 1]]
+    size_order: np.ndarray
+    size_starts: np.ndarray
 
     def as_dict(self) -> dict[str, np.ndarray]:
         return {k: np.asarray(v) for k, v in self.__dict__.items()}
@@ -149,7 +156,9 @@ def from_sums(n: int, ZtZ: np.ndarray, ZtY: np.ndarray, YtY: np.ndarray,
         size_counts=size_counts, size_index=size_index, outer_sizes=outer_sizes,
         distinct_Z=np.column_stack(distinct) if distinct else np.zeros((len(inner_n), 0)),
         distinct_starts=np.concatenate([[0], np.cumsum(widths)]).astype(int),
-        distinct_of=np.asarray(distinct_of, dtype=int))
+        distinct_of=np.asarray(distinct_of, dtype=int),
+        size_order=np.argsort(size_index, kind="stable"),
+        size_starts=np.concatenate([[0], np.cumsum(size_counts)]).astype(int))
 
 
 def _stacked_coefficients(thetas: list, starts: np.ndarray):
@@ -369,8 +378,11 @@ def add_joint_likelihood(design: Design, equations: tuple[str, ...],
         pm.MvNormal(f"responses_{ERROR_EQUATION_DIM}", mu=mean, chol=chol, observed=observed,
                     dims=("campaign", ERROR_EQUATION_DIM))
         return
-    stats = JointStatistics(**{key: pm.Data(f"joint_{key}", value) for key, value in
-                               joint_statistics(design, equations).as_dict().items()})
+    values = joint_statistics(design, equations).as_dict()
+    # only what the chosen form reads: a model compiled with its data as inputs takes new
+    # values for exactly its own pm.Data
+    used = JointGaussianMarginal.STATISTICS if compiled else GRAPH_STATISTICS
+    data = {key: pm.Data(f"joint_{key}", values[key]) for key in used}
     groups = [GROUP_DIMS[c] for c in design.equations[equations[0]].groups]
 
     def level(dim: str):
@@ -383,9 +395,9 @@ def add_joint_likelihood(design: Design, equations: tuple[str, ...],
         value = JointGaussianMarginal(len(groups), tuple(starts))(
             pt.concatenate(thetas), chol @ chol.T, level(groups[-1]) if groups else zeros,
             level(groups[0]) if len(groups) == 2 else zeros,
-            *(getattr(stats, key) for key in JointGaussianMarginal.STATISTICS))[0]
+            *(data[key] for key in JointGaussianMarginal.STATISTICS))[0]
     else:
-        value = joint_marginal_loglik(stats, thetas, starts, chol,
+        value = joint_marginal_loglik(SimpleNamespace(**data), thetas, starts, chol,
                                       level(groups[-1]) if groups else None,
                                       level(groups[0]) if len(groups) == 2 else None)
     pm.Potential("marginal_loglik_correlated", value)

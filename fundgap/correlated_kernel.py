@@ -79,7 +79,8 @@ def _inverse_spd(matrix, inverse, factor, lower):
 @numba.njit(cache=True)
 def joint_marginal(levels, n, ZtZ, ZtY, YtY, inner_n, inner_Z, inner_Y, parent, n_outer,
                    size_values, size_counts, size_index, outer_sizes, distinct_starts,
-                   distinct_of, starts, theta, sigma, tau_inner, tau_outer):
+                   distinct_of, size_order, size_starts, starts, theta, sigma, tau_inner,
+                   tau_outer):
     """The joint marginal log likelihood of K Gaussian equations with correlated errors
     (covariance `sigma`) and `levels` (0, 1 or 2) levels of independent intercepts, and its
     gradient in theta (the equations' stacked [alpha, beta_std]), sigma (symmetric) and the
@@ -154,67 +155,98 @@ def joint_marginal(levels, n, ZtZ, ZtY, YtY, inner_n, inner_Z, inner_Y, parent, 
                 weighted[c, a] = total
                 value += total * scaled[c, a]
                 d_sums[c, a] += 2.0 * total / inner_n[c]
-                for b in range(K):
-                    d_precision[s, a, b] += scaled[c, a] * sums[c, b]
+        # dF/dH_c = sym(u_c s_c'): u_c = s_c / n_c, plus the prefecture's dF/db_p (below)
+        u = scaled.copy()
         if levels == 2:
-            outer_m = np.zeros((n_outer, K, K))
-            outer_b = np.zeros((n_outer, K))
-            for p in range(n_outer):
-                for s in range(sizes):
-                    if outer_sizes[p, s] != 0.0:
-                        scale = outer_sizes[p, s] * size_values[s]
-                        for a in range(K):
-                            for b in range(K):
-                                outer_m[p, a, b] += scale * precision[s, a, b]
+            # per prefecture, as K x K entries over all prefectures at once (entry ab of
+            # prefecture p at [a * K + b, p]): each step a loop over p that vectorises
+            KK = K * K
+            weights = outer_sizes * size_values.reshape((1, -1))         # (n_outer, S)
+            flat = np.ascontiguousarray(precision.reshape((sizes, KK)))
+            outer_m = np.ascontiguousarray((weights @ flat).T)            # M_p, (KK, n_outer)
+            outer_b = np.zeros((K, n_outer))                                    # b_p
             for c in range(counties):
                 for a in range(K):
-                    outer_b[parent[c], a] += weighted[c, a]
-            d_outer_b = np.zeros((n_outer, K))
-            inverse = np.empty((K, K))
-            gamma = np.empty(K)
-            d_block = np.empty((K, K))
-            for p in range(n_outer):
-                for a in range(K):
-                    for b in range(K):
-                        block[a, b] = tau_outer[a] * outer_m[p, a, b] * tau_outer[b]
-                    block[a, a] += 1.0
-                logdet = _inverse_spd(block, inverse, factor, lower)
-                if logdet == -np.inf:
+                    outer_b[a, parent[c]] += weighted[c, a]
+            factor_p = np.zeros((KK, n_outer))                                  # chol(B_p)
+            lower_p = np.zeros((KK, n_outer))                                   # its inverse
+            determinant = np.ones(n_outer)
+            step = np.empty(n_outer)
+            for j in range(K):
+                jj = j * K + j
+                for p in range(n_outer):
+                    step[p] = 1.0 + tau_outer[j] * outer_m[jj, p] * tau_outer[j]
+                for k in range(j):
+                    for p in range(n_outer):
+                        step[p] -= factor_p[j * K + k, p] * factor_p[j * K + k, p]
+                if not step.min() > 0.0:
                     return bad
-                value += logdet
-                for a in range(K):
-                    total = 0.0
-                    for b in range(K):
-                        total += inverse[a, b] * tau_outer[b] * outer_b[p, b]
-                    gamma[a] = total
-                for a in range(K):
-                    value -= tau_outer[a] * outer_b[p, a] * gamma[a]
-                    for b in range(K):
-                        d_block[a, b] = inverse[a, b] + gamma[a] * gamma[b]
-                for a in range(K):
-                    # 2 (M D dF/dB)_aa
-                    total = 0.0
-                    for b in range(K):
-                        total += outer_m[p, a, b] * tau_outer[b] * d_block[b, a]
-                    d_outer[a] += 2.0 * total - 2.0 * gamma[a] * outer_b[p, a]
-                    d_outer_b[p, a] = -2.0 * tau_outer[a] * gamma[a]
-                # dF/dM_p = D dF/dB D, into each size's H
-                for s in range(sizes):
-                    if outer_sizes[p, s] != 0.0:
-                        scale = outer_sizes[p, s] * size_values[s]
-                        for a in range(K):
-                            for b in range(K):
-                                d_precision[s, a, b] += (scale * tau_outer[a] * d_block[a, b]
-                                                         * tau_outer[b])
+                for p in range(n_outer):
+                    determinant[p] *= step[p]
+                    factor_p[jj, p] = math.sqrt(step[p])
+                    lower_p[jj, p] = 1.0 / factor_p[jj, p]
+                for i in range(j + 1, K):
+                    for p in range(n_outer):
+                        step[p] = tau_outer[i] * outer_m[i * K + j, p] * tau_outer[j]
+                    for k in range(j):
+                        for p in range(n_outer):
+                            step[p] -= factor_p[i * K + k, p] * factor_p[j * K + k, p]
+                    for p in range(n_outer):
+                        factor_p[i * K + j, p] = step[p] * lower_p[jj, p]
+            for i in range(K):
+                for j in range(i):
+                    for p in range(n_outer):
+                        step[p] = 0.0
+                    for k in range(j, i):
+                        for p in range(n_outer):
+                            step[p] -= factor_p[i * K + k, p] * lower_p[k * K + j, p]
+                    for p in range(n_outer):
+                        lower_p[i * K + j, p] = step[p] * lower_p[i * K + i, p]
+            inverse_p = np.zeros((KK, n_outer))                                 # B_p^-1
+            for i in range(K):
+                for j in range(i + 1):
+                    for k in range(i, K):
+                        for p in range(n_outer):
+                            inverse_p[i * K + j, p] += (lower_p[k * K + i, p]
+                                                        * lower_p[k * K + j, p])
+                    if j < i:
+                        for p in range(n_outer):
+                            inverse_p[j * K + i, p] = inverse_p[i * K + j, p]
+            for p in range(n_outer):
+                value += math.log(determinant[p])
+            gamma = np.zeros((K, n_outer))                                      # B_p^-1 D b_p
+            for a in range(K):
+                for b in range(K):
+                    for p in range(n_outer):
+                        gamma[a, p] += inverse_p[a * K + b, p] * tau_outer[b] * outer_b[b, p]
+            d_outer_b = np.empty((K, n_outer))
+            for a in range(K):
+                for p in range(n_outer):
+                    value -= tau_outer[a] * outer_b[a, p] * gamma[a, p]
+                    d_outer[a] -= 2.0 * gamma[a, p] * outer_b[a, p]
+                    d_outer_b[a, p] = -2.0 * tau_outer[a] * gamma[a, p]
+            # dF/dB_p = B_p^-1 + gamma gamma'; d/dd_a: 2 (M D dF/dB)_aa; dF/dM_p = D dF/dB D
+            d_m = np.empty((n_outer, KK))
+            for a in range(K):
+                for b in range(K):
+                    for p in range(n_outer):
+                        d_block = inverse_p[b * K + a, p] + gamma[b, p] * gamma[a, p]
+                        d_outer[a] += 2.0 * outer_m[a * K + b, p] * tau_outer[b] * d_block
+                        d_m[p, a * K + b] = tau_outer[a] * d_block * tau_outer[b]
+            d_precision += (weights.T @ d_m).reshape((sizes, K, K))
             for c in range(counties):
                 p, s = parent[c], size_index[c]
                 for a in range(K):
                     total = 0.0
                     for b in range(K):
-                        total += precision[s, a, b] * d_outer_b[p, b]
-                        d_precision[s, a, b] += 0.5 * (d_outer_b[p, a] * sums[c, b]
-                                                       + sums[c, a] * d_outer_b[p, b])
+                        total += precision[s, a, b] * d_outer_b[b, p]
                     d_sums[c, a] += total
+                    u[c, a] += d_outer_b[a, p]
+        # summed per size over the counties of that size (contiguous in size_order)
+        for s in range(sizes):
+            rows = size_order[size_starts[s]:size_starts[s + 1]]
+            crossed = u[rows].T @ sums[rows]
+            d_precision[s] += 0.5 * (crossed + crossed.T)
         for s in range(sizes):
             # dF/dA_s = count_s H_s - H_s dF/dH_s H_s
             d_a = size_counts[s] * precision[s] - precision[s] @ d_precision[s] @ precision[s]
@@ -250,8 +282,9 @@ class JointGaussianMarginal(Op):
     __props__ = ("levels", "starts")
     STATISTICS = ("n", "ZtZ", "ZtY", "YtY", "inner_n", "distinct_Z", "inner_Y",
                   "inner_parent", "n_outer", "size_values", "size_counts", "size_index",
-                  "outer_sizes", "distinct_starts", "distinct_of")
-    INTEGERS = ("inner_parent", "n_outer", "size_index", "distinct_starts", "distinct_of")
+                  "outer_sizes", "distinct_starts", "distinct_of", "size_order", "size_starts")
+    INTEGERS = ("inner_parent", "n_outer", "size_index", "distinct_starts", "distinct_of",
+                "size_order", "size_starts")
 
     def __init__(self, levels: int, starts: tuple[int, ...]):
         self.levels = int(levels)
@@ -274,8 +307,8 @@ class JointGaussianMarginal(Op):
             named["inner_n"], named["distinct_Z"], named["inner_Y"], named["inner_parent"],
             int(named["n_outer"]), named["size_values"], named["size_counts"],
             named["size_index"], named["outer_sizes"], named["distinct_starts"],
-            named["distinct_of"], np.asarray(self.starts), theta, sigma, tau_inner,
-            tau_outer)
+            named["distinct_of"], named["size_order"], named["size_starts"],
+            np.asarray(self.starts), theta, sigma, tau_inner, tau_outer)
         for storage, result, variable in zip(outputs, results, node.outputs, strict=True):
             storage[0] = np.asarray(result, dtype=variable.dtype)
 
@@ -309,11 +342,12 @@ def _numba_joint_marginal(op: JointGaussianMarginal, node=None, **kwargs):
     @numba_njit(fastmath=False)
     def joint_op(theta, sigma, tau_inner, tau_outer, n, ZtZ, ZtY, YtY, inner_n, distinct_Z,
                  inner_Y, parent, n_outer, size_values, size_counts, size_index,
-                 outer_sizes, distinct_starts, distinct_of):
+                 outer_sizes, distinct_starts, distinct_of, size_order, size_starts):
         value, d_theta, d_sigma, d_inner, d_outer = joint_marginal(
             levels, n.item(), ZtZ, ZtY, YtY, inner_n, distinct_Z, inner_Y, parent,
             n_outer.item(), size_values, size_counts, size_index, outer_sizes,
-            distinct_starts, distinct_of, starts, theta, sigma, tau_inner, tau_outer)
+            distinct_starts, distinct_of, size_order, size_starts, starts, theta, sigma,
+            tau_inner, tau_outer)
         return np.asarray(value), d_theta, d_sigma, d_inner, d_outer
 
     return joint_op, KERNEL_VERSION
