@@ -342,18 +342,55 @@ def correlation_cholesky(unconstrained: pt.TensorVariable, size: int,
     return factor, log_density
 
 
+def unconstrained_values(correlation: np.ndarray) -> np.ndarray:
+    """The values `correlation_cholesky` maps to this correlation matrix (its inverse):
+    z_ij = L_ij / sqrt(1 - sum_{k<j} L_ik^2), x = atanh z, row by row below the diagonal."""
+    factor = np.linalg.cholesky(correlation)
+    values = []
+    for i in range(1, len(correlation)):
+        for j in range(i):
+            rest = 1.0 - np.sum(factor[i, :j] ** 2)
+            values.append(np.arctanh(factor[i, j] / np.sqrt(rest)))
+    return np.array(values)
+
+
+def lkj_unconstrained_draws(size: int, rng: np.random.Generator | None = None,
+                            size_draws: tuple | int | None = None, eta: float = LKJ_ETA
+                            ) -> np.ndarray:
+    """Draws from the LKJ(eta) prior on a size x size correlation as the sampler's
+    unconstrained values: PyMC's LKJ sampler, then `unconstrained_values`. For the prior
+    predictive and for shape inference (pm.model_to_graphviz evaluates shapes by drawing)."""
+    rows, columns = np.triu_indices(size, 1)
+    count = int(np.prod(size_draws)) if size_draws not in (None, ()) else 1
+    packed = np.atleast_2d(pm.draw(pm.LKJCorr.dist(n=size, eta=eta), draws=count,
+                                   random_seed=rng))
+    values = np.empty((count, len(rows)))
+    for draw, upper in enumerate(packed):
+        correlation = np.eye(size)
+        correlation[rows, columns] = correlation[columns, rows] = upper
+        values[draw] = unconstrained_values(correlation)
+    shape = () if size_draws in (None, ()) else tuple(np.atleast_1d(size_draws))
+    return values.reshape((*shape, len(rows)))
+
+
 def add_error_covariance(equations: tuple[str, ...],
                          sigmas: list[pt.TensorVariable]) -> pt.TensorVariable:
     """The errors' covariance for the model in context: an LKJ prior on their correlation
     (sampled as unconstrained values, `error_cholesky`), each equation's own sigma, the
     correlations saved per pair (dim `error_pair`). Returns the Cholesky factor of Sigma."""
     K = len(equations)
-    unconstrained = pm.Flat(names.ERROR_CHOLESKY, shape=K * (K - 1) // 2)
-    factor, log_density = correlation_cholesky(unconstrained, K)
-    pm.Potential("error_correlation_prior", log_density)
+    # the zeros only carry the support's length (m) to PyTensor's shape inference
+    unconstrained = pm.CustomDist(
+        names.ERROR_CHOLESKY, np.zeros(K * (K - 1) // 2),
+        logp=lambda value, _: correlation_cholesky(value, K)[1],
+        random=lambda _, rng=None, size=None: lkj_unconstrained_draws(K, rng, size),
+        signature="(m)->(m)")
+    factor, _ = correlation_cholesky(unconstrained, K)
     rows, columns = np.triu_indices(K, 1)
     correlation = factor @ factor.T
-    pm.Deterministic(names.ERROR_CORRELATION, correlation[rows, columns],
+    # a static shape: shape inference (pm.model_to_graphviz) must not evaluate the Flat
+    pm.Deterministic(names.ERROR_CORRELATION,
+                     pt.specify_shape(correlation[rows, columns], (len(rows),)),
                      dims=names.ERROR_PAIR_DIM)
     return pt.stack(sigmas)[:, None] * factor
 
