@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import math
 
+import llvmlite.binding as llvm
 import numba
 import numpy as np
 import pytensor.tensor as pt
+from numba import types
 from pytensor.gradient import DisconnectedType
 from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
@@ -329,8 +331,56 @@ class JointGaussianMarginal(Op):
                 *(DisconnectedType()() for _ in self.STATISTICS)]
 
 
-# bump when the kernel's arithmetic changes, so PyTensor's numba cache drops old code
-KERNEL_VERSION = 1
+# bump when the kernel's arithmetic changes, so PyTensor's numba cache drops old code (the
+# C entry's symbol carries the version too, so no cached caller can reach an older kernel)
+KERNEL_VERSION = 2
+SYMBOL = f"fundgap_joint_marginal_v{KERNEL_VERSION}"
+
+_f8p, _i8p, _i8, _f8 = (types.CPointer(types.float64), types.CPointer(types.int64),
+                        types.int64, types.float64)
+# sizes P, K, counties, distinct columns, sizes, outer levels, distinct blocks, levels; n;
+# the statistics; starts, theta, sigma, tau_inner, tau_outer; then the outputs: value,
+# d_theta, d_sigma, d_inner, d_outer
+_C_SIGNATURE = types.void(_i8, _i8, _i8, _i8, _i8, _i8, _i8, _i8, _f8,
+                          _f8p, _f8p, _f8p, _f8p, _f8p, _f8p, _i8p, _f8p, _f8p, _i8p, _f8p,
+                          _i8p, _i8p, _i8p, _i8p,
+                          _i8p, _f8p, _f8p, _f8p, _f8p,
+                          _f8p, _f8p, _f8p, _f8p, _f8p)
+
+
+@numba.cfunc(_C_SIGNATURE, cache=True)
+def _joint_c(P, K, C, columns, sizes, n_outer, blocks, levels, n,
+             ZtZ, ZtY, YtY, inner_n, inner_Z, inner_Y, parent, size_values, size_counts,
+             size_index, outer_sizes, distinct_starts, distinct_of, size_order, size_starts,
+             starts, theta, sigma, tau_inner, tau_outer,
+             value, d_theta, d_sigma, d_inner, d_outer):
+    """`joint_marginal` behind a C interface (pointers and sizes; the outputs written in
+    place), so the compiled operation calls it by symbol instead of compiling it again."""
+    results = joint_marginal(
+        levels, n, numba.carray(ZtZ, (P, P)), numba.carray(ZtY, (P, K)),
+        numba.carray(YtY, (K, K)), numba.carray(inner_n, C),
+        numba.carray(inner_Z, (C, columns)), numba.carray(inner_Y, (C, K)),
+        numba.carray(parent, C if levels == 2 else 0), n_outer,
+        numba.carray(size_values, sizes), numba.carray(size_counts, sizes),
+        numba.carray(size_index, C), numba.carray(outer_sizes, (n_outer, sizes)),
+        numba.carray(distinct_starts, blocks + 1), numba.carray(distinct_of, K),
+        numba.carray(size_order, C), numba.carray(size_starts, sizes + 1),
+        numba.carray(starts, K + 1), numba.carray(theta, P), numba.carray(sigma, (K, K)),
+        numba.carray(tau_inner, K), numba.carray(tau_outer, K))
+    value[0] = results[0]
+    numba.carray(d_theta, P)[:] = results[1]
+    numba.carray(d_sigma, (K, K))[:, :] = results[2]
+    numba.carray(d_inner, K)[:] = results[3]
+    numba.carray(d_outer, K)[:] = results[4]
+
+
+# numba links a called function's code into its caller and optimises it again there: called
+# directly, the kernel would be compiled anew into every PyTensor wrapper (each spec and
+# each of its robustness variants; fundgap.laplace_kernel does the same, for the same
+# reason). Called by a symbol this process maps to the cached C entry, it is compiled once
+# per machine.
+llvm.add_symbol(SYMBOL, _joint_c.address)
+_joint_external = types.ExternalFunction(SYMBOL, _C_SIGNATURE)
 
 
 @register_funcify_default_op_cache_key(JointGaussianMarginal)
@@ -338,16 +388,38 @@ def _numba_joint_marginal(op: JointGaussianMarginal, node=None, **kwargs):
     levels, starts = op.levels, np.asarray(op.starts, dtype=np.int64)
 
     # without fast-math, as fundgap.marginal_kernel's wrapper: the same arithmetic whether
-    # numba compiled the kernel into this wrapper or loaded it from its cache
+    # numba compiled the kernel or loaded it from its cache
     @numba_njit(fastmath=False)
     def joint_op(theta, sigma, tau_inner, tau_outer, n, ZtZ, ZtY, YtY, inner_n, distinct_Z,
                  inner_Y, parent, n_outer, size_values, size_counts, size_index,
                  outer_sizes, distinct_starts, distinct_of, size_order, size_starts):
-        value, d_theta, d_sigma, d_inner, d_outer = joint_marginal(
-            levels, n.item(), ZtZ, ZtY, YtY, inner_n, distinct_Z, inner_Y, parent,
-            n_outer.item(), size_values, size_counts, size_index, outer_sizes,
-            distinct_starts, distinct_of, size_order, size_starts, starts, theta, sigma,
-            tau_inner, tau_outer)
-        return np.asarray(value), d_theta, d_sigma, d_inner, d_outer
+        ZtZ, ZtY, YtY = (np.ascontiguousarray(ZtZ), np.ascontiguousarray(ZtY),
+                         np.ascontiguousarray(YtY))
+        inner_n, distinct_Z = np.ascontiguousarray(inner_n), np.ascontiguousarray(distinct_Z)
+        inner_Y, parent = np.ascontiguousarray(inner_Y), np.ascontiguousarray(parent)
+        size_values = np.ascontiguousarray(size_values)
+        size_counts = np.ascontiguousarray(size_counts)
+        size_index = np.ascontiguousarray(size_index)
+        outer_sizes = np.ascontiguousarray(outer_sizes)
+        distinct_starts = np.ascontiguousarray(distinct_starts)
+        distinct_of = np.ascontiguousarray(distinct_of)
+        size_order = np.ascontiguousarray(size_order)
+        size_starts = np.ascontiguousarray(size_starts)
+        theta, sigma = np.ascontiguousarray(theta), np.ascontiguousarray(sigma)
+        tau_inner = np.ascontiguousarray(tau_inner)
+        tau_outer = np.ascontiguousarray(tau_outer)
+        P, K = ZtY.shape
+        value, d_theta, d_sigma = np.empty(1), np.empty(P), np.empty((K, K))
+        d_inner, d_outer = np.empty(K), np.empty(K)
+        _joint_external(P, K, inner_n.shape[0], distinct_Z.shape[1], size_values.shape[0],
+                        n_outer.item(), distinct_starts.shape[0] - 1, levels, n.item(),
+                        ZtZ.ctypes, ZtY.ctypes, YtY.ctypes, inner_n.ctypes,
+                        distinct_Z.ctypes, inner_Y.ctypes, parent.ctypes,
+                        size_values.ctypes, size_counts.ctypes, size_index.ctypes,
+                        outer_sizes.ctypes, distinct_starts.ctypes, distinct_of.ctypes,
+                        size_order.ctypes, size_starts.ctypes, starts.ctypes, theta.ctypes,
+                        sigma.ctypes, tau_inner.ctypes, tau_outer.ctypes, value.ctypes,
+                        d_theta.ctypes, d_sigma.ctypes, d_inner.ctypes, d_outer.ctypes)
+        return np.asarray(value[0]), d_theta, d_sigma, d_inner, d_outer
 
     return joint_op, KERNEL_VERSION
