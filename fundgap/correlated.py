@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 import pymc as pm
 import pytensor.tensor as pt
+from scipy import sparse
 
 from fundgap import names
 from fundgap.correlated_kernel import JointGaussianMarginal
@@ -464,6 +465,12 @@ def draw_intercepts(design: Design, equations: tuple[str, ...], thetas: list[np.
     K, C = len(equations), len(stats.inner_n)
     out = {name: {} for name in equations}
     inner_parts, outer_parts = [], []
+    # every county-level matrix depends on the county's size only: computed per size, and
+    # applied to the counties of that size
+    by_size = [stats.size_order[stats.size_starts[s]:stats.size_starts[s + 1]]
+               for s in range(len(stats.size_values))]
+    membership = sparse.csr_matrix((np.ones(C), (stats.inner_parent, np.arange(C))),
+                                   shape=(stats.n_outer, C)) if len(groups) == 2 else None
     for begin in range(0, len(covariance), DRAW_CHUNK):
         chunk = slice(begin, begin + DRAW_CHUNK)
         sigma = covariance[chunk]
@@ -472,30 +479,38 @@ def draw_intercepts(design: Design, equations: tuple[str, ...], thetas: list[np.
         for k in range(K):
             coefficients[:, starts[k]:starts[k + 1], k] = thetas[k][chunk]
         sums = stats.inner_Y[None] - np.einsum("cp,dpk->dck", stats.inner_Z, coefficients)
-        inner_var = tau_inner[chunk] ** 2                                     # (d, K)
-        per_size = (sigma[:, None] + stats.size_values[None, :, None, None]
-                    * _diagonal(inner_var)[:, None])                       # (d, S, K, K)
-        precision_size = np.linalg.inv(per_size)
-        precision = precision_size[:, stats.size_index]                    # (d, C, K, K)
-        n = stats.inner_n[None, :, None]
+        t = _diagonal(tau_inner[chunk] ** 2)                                  # (d, K, K)
+        per_size = sigma[:, None] + stats.size_values[None, :, None, None] * t[:, None]
+        precision_size = np.linalg.inv(per_size)                           # H_s, (d, S, K, K)
         if len(groups) == 2:
+            weighted = np.empty_like(sums)                                 # H_c s_c
+            for s, rows in enumerate(by_size):
+                weighted[:, rows] = np.einsum("dkl,dcl->dck", precision_size[:, s],
+                                              sums[:, rows])
             outer_m = np.einsum("os,dskl->dokl", stats.outer_sizes,
                                 stats.size_values[None, :, None, None] * precision_size)
-            weighted = np.einsum("dckl,dcl->dck", precision, sums)
-            outer_b = np.zeros((draws, stats.n_outer, K))
-            np.add.at(outer_b, (slice(None), stats.inner_parent), weighted)
+            outer_b = (membership @ weighted.transpose(1, 0, 2).reshape(C, -1)).reshape(
+                stats.n_outer, draws, K).transpose(1, 0, 2)
             d = np.abs(tau_outer[chunk])[:, None, :]                          # (d, 1, K)
-            block = np.eye(K) + d[..., :, None] * outer_m * d[..., None, :]
-            block_inverse = np.linalg.inv(block)
-            mean = d * np.einsum("dokl,dol->dok", block_inverse, d * outer_b)
-            spread = d[..., :, None] * block_inverse * d[..., None, :]
-            outer = mean + _correlated_normal(spread, rng)
+            block = np.eye(K) + d[..., :, None] * outer_m * d[..., None, :]   # B_p
+            # v_p = D B^-1 D b + D L^-T z, with B = L L' (B is well conditioned even where
+            # an sd is near zero, D B^-1 D is not)
+            factor = np.linalg.cholesky(block)
+            mean = d * np.linalg.solve(block, (d * outer_b)[..., None])[..., 0]
+            noise = rng.standard_normal(outer_b.shape)[..., None]
+            outer = mean + d * np.linalg.solve(np.swapaxes(factor, -1, -2), noise)[..., 0]
             outer_parts.append(outer)
-            sums = sums - n * outer[:, stats.inner_parent]
-        t = _diagonal(inner_var)[:, None]                                     # (d, 1, K, K)
-        mean = np.einsum("dckl,dcl->dck", t @ precision, sums)
-        spread = t - n[..., None] * (t @ precision @ t)
-        inner_parts.append(mean + _correlated_normal(spread, rng))
+            sums = sums - stats.inner_n[None, :, None] * outer[:, stats.inner_parent]
+        # u_c | v, y ~ N(T H_c (s_c - n_c v_p), T - n_c T H_c T), per size
+        gain = t[:, None] @ precision_size                                  # T H_s
+        spread = t[:, None] - stats.size_values[None, :, None, None] * (gain @ t[:, None])
+        root = _symmetric_root(spread)
+        noise = rng.standard_normal(sums.shape)
+        drawn = np.empty_like(sums)
+        for s, rows in enumerate(by_size):
+            drawn[:, rows] = (np.einsum("dkl,dcl->dck", gain[:, s], sums[:, rows])
+                              + np.einsum("dkl,dcl->dck", root[:, s], noise[:, rows]))
+        inner_parts.append(drawn)
     inner = np.concatenate(inner_parts) if C else None
     for k, name in enumerate(equations):
         out[name][GROUP_DIMS[groups[-1]]] = inner[..., k]
@@ -522,10 +537,8 @@ def _diagonal(values: np.ndarray) -> np.ndarray:
     return values[..., :, None] * np.eye(values.shape[-1])
 
 
-def _correlated_normal(covariance: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One normal draw per (..., K, K) covariance: by its symmetric square root, which
-    exists where an sd is zero and the covariance singular (a Cholesky factor does not)."""
+def _symmetric_root(covariance: np.ndarray) -> np.ndarray:
+    """A square root of each (..., K, K) covariance (its symmetric one, which exists where an
+    sd is zero and the covariance singular, where a Cholesky factor does not)."""
     values, vectors = np.linalg.eigh(covariance)
-    root = vectors * np.sqrt(np.clip(values, 0.0, None))[..., None, :]
-    noise = rng.standard_normal(covariance.shape[:-1])
-    return np.einsum("...kl,...l->...k", root, noise)
+    return vectors * np.sqrt(np.clip(values, 0.0, None))[..., None, :]
