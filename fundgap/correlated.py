@@ -109,7 +109,8 @@ def offsets(design: Design, equations: tuple[str, ...]) -> np.ndarray:
 def joint_statistics(design: Design, equations: tuple[str, ...]) -> JointStatistics:
     """The stacked cross-products and per-level sums of `equations` (one pass over the rows;
     a design reduced in chunks by fundgap.reduce already holds them)."""
-    if design.reduced:
+    block = tuple(equations) == design.spec.correlated_errors
+    if block and design.joint_statistics is not None:   # reduced in chunks, or computed before
         return design.joint_statistics
     Z = np.column_stack([standardised_design(design.equations[name]) for name in equations])
     Y = np.column_stack([design.equations[name].y for name in equations])
@@ -125,10 +126,14 @@ def joint_statistics(design: Design, equations: tuple[str, ...]) -> JointStatist
         np.add.at(inner_Y, index, Y)
     inner_n = np.bincount(index, minlength=levels).astype(float) if groups else np.zeros(0)
     nested = len(groups) == 2
-    return from_sums(len(Y), Z.T @ Z, Z.T @ Y, Y.T @ Y, inner_n, inner_Z, inner_Y,
-                     design.parent(groups[-1], groups[0]) if nested else np.zeros(0, int),
-                     len(design.levels[groups[0]]) if nested else 0,
-                     offsets(design, equations))
+    # kept on the design: the model, the intercept draws and fit.json's OLS figure read them
+    stats = from_sums(
+        len(Y), Z.T @ Z, Z.T @ Y, Y.T @ Y, inner_n, inner_Z, inner_Y,
+        design.parent(groups[-1], groups[0]) if nested else np.zeros(0, int),
+        len(design.levels[groups[0]]) if nested else 0, offsets(design, equations))
+    if block:
+        design.joint_statistics = stats
+    return stats
 
 
 def from_sums(n: int, ZtZ: np.ndarray, ZtY: np.ndarray, YtY: np.ndarray,

@@ -95,7 +95,8 @@ class Design:
     # design then keeps no rows (`table` holds one row per group and moderator level)
     statistics: dict | None = None
     n_rows: int | None = None
-    # and the correlated errors' joint statistics (fundgap.correlated.JointStatistics)
+    # the correlated errors' joint statistics (fundgap.correlated.JointStatistics): set by
+    # fundgap.reduce, or on first use from the rows
     joint_statistics: object | None = None
 
     @property
