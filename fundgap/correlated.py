@@ -468,32 +468,37 @@ def draw_intercepts(design: Design, equations: tuple[str, ...], thetas: list[np.
     starts = offsets(design, equations)
     groups = design.equations[equations[0]].groups
     K, C = len(equations), len(stats.inner_n)
-    out = {name: {} for name in equations}
-    inner_parts, outer_parts = [], []
-    # every county-level matrix depends on the county's size only: computed per size, and
-    # applied to the counties of that size
-    by_size = [stats.size_order[stats.size_starts[s]:stats.size_starts[s + 1]]
+    # every county-level matrix depends on the county's size only: the counties are taken
+    # in order of size, so each size's are one slice, and put back in order at the end
+    order = stats.size_order
+    by_size = [slice(stats.size_starts[s], stats.size_starts[s + 1])
                for s in range(len(stats.size_values))]
-    membership = sparse.csr_matrix((np.ones(C), (stats.inner_parent, np.arange(C))),
-                                   shape=(stats.n_outer, C)) if len(groups) == 2 else None
+    design_rows, responses = stats.inner_Z[order], stats.inner_Y[order]
+    nested = len(groups) == 2
+    if nested:
+        sizes, parent = stats.inner_n[order], stats.inner_parent[order]
+        membership = sparse.csr_matrix((np.ones(C), (parent, np.arange(C))),
+                                       shape=(stats.n_outer, C))
+    inner = np.empty((len(covariance), C, K))
+    outer = np.empty((len(covariance), stats.n_outer, K)) if nested else None
     for begin in range(0, len(covariance), DRAW_CHUNK):
         chunk = slice(begin, begin + DRAW_CHUNK)
         sigma = covariance[chunk]
         draws = len(sigma)
-        coefficients = np.zeros((draws, int(starts[-1]), K))
-        for k in range(K):
-            coefficients[:, starts[k]:starts[k + 1], k] = thetas[k][chunk]
-        sums = stats.inner_Y[None] - np.einsum("cp,dpk->dck", stats.inner_Z, coefficients)
+        # each equation's block of the stacked design times its own coefficients
+        sums = responses[None] - np.stack(
+            [thetas[k][chunk] @ design_rows[:, starts[k]:starts[k + 1]].T for k in range(K)],
+            axis=-1)                                                          # (d, C, K)
         t = _diagonal(tau_inner[chunk] ** 2)                                  # (d, K, K)
         per_size = sigma[:, None] + stats.size_values[None, :, None, None] * t[:, None]
         precision_size = np.linalg.inv(per_size)                           # H_s, (d, S, K, K)
-        if len(groups) == 2:
+        if nested:
             weighted = np.empty_like(sums)                                 # H_c s_c
             for s, rows in enumerate(by_size):
-                weighted[:, rows] = np.einsum("dkl,dcl->dck", precision_size[:, s],
-                                              sums[:, rows])
-            outer_m = np.einsum("os,dskl->dokl", stats.outer_sizes,
-                                stats.size_values[None, :, None, None] * precision_size)
+                weighted[:, rows] = sums[:, rows] @ _transposed(precision_size[:, s])
+            outer_m = np.tensordot(stats.outer_sizes,
+                                   stats.size_values[None, :, None, None] * precision_size,
+                                   axes=([1], [1])).transpose(1, 0, 2, 3)
             outer_b = (membership @ weighted.transpose(1, 0, 2).reshape(C, -1)).reshape(
                 stats.n_outer, draws, K).transpose(1, 0, 2)
             d = np.abs(tau_outer[chunk])[:, None, :]                          # (d, 1, K)
@@ -503,24 +508,22 @@ def draw_intercepts(design: Design, equations: tuple[str, ...], thetas: list[np.
             factor = np.linalg.cholesky(block)
             mean = d * np.linalg.solve(block, (d * outer_b)[..., None])[..., 0]
             noise = rng.standard_normal(outer_b.shape)[..., None]
-            outer = mean + d * np.linalg.solve(np.swapaxes(factor, -1, -2), noise)[..., 0]
-            outer_parts.append(outer)
-            sums = sums - stats.inner_n[None, :, None] * outer[:, stats.inner_parent]
+            outer[chunk] = mean + d * np.linalg.solve(np.swapaxes(factor, -1, -2), noise)[..., 0]
+            sums -= sizes[None, :, None] * outer[chunk][:, parent]
         # u_c | v, y ~ N(T H_c (s_c - n_c v_p), T - n_c T H_c T), per size
         gain = t[:, None] @ precision_size                                  # T H_s
         spread = t[:, None] - stats.size_values[None, :, None, None] * (gain @ t[:, None])
         root = _symmetric_root(spread)
         noise = rng.standard_normal(sums.shape)
-        drawn = np.empty_like(sums)
         for s, rows in enumerate(by_size):
-            drawn[:, rows] = (np.einsum("dkl,dcl->dck", gain[:, s], sums[:, rows])
-                              + np.einsum("dkl,dcl->dck", root[:, s], noise[:, rows]))
-        inner_parts.append(drawn)
-    inner = np.concatenate(inner_parts) if C else None
+            inner[chunk, rows] = (sums[:, rows] @ _transposed(gain[:, s])
+                                  + noise[:, rows] @ _transposed(root[:, s]))
+    inner[:, order] = inner.copy()          # back from size order to the levels' order
+    out = {}
     for k, name in enumerate(equations):
-        out[name][GROUP_DIMS[groups[-1]]] = inner[..., k]
-        if outer_parts:
-            out[name][GROUP_DIMS[groups[0]]] = np.concatenate(outer_parts)[..., k]
+        out[name] = {GROUP_DIMS[groups[-1]]: np.ascontiguousarray(inner[..., k])}
+        if outer is not None:
+            out[name][GROUP_DIMS[groups[0]]] = np.ascontiguousarray(outer[..., k])
     return out
 
 
@@ -535,6 +538,11 @@ def error_covariance(posterior, equations: tuple[str, ...]) -> np.ndarray:
     correlation[:, rows, columns] = pairs
     correlation[:, columns, rows] = pairs
     return sds[:, :, None] * correlation * sds[:, None, :]
+
+
+def _transposed(matrices: np.ndarray) -> np.ndarray:
+    """(..., K, L) -> (..., L, K): x @ _transposed(A) applies A to each row vector of x."""
+    return np.swapaxes(matrices, -1, -2)
 
 
 def _diagonal(values: np.ndarray) -> np.ndarray:

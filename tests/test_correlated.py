@@ -21,7 +21,7 @@ from fundgap.correlated import (
     joint_statistics,
     offsets,
 )
-from fundgap.design import build_design
+from fundgap.design import GROUP_DIMS, build_design
 from fundgap.errors import SpecError
 from fundgap.marginal import marginal_loglik, standardised_design, sufficient_statistics
 from fundgap.spec import parse_spec
@@ -146,35 +146,42 @@ def test_the_cholesky_construction_has_the_lkj_density(size: int) -> None:
     assert np.ptp(offsets_seen) < 1e-6
 
 
-def test_intercepts_are_drawn_from_their_exact_joint_conditional() -> None:
+@pytest.mark.parametrize("levels", LEVELS[:3])
+def test_intercepts_are_drawn_from_their_exact_joint_conditional(levels: str) -> None:
     """Given fixed parameters, the draws' mean and covariance match the dense Gaussian
     conditional of every equation's county and prefecture intercepts given the responses."""
-    design = tiny_design("(1|prefecture) + (1|county)", n=40, seed=3)
+    design = tiny_design(levels, n=40, seed=3)
+    groups = design.equations["m1"].groups
     thetas, sigma = random_point(design, seed=4)
-    tau_inner, tau_outer = np.array([0.5, 0.3, 0.8]), np.array([0.6, 0.4, 0.2])
+    sds = {groups[-1]: np.array([0.5, 0.3, 0.8])}
+    if len(groups) == 2:
+        sds[groups[0]] = np.array([0.6, 0.4, 0.2])
     draws = 20_000
     drawn = draw_intercepts(design, MEDIATORS, [np.tile(t, (draws, 1)) for t in thetas],
-                            np.tile(sigma, (draws, 1, 1)), np.tile(tau_inner, (draws, 1)),
-                            np.tile(tau_outer, (draws, 1)), np.random.default_rng(5))
-    # dense: latent (u_county, v_prefecture) per equation, y = mean + A latent + e
+                            np.tile(sigma, (draws, 1, 1)),
+                            np.tile(sds[groups[-1]], (draws, 1)),
+                            np.tile(sds[groups[0]], (draws, 1)) if len(groups) == 2 else None,
+                            np.random.default_rng(5))
+    # dense: latent intercepts (each group's, per equation), y = mean + A latent + e
     n = design.rows
-    county, prefecture = design.index["county_code"], design.index["prefecture_code"]
-    C, P = county.max() + 1, prefecture.max() + 1
-    loading = np.zeros((3 * n, 3 * (C + P)))
-    prior = np.zeros(3 * (C + P))
+    codes = [design.index[group] for group in groups]
+    sizes = [int(code.max()) + 1 for code in codes]
+    width = sum(sizes)
+    loading = np.zeros((3 * n, 3 * width))
+    prior = np.zeros(3 * width)
     for k in range(3):
-        rows, first = np.arange(k * n, (k + 1) * n), k * (C + P)
-        loading[rows, first + county] = 1.0
-        loading[rows, first + C + prefecture] = 1.0
-        prior[first:first + C] = tau_inner[k] ** 2
-        prior[first + C:first + C + P] = tau_outer[k] ** 2
+        rows, first = np.arange(k * n, (k + 1) * n), k * width
+        for group, code, size in zip(groups, codes, sizes, strict=True):
+            loading[rows, first + code] = 1.0
+            prior[first:first + size] = sds[group][k] ** 2
+            first += size
     residual = np.concatenate([design.equations[m].y - standardised_design(
         design.equations[m]) @ t for m, t in zip(MEDIATORS, thetas, strict=True)])
     noise_precision = np.kron(np.linalg.inv(sigma), np.eye(n))
     precision = np.diag(1 / prior) + loading.T @ noise_precision @ loading
     covariance = np.linalg.inv(precision)
     mean = covariance @ loading.T @ noise_precision @ residual
-    ours = np.concatenate([np.column_stack([drawn[m]["county"], drawn[m]["prefecture"]])
+    ours = np.concatenate([np.column_stack([drawn[m][GROUP_DIMS[group]] for group in groups])
                            for m in MEDIATORS], axis=1)
     se = np.sqrt(np.diag(covariance) / draws)
     assert np.max(np.abs(ours.mean(axis=0) - mean) / se) < 5
