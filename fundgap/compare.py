@@ -22,6 +22,7 @@ from fundgap.fitfolder import SavedFit, load_fit, record_file
 from fundgap.frequentist_tables import Z95, FrequentistResult, stars
 from fundgap.published import published_tables
 from fundgap.render import to_html, to_markdown
+from fundgap.spec import ModelSpec
 from fundgap.store import frame_fingerprint, package_versions
 
 FIT_STATISTICS = ("adj_r2", "pseudo_r2")
@@ -246,6 +247,35 @@ def comparison_frame(result: FrequentistResult, posterior: SavedFit | None = Non
                               ignore_index=True)
     frame["posterior_passed"] = (posterior.passed if posterior is not None else np.nan)
     frame["published_outside_frequentist"] = _outside(frame, "frequentist")
+    frame["published_outside_posterior"] = _outside(frame, "posterior")
+    return frame
+
+
+def with_variant_posteriors(comparison: pd.DataFrame, spec: ModelSpec,
+                            variants: pd.DataFrame) -> pd.DataFrame:
+    """`comparison` with the posterior columns of each table model that names a
+    [robustness] exposure variant (`TableModel.variant`) taken from that variant's row of
+    robustness.csv (`variants`): its exposure's coefficient, R-hat and ESS, and whether it
+    passed (a failed variant's numbers are left out, as a failed fit's are)."""
+    if comparison.empty or variants.empty:
+        return comparison
+    frame = comparison.copy()
+    frame["posterior_passed"] = frame["posterior_passed"].astype(object)  # per row here
+    by_name = variants.set_index("variant")
+    for model in spec.tables:
+        if model.variant is None or model.variant not in by_name.index:
+            continue
+        fitted = by_name.loc[model.variant]
+        term = model.rename.get(fitted["exposure"], fitted["exposure"])
+        rows = ((frame["table"] == model.table) & (frame["model"] == model.model)
+                & (frame["term"] == term))
+        frame.loc[rows, "posterior_passed"] = bool(fitted["passed"])
+        for column, source in (("posterior_mean", "exposure_coefficient_mean"),
+                               ("posterior_ci_lower", "exposure_coefficient_ci_lower"),
+                               ("posterior_ci_upper", "exposure_coefficient_ci_upper"),
+                               ("posterior_r_hat", "max_r_hat"),
+                               ("posterior_ess_bulk", "min_ess_bulk")):
+            frame.loc[rows, column] = fitted[source]
     frame["published_outside_posterior"] = _outside(frame, "posterior")
     return frame
 

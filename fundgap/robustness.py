@@ -9,7 +9,9 @@ be read side by side:
 - all campaigns, county-in-prefecture intercepts (the spec as written);
 - the study's subsets: counties seen at least twice / three times;
 - pooling variants on all campaigns: prefecture intercepts only, county only, none;
-- the spec without a control that is post-treatment for the mediators (`recommended`).
+- the spec without a control that is post-treatment for the mediators (`recommended`);
+- the spec with another exposure in its place, as its [robustness] `exposures` name them
+  (Table 7's models 2-5: each of the development factor's four indicators instead of it).
 
 LOO compares the pooling variants on the outcome equation three ways (thinned draws): a
 campaign held out, conditional on the drawn intercepts (counties seen once can give high
@@ -62,6 +64,15 @@ def _without_term(formula: str, column: str) -> str:
     return f"{response.strip()} ~ {' + '.join(kept) or '1'}"
 
 
+def exposures(spec: ModelSpec) -> dict[str, str]:
+    """The spec's exposure variants, {variant name: the column in the exposure's place}."""
+    return dict((spec.robustness or {}).get("exposures", {}))
+
+
+def _with_exposure(formula: str, exposure: str, column: str) -> str:
+    return re.sub(rf"\b{re.escape(exposure)}\b", column, formula)
+
+
 def applies(spec: ModelSpec, name: str) -> bool:
     """Whether a dropped-control variant changes the spec (it uses the control, and not as
     its exposure or moderator)."""
@@ -71,8 +82,18 @@ def applies(spec: ModelSpec, name: str) -> bool:
 
 
 def variant(spec: ModelSpec, name: str) -> ModelSpec:
-    """The spec restricted to a study subset, with other random intercepts, or without a
-    control."""
+    """The spec restricted to a study subset, with other random intercepts, without a
+    control, or with another exposure."""
+    if name in exposures(spec):
+        column, exposure = exposures(spec)[name], spec.exposure
+        equations = {key: dataclasses.replace(
+            equation, formula=_with_exposure(equation.formula, exposure, column),
+            fixed_formula=_with_exposure(equation.fixed_formula, exposure, column),
+            variables=tuple(sorted({column if v == exposure else v
+                                    for v in equation.variables})))
+            for key, equation in spec.equations.items()}
+        return dataclasses.replace(spec, name=f"{spec.name}.{name}", exposure=column,
+                                   equations=equations)
     if name in DROPPED_CONTROLS:
         column = DROPPED_CONTROLS[name]
         equations = {key: dataclasses.replace(
@@ -112,13 +133,23 @@ def _row(name: str, fit: FitResult | SavedReference) -> dict:
     for effect in ("direct", "total"):
         values = _interval(fit.effects, effect=effect, mediator="")
         row.update({f"{effect}_{key}": value for key, value in values.items()})
+    # the exposure's coefficient in the outcome equation (on its link scale, as the
+    # published tables give it)
+    row["exposure"] = spec.exposure
+    row.update(_parameter(summary, f"{names.coefficients(spec.outcome)}[{spec.exposure}]",
+                          "exposure_coefficient"))
     for level in ("county", "prefecture"):
-        parameter = names.group_sd(level, spec.outcome)
-        present = parameter in summary.index
-        row[f"{level}_sd_mean"] = summary.loc[parameter, "mean"] if present else None
-        row[f"{level}_sd_ci_lower"] = summary.loc[parameter, "hdi_2.5%"] if present else None
-        row[f"{level}_sd_ci_upper"] = summary.loc[parameter, "hdi_97.5%"] if present else None
+        row.update(_parameter(summary, names.group_sd(level, spec.outcome), f"{level}_sd"))
     return row
+
+
+def _parameter(summary: pd.DataFrame, parameter: str, prefix: str) -> dict:
+    """A summary.csv parameter's mean and 95% HDI as {prefix}_mean, _ci_lower, _ci_upper
+    (None where the variant has no such parameter)."""
+    present = parameter in summary.index
+    return {f"{prefix}_{key}": summary.loc[parameter, column] if present else None
+            for key, column in (("mean", "mean"), ("ci_lower", "hdi_2.5%"),
+                                ("ci_upper", "hdi_97.5%"))}
 
 
 def loo_comparison(fits: dict[str, FitResult | SavedReference], outcome: str) -> pd.DataFrame:
@@ -142,17 +173,19 @@ def loo_comparison(fits: dict[str, FitResult | SavedReference], outcome: str) ->
 
 
 def variant_names(spec: ModelSpec) -> list[str]:
-    """The variants to fit: the spec's [robustness] `variants` (default all), less a
-    dropped control the spec does not use."""
-    chosen = (spec.robustness or {}).get("variants", VARIANTS)
-    return [name for name in VARIANTS if name in chosen
+    """The variants to fit: the spec's [robustness] `variants` (default all, its exposure
+    variants included), less a dropped control the spec does not use."""
+    every = (*VARIANTS, *exposures(spec))
+    chosen = (spec.robustness or {}).get("variants", every)
+    return [name for name in every if name in chosen
             and (name not in DROPPED_CONTROLS or applies(spec, name))]
 
 
 def robustness_settings(spec: ModelSpec, **overrides: object) -> FitSettings:
     """The variants' fit settings: the defaults, the spec's [sampler], its [robustness]
     sampler settings, then `overrides` that are not None (the command line's)."""
-    own = {k: v for k, v in (spec.robustness or {}).items() if k != "variants"}
+    own = {k: v for k, v in (spec.robustness or {}).items()
+           if k not in ("variants", "exposures")}
     return settings_for(spec, **{**own, **{k: v for k, v in overrides.items()
                                            if v is not None}})
 

@@ -31,7 +31,7 @@ KNOWN_KEYS = {"name", "description", "exposure", "outcome", "mediators", "terms"
 # Sampler settings a spec may set as its own defaults (the command line still overrides).
 SAMPLER_KEYS = ("draws", "tune", "chains", "target_accept", "form")
 TABLE_MODEL_KEYS = {"table", "model", "formula", "equation", "filter", "family", "cluster",
-                    "rename", "posterior_effect"}
+                    "rename", "posterior_effect", "variant"}
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,9 @@ class TableModel:
     # the effects.csv row (effect, mediator, moderator level) that is the Bayesian
     # counterpart of the exposure's coefficient, e.g. {effect = "total", channel = "mixed"}
     posterior_effect: dict[str, str] = field(default_factory=dict)
+    # the [robustness] exposure variant whose fit is this model's Bayesian counterpart (its
+    # exposure's coefficient), e.g. Table 7's model 2 -> "m2"
+    variant: str | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,7 @@ class ModelSpec:
         names = list(self.variables)
         for model in self.tables:
             names.extend([model.response, *model.variables, model.cluster])
+        names.extend((self.robustness or {}).get("exposures", {}).values())
         return tuple(dict.fromkeys(names))
 
     @property
@@ -269,7 +273,8 @@ def _parse_tables(raw: object, terms: dict[str, str], equations: dict[str, Equat
             filter=body.get("filter", spec_filter),
             cluster=GROUPS.get(cluster, cluster), rename=dict(body.get("rename", {})),
             equation=equation, posterior_effect={str(k): str(v) for k, v in
-                                                 body.get("posterior_effect", {}).items()}))
+                                                 body.get("posterior_effect", {}).items()},
+            variant=str(body["variant"]) if "variant" in body else None))
     keys = [(m.table, m.model) for m in models]
     errors.extend(f"frequentist.ols: {t}.{m} is declared twice"
                   for t, m in sorted({k for k in keys if keys.count(k) > 1}))
@@ -344,7 +349,11 @@ def parse_spec(text: str, source: str = "<spec>",
     errors += _sampler_errors("sampler", sampler)
     robustness = raw.get("robustness")
     if robustness is not None:
-        errors += _robustness_errors(robustness)
+        errors += _robustness_errors(robustness, exposure, known)
+    declared = (robustness or {}).get("exposures", {}) if isinstance(robustness, dict) else {}
+    errors += [f"frequentist.ols: {m.table}.{m.model}.variant: {m.variant!r} is not one of "
+               "the spec's [robustness] exposures" for m in tables
+               if m.variant is not None and m.variant not in declared]
     correlated = raw.get("correlated_errors", [])
     errors += _correlated_errors(correlated, equations, mediators)
     if errors:
@@ -379,21 +388,36 @@ def _sampler_errors(table: str, values: dict) -> list[str]:
     return errors
 
 
-def _robustness_errors(values: object) -> list[str]:
-    """What is wrong with a [robustness] table: sampler settings and `variants`."""
+def _robustness_errors(values: object, exposure: str, known: set[str]) -> list[str]:
+    """What is wrong with a [robustness] table: sampler settings, `exposures` (variant name
+    = a column to put in the exposure's place) and `variants`."""
     from fundgap.robustness import VARIANTS  # it builds on this module
 
     if not isinstance(values, dict):
-        return ["robustness: a table of sampler settings and `variants`"]
+        return ["robustness: a table of sampler settings, `exposures` and `variants`"]
     errors = _sampler_errors("robustness", {k: v for k, v in values.items()
-                                            if k != "variants"})
-    variants = values.get("variants", list(VARIANTS))
+                                            if k not in ("variants", "exposures")})
+    exposures = values.get("exposures", {})
+    if not isinstance(exposures, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in exposures.items()):
+        errors.append("robustness.exposures: a table of variant name = column")
+        exposures = {}
+    for name, column in exposures.items():
+        where = f"robustness.exposures.{name}"
+        if name in VARIANTS:
+            errors.append(f"{where}: {name!r} is one of Table 4's variants; name it otherwise")
+        if column not in known:
+            errors.append(f"{where}: unknown column {column!r}")
+        elif column == exposure:
+            errors.append(f"{where}: {column!r} is the spec's own exposure")
+    every = [*VARIANTS, *exposures]
+    variants = values.get("variants", every)
     if not isinstance(variants, list) or not variants \
             or not all(isinstance(v, str) for v in variants):
         errors.append("robustness.variants: a list of variant names")
     else:
-        errors += [f"robustness.variants: unknown variant {v!r} (use {', '.join(VARIANTS)})"
-                   for v in variants if v not in VARIANTS]
+        errors += [f"robustness.variants: unknown variant {v!r} (use {', '.join(every)})"
+                   for v in variants if v not in every]
     return errors
 
 

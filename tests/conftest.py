@@ -19,6 +19,7 @@ SHARED = REPO.parent / "shared"
 REAL_COUNTIES = SHARED / "data" / "china_counties.csv"
 PUBLISHED = SHARED / "spec" / "published_tables.yaml"
 REGIONAL = REPO / "models" / "regional_mediation.toml"
+RECOMMENDATION = REPO / "models" / "recommendation.toml"
 # Two chains (two cores) with enough draws for the gate: group sds mix at about 0.3 ESS per draw.
 # Each fit compiles its own frozen model (about 25 s; reusing one compiled with its data as
 # inputs would cost about 220 s for the first fit), so the fixtures stay within the 10 minutes.

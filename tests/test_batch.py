@@ -15,9 +15,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from fundgap import names
 from fundgap.batch import run_batch
 from fundgap.cli import main
 from fundgap.fitfolder import build_index
+from fundgap.robustness import POOLING
 from fundgap.simulation.development import simulate, write_simulation
 
 from conftest import edit_cell
@@ -239,7 +241,8 @@ def test_a_spec_with_a_robustness_table_gets_its_variants_fitted_and_reported(
     models = tmp_path / "models"
     models.mkdir()
     (models / "robust.toml").write_text(TINY.format(name="robust", extra="") + (
-        '[robustness]\nvariants = ["county_in_prefecture", "complete_pooling"]\n'))
+        '[robustness]\nvariants = ["county_in_prefecture", "complete_pooling", "urban"]\n'
+        '[robustness.exposures]\nurban = "urbanisation_rate"\n'))
     out = tmp_path / "fits"
     first = run_batch([batch_inputs / "data" / "first"], [models / "robust.toml"], out, FAST,
                       progress=False)
@@ -247,8 +250,18 @@ def test_a_spec_with_a_robustness_table_gets_its_variants_fitted_and_reported(
     assert rows.loc["robustness", "action"] == "fitted"
     folder = out / "first" / "robustness" / "robust"
     side_by_side = pd.read_csv(folder / "robustness.csv")
-    assert list(side_by_side["variant"]) == ["county_in_prefecture", "complete_pooling"]
+    assert list(side_by_side["variant"]) == ["county_in_prefecture", "complete_pooling",
+                                             "urban"]
     assert (side_by_side["campaigns"] == 250).all()
+    # an exposure variant: another column in the exposure's place, its coefficient reported
+    exposures = side_by_side.set_index("variant")["exposure"]
+    assert exposures["urban"] == "urbanisation_rate" and exposures[
+        "county_in_prefecture"] == "development"
+    assert side_by_side["exposure_coefficient_mean"].notna().all()
+    summary = pd.read_csv(out / "first" / "robust" / "summary.csv", index_col=0)
+    assert side_by_side.loc[0, "exposure_coefficient_mean"] == pytest.approx(
+        summary.loc[f"{names.coefficients('log_amount_raised')}[development]", "mean"],
+        rel=1e-12)
     loo = pd.read_csv(folder / "loo.csv")
     assert set(loo["held_out"]) == {"campaign", "county", "prefecture"}
     assert loo.groupby("held_out")["variant"].nunique().eq(2).all()
@@ -267,11 +280,14 @@ def test_a_spec_with_a_robustness_table_gets_its_variants_fitted_and_reported(
                       progress=False)
     assert set(again.rows["action"]) == {"skipped"}
     (analysis,) = build_report(out / "first").analyses
-    assert len(analysis.robustness) == 2 and not analysis.loo.empty
+    assert len(analysis.robustness) == 3 and not analysis.loo.empty
     page = render_markdown(build_report(out / "first"), "figures")
-    assert "Table 4: the spec's variants" in page and "held_out" in page
+    assert "### The spec's variants" in page and "held_out" in page
+    lines = page.splitlines()
     for variant in side_by_side.loc[~side_by_side["passed"], "variant"]:
-        assert f"{variant} (FAILED)" in page
+        assert any(line.startswith(f"| {variant} ") and "FAILED" in line for line in lines)
+        if variant in POOLING:    # in the LOO comparison too
+            assert f"{variant} (FAILED)" in page
 
 
 def test_fundgap_robustness_writes_the_same_folder_from_the_command_line(

@@ -299,3 +299,31 @@ def test_the_khb_total_beside_the_published_one_has_statas_standard_error(
         result.khb.loc[result.khb["component"] == "direct", "std_error"].item())
     note = next(n for n in result.notes if n.startswith("KHB total"))
     assert "Stata's khb" in note and "Table 2 model 1: 0.057" in note
+
+
+def test_table_models_take_their_posterior_from_their_exposure_variant(small_table) -> None:
+    """Table 7's models 2-5: the comparison's posterior cells are each indicator's
+    coefficient from its robustness variant (published term names, renamed), a failed
+    variant shows as failed, and a variant not fitted leaves its row empty."""
+    from fundgap.compare import with_variant_posteriors
+    from fundgap.render import to_markdown
+
+    spec = load_spec(REPO / "models" / "recommendation.toml")
+    frame = comparison_frame(run_frequentist(spec, small_table, replicates=5, seed=1), None)
+    variants = pd.DataFrame([
+        {"variant": "m2", "exposure": "non_agricultural_share", "passed": True,
+         "max_r_hat": 1.002, "min_ess_bulk": 2100.0, "exposure_coefficient_mean": 0.07,
+         "exposure_coefficient_ci_lower": -0.43, "exposure_coefficient_ci_upper": 0.54},
+        {"variant": "m3", "exposure": "urbanisation_rate", "passed": False,
+         "max_r_hat": 1.05, "min_ess_bulk": 90.0, "exposure_coefficient_mean": -0.14,
+         "exposure_coefficient_ci_lower": -0.61, "exposure_coefficient_ci_upper": 0.30}])
+    merged = with_variant_posteriors(frame, spec, variants).set_index(["model", "term"])
+    m2 = merged.loc[("m2", "non_agricultural_labour_share")]
+    assert (m2["posterior_mean"], m2["posterior_ci_lower"], m2["posterior_passed"]) == (
+        0.07, -0.43, True)
+    assert m2["published_outside_posterior"] == (not -0.43 <= m2["published_estimate"] <= 0.54)
+    assert merged.loc[("m3", "urbanisation_rate"), "posterior_passed"] is False
+    assert merged.loc[("m4", "mean_years_schooling"), ["posterior_mean"]].isna().all()
+    assert merged.loc[("m1", "development"), ["posterior_mean"]].isna().all()
+    page = to_markdown(merged.reset_index(), "t", [])
+    assert page.count("FAILED diagnostics") == 1 and "0.070 [-0.430, 0.540]" in page

@@ -14,9 +14,7 @@ from fundgap.bayesian import fit_model, settings_for
 from fundgap.defaults import LAPLACE_AUTO
 from fundgap.spec import load_spec, parse_spec
 
-from conftest import QUICK, REPO
-
-RECOMMENDATION = REPO / "models" / "recommendation.toml"
+from conftest import QUICK, RECOMMENDATION
 
 
 @pytest.mark.slow

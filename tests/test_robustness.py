@@ -8,10 +8,18 @@ import dataclasses
 import pandas as pd
 import pytest
 
-from fundgap.robustness import DROPPED_CONTROLS, POOLING, SUBSETS, applies, robustness, variant
+from fundgap.robustness import (
+    DROPPED_CONTROLS,
+    POOLING,
+    SUBSETS,
+    applies,
+    robustness,
+    variant,
+    variant_names,
+)
 from fundgap.spec import load_spec
 
-from conftest import QUICK, REGIONAL
+from conftest import QUICK, RECOMMENDATION, REGIONAL
 
 
 def test_variants_change_only_filter_or_groups() -> None:
@@ -52,6 +60,26 @@ def test_robustness_side_by_side_and_loo(default_table: pd.DataFrame) -> None:
     campaign = loo[loo["held_out"] == "campaign"].set_index("variant")
     assert (county.loc["county_in_prefecture", "pareto_k_above_0_7"]
             < campaign.loc["county_in_prefecture", "pareto_k_above_0_7"])
+
+
+def test_an_exposure_variant_puts_its_column_in_the_exposures_place() -> None:
+    """Table 7's models 2-5: the recommendation spec with each indicator instead of the
+    development factor, in every equation, nothing else changed."""
+    spec = load_spec(RECOMMENDATION)
+    assert variant_names(spec) == ["county_in_prefecture", "m2", "m3", "m4", "m5"]
+    indicator = variant(spec, "m3")
+    assert (indicator.name, indicator.exposure) == ("recommendation.m3", "urbanisation_rate")
+    for name, equation in indicator.equations.items():
+        original = spec.equations[name]
+        assert set(equation.variables) == (set(original.variables) - {"development"}
+                                           | {"urbanisation_rate"})
+        assert equation.formula == original.formula.replace("development",
+                                                            "urbanisation_rate")
+        assert "development" not in equation.fixed_formula
+        assert (equation.groups, equation.family) == (original.groups, original.family)
+    # each Table 7 model's frequentist counterpart names its variant
+    assert {m.model: m.variant for m in spec.tables} == {
+        "m1": None, "m2": "m2", "m3": "m3", "m4": "m4", "m5": "m5"}
 
 
 def test_the_variant_without_recommended_drops_it_from_every_equation() -> None:

@@ -229,10 +229,26 @@ def test_three_nested_groupings_are_modelled_explicitly_or_refused(small_table) 
     ('variants = ["county_only", "by_province"]', "robustness.variants: unknown variant "
                                                    "'by_province'"),
     ("variants = []", "robustness.variants: a list of variant names"),
+    ('[robustness.exposures]\nm2 = "gdp_per_head"', "robustness.exposures.m2: unknown column"),
+    ('[robustness.exposures]\nm2 = "development"', "is the spec's own exposure"),
+    ('[robustness.exposures]\ncounty_only = "urbanisation_rate"',
+     "is one of Table 4's variants"),
+    ('variants = ["m9"]\n[robustness.exposures]\nm2 = "urbanisation_rate"',
+     "unknown variant 'm9'"),
 ])
 def test_broken_robustness_table(table: str, message: str) -> None:
     with pytest.raises(SpecError, match=message):
         parse_spec(GOOD + f"\n[robustness]\n{table}\n", "s.toml")
+
+
+def test_a_table_model_names_an_exposure_variant_the_spec_declares() -> None:
+    ols = ('[[frequentist.ols]]\ntable = "t7"\nmodel = "m3"\nvariant = "m3"\n'
+           'formula = "log_amount_raised ~ urbanisation_rate + male"\n')
+    with pytest.raises(SpecError, match="'m3' is not one of the spec's"):
+        parse_spec(GOOD + ols, "s.toml")
+    spec = parse_spec(GOOD + ols + '[robustness]\n[robustness.exposures]\n'
+                      'm3 = "urbanisation_rate"\n', "s.toml")
+    assert spec.tables[0].variant == "m3" and "urbanisation_rate" in spec.all_variables
 
 
 def test_robustness_settings_sit_between_the_sampler_table_and_the_command_line() -> None:
