@@ -104,6 +104,9 @@ class FitSettings:
     centring: str = "auto"
     # draws of the latent intercepts kept in posterior.nc (fundgap.fitfolder); 0: all
     latent_draws: int = LATENT_DRAWS
+    # the sensitivity curve (fundgap.sensitivity); robustness variants, which do not show
+    # it, leave it out
+    sensitivity: bool = True
 
 
 def settings_for(spec: ModelSpec, **overrides: object) -> FitSettings:
@@ -528,9 +531,13 @@ def fit_design(design: Design, settings: FitSettings | None = None,
     # in `fundgap sensitivity` (which has no data)
     record["response_variance"] = {name: response_variance(design, name)
                                    for name in design.equations}
-    curve, limits, unsupported = sensitivity(posterior, spec, moderator_levels(design),
-                                             record["response_variance"])
-    record["sensitivity"] = unsupported or "computed (sensitivity.csv)"
+    if settings.sensitivity:
+        curve, limits, unsupported = sensitivity(posterior, spec, moderator_levels(design),
+                                                 record["response_variance"])
+        record["sensitivity"] = unsupported or "computed (sensitivity.csv)"
+    else:
+        curve, limits = pd.DataFrame(), pd.DataFrame()
+        record["sensitivity"] = "not computed (settings.sensitivity is off)"
     idata.posterior.attrs.update({"spec": spec.name, "data_fingerprint":
                                   record["data_fingerprint"], "seed": settings.seed})
     return FitResult(spec, design, idata, effects, summary, diagnostics, record, contrasts,

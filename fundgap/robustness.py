@@ -216,6 +216,12 @@ class SavedReference:
                                     log_likelihood=idata.log_likelihood))
 
 
+def _expected_cost(spec: ModelSpec, name: str, table: pd.DataFrame) -> int:
+    """A variant's cost, roughly: its campaigns times one plus its levels of intercepts."""
+    rows = int(table.eval(SUBSETS[name]).sum()) if name in SUBSETS else len(table)
+    return rows * (1 + len(variant(spec, name).equations[spec.outcome].groups))
+
+
 def robustness(spec: ModelSpec, table: pd.DataFrame, settings: FitSettings | None = None,
                variants: list[str] | None = None,
                reference: SavedReference | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -233,17 +239,23 @@ def robustness(spec: ModelSpec, table: pd.DataFrame, settings: FitSettings | Non
     settings = settings or robustness_settings(spec)
     chosen = variants or variant_names(spec)
     given = {SPEC_AS_WRITTEN: reference} if reference and SPEC_AS_WRITTEN in chosen else {}
-    quiet = dataclasses.replace(settings, progress=False)   # one bar, over the variants
+    # one progress bar, over the variants; no sensitivity curve (not shown here), and
+    # per-campaign draws only where LOO compares the variant
+    quiet = dataclasses.replace(settings, progress=False, sensitivity=False)
     pool = ThreadPoolExecutor(max_workers=VARIANTS_AT_ONCE)
     with tqdm(total=len(chosen), desc="variants", unit="fit",
               disable=not settings.progress) as bar:
         def fit(name: str) -> FitResult:
-            result = fit_model(variant(spec, name), table, quiet)
+            result = fit_model(variant(spec, name), table, quiet if name in POOLING
+                               else dataclasses.replace(quiet, per_campaign="skip"))
             bar.update()
             return result
 
         bar.update(len(given))
-        fitted = [name for name in chosen if name not in given]
+        # the costliest first, so that the last to finish is a cheap one, not one left
+        # running alone on the cores
+        fitted = sorted((name for name in chosen if name not in given),
+                        key=lambda name: -_expected_cost(spec, name, table))
         try:
             fits = {**given, **dict(zip(fitted, pool.map(fit, fitted), strict=True))}
         finally:  # an error or Ctrl-C: the variants not started are not
