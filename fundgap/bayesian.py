@@ -25,7 +25,6 @@ from fundgap.build import build_model
 from fundgap.correlated import draw_intercepts as correlated_intercepts
 from fundgap.correlated import (
     error_covariance,
-    error_pairs,
     joint_statistics,
     offsets,
     ols_residual_correlation,
@@ -55,6 +54,7 @@ from fundgap.errors import FundgapError
 from fundgap.families import AUXILIARY_NAMES, EXACT_FAMILIES, family
 from fundgap.laplace import PREFIX as LAPLACE_PREFIX
 from fundgap.laplace import draw_intercepts as laplace_intercepts
+from fundgap.lkj import error_pairs
 from fundgap.marginal import draw_intercepts, structure_key
 from fundgap.predictive import predictive_groups
 from fundgap.sampling.sample import sample

@@ -28,15 +28,11 @@ import pymc as pm
 import pytensor.tensor as pt
 
 from fundgap import names
-from fundgap.correlated import (
-    ERROR_EQUATION_DIM,
-    JointMember,
-    add_joint_likelihood,
-    error_pairs,
-)
+from fundgap.correlated import ERROR_EQUATION_DIM, JointMember, add_joint_likelihood
 from fundgap.design import GROUP_DIMS, Design, EquationDesign, term_dim
 from fundgap.families import family
 from fundgap.laplace import add_laplace_likelihood
+from fundgap.lkj import error_pairs
 from fundgap.marginal import add_marginal_likelihood
 
 

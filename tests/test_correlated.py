@@ -14,7 +14,6 @@ from scipy.stats import multivariate_normal
 from fundgap import names
 from fundgap.bayesian import FitSettings, fit_model
 from fundgap.correlated import (
-    correlation_cholesky,
     correlation_table,
     draw_intercepts,
     joint_marginal_loglik,
@@ -23,6 +22,7 @@ from fundgap.correlated import (
 )
 from fundgap.design import GROUP_DIMS, build_design
 from fundgap.errors import SpecError
+from fundgap.lkj import correlation_cholesky
 from fundgap.marginal import marginal_loglik, standardised_design, sufficient_statistics
 from fundgap.spec import parse_spec
 
@@ -341,7 +341,7 @@ def test_prior_draws_are_lkj_in_the_samplers_coordinates() -> None:
     construction (round trip to 1e-10)."""
     from scipy import stats
 
-    from fundgap.correlated import LKJ_ETA, lkj_unconstrained_draws, unconstrained_values
+    from fundgap.lkj import LKJ_ETA, lkj_unconstrained_draws, unconstrained_values
 
     size = 3
     draws = lkj_unconstrained_draws(size, np.random.default_rng(7), (2000,))
