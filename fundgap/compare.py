@@ -256,7 +256,7 @@ def with_variant_posteriors(comparison: pd.DataFrame, spec: ModelSpec,
     """`comparison` with the posterior columns of each table model that names a
     [robustness] exposure variant (`TableModel.variant`) taken from that variant's row of
     robustness.csv (`variants`): its exposure's coefficient, R-hat and ESS, and whether it
-    passed (a failed variant's numbers are left out, as a failed fit's are)."""
+    passed (a failed variant is shown as failed, not as numbers, as a failed fit is)."""
     if comparison.empty or variants.empty:
         return comparison
     frame = comparison.copy()

@@ -350,7 +350,7 @@ def parse_spec(text: str, source: str = "<spec>",
     robustness = raw.get("robustness")
     if robustness is not None:
         errors += _robustness_errors(robustness, exposure, known)
-    declared = (robustness or {}).get("exposures", {}) if isinstance(robustness, dict) else {}
+    declared = robustness.get("exposures", {}) if isinstance(robustness, dict) else {}
     errors += [f"frequentist.ols: {m.table}.{m.model}.variant: {m.variant!r} is not one of "
                "the spec's [robustness] exposures" for m in tables
                if m.variant is not None and m.variant not in declared]
