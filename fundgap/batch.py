@@ -1,14 +1,14 @@
 """Batch refits: every spec on every data set, resumable, on this machine or a Dask cluster.
 
 `run_batch` validates and prepares each data folder, then fits every spec in models/: the
-joint Bayesian model (`fits/<data>/<spec>/`), the frequentist tables with their comparison
-(`fits/<data>/frequentist/<spec>/`, after the Bayesian fit, whose posterior it joins) and,
-for a spec with a [robustness] table, Table 4's variants (`fits/<data>/robustness/<spec>/`,
-fundgap.robustness). A task whose run key (spec text, prepared-data fingerprint, settings,
-package versions, a digest of fundgap's source) matches the folder already there is
-skipped, so an interrupted batch resumes and a finished one costs nothing. Every folder is
-written atomically; `index.parquet` at the top of `fits/` holds one row per fit folder,
-rebuilt from the folders after each batch.
+joint Bayesian model (`fits/<data>/<spec>/`), for a spec with a [robustness] table its
+variants (`fits/<data>/robustness/<spec>/`, fundgap.robustness), and the frequentist tables
+with their comparison (`fits/<data>/frequentist/<spec>/`, last: it joins the Bayesian fit's
+posterior and the exposure variants'). A task whose run key (spec text, prepared-data
+fingerprint, settings, package versions, a digest of fundgap's source) matches the folder
+already there is skipped, so an interrupted batch resumes and a finished one costs nothing.
+Every folder is written atomically; `index.parquet` at the top of `fits/` holds one row per
+fit folder, rebuilt from the folders after each batch.
 
 Tasks run one after another here (each sampler already uses the cores) or, given a Dask
 `Client`, as tasks on its cluster; the layout is the same either way.
@@ -30,7 +30,7 @@ import pandas as pd
 
 from fundgap import fitfolder
 from fundgap.errors import FundgapError
-from fundgap.fitfolder import KINDS, current_key, fit_status, write_index
+from fundgap.fitfolder import current_key, fit_status, write_index
 from fundgap.store import package_versions, to_json
 
 # the writer lock of an output folder (`run_batch`)
@@ -56,6 +56,10 @@ class Task:
     settings: dict = field(default_factory=dict)
     data_fingerprint: str | None = None   # the prepared rows' (what fit.json records)
 
+
+# the order of a spec's tasks: the comparison (frequentist) reads the Bayesian fit and the
+# exposure variants among the robustness variants (Table 7's models 2-5)
+PLAN_ORDER = ("bayesian", "robustness", "frequentist")
 
 def run_key(spec_text: str, data_fingerprint: str, kind: str, settings: dict) -> str:
     """What decides a fit's result; an unchanged key means the folder can be kept."""
@@ -218,7 +222,7 @@ def plan(data: Iterable[str | Path], models: Iterable[str | Path], out: str | Pa
         _clean_leftovers(fits)
         for spec in specs:
             reason = not_applicable(spec, table)
-            for kind in KINDS:
+            for kind in PLAN_ORDER:
                 if kind != "frequentist" and not spec.is_bayesian:
                     continue
                 if kind == "robustness" and spec.robustness is None:
@@ -250,9 +254,11 @@ def plan(data: Iterable[str | Path], models: Iterable[str | Path], out: str | Pa
 
 def _stale(task: Task, planned: list[Task]) -> bool:
     """A comparison, or the variants that take the spec's fit as written, are redone when
-    the Bayesian fit they join is being redone."""
+    the Bayesian fit they join is being redone; a comparison also when the variants it
+    reads are."""
+    joins = ("bayesian", "robustness") if task.kind == "frequentist" else ("bayesian",)
     return task.kind != "bayesian" and any(
-        t.kind == "bayesian" and t.spec_name == task.spec_name and t.data == task.data
+        t.kind in joins and t.spec_name == task.spec_name and t.data == task.data
         for t in planned)
 
 
@@ -272,9 +278,9 @@ def _clean_leftovers(fits: Path) -> None:
 
 
 def run_tasks(tasks: list[Task], client=None, progress: bool = True) -> list[dict]:
-    """Run the tasks here, in order, or on a Dask cluster (`client`); a frequentist task
-    and a robustness task run after the Bayesian fit of its spec and data set. Returns one
-    row per task."""
+    """Run the tasks here, in order, or on a Dask cluster (`client`); a spec's tasks on a
+    data set run in PLAN_ORDER (robustness after its Bayesian fit, the comparison last).
+    Returns one row per task."""
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(tasks), desc="fits", unit="fit", disable=not progress)
@@ -288,16 +294,17 @@ def run_tasks(tasks: list[Task], client=None, progress: bool = True) -> list[dic
         return rows
     from distributed import as_completed
 
-    futures, bayesian, of_future = [], {}, {}
+    # each task after the one planned before it for the same spec and data (Bayesian, then
+    # its variants, then the comparison, which reads both)
+    futures, latest, of_future = [], {}, {}
     for task in tasks:
-        before = bayesian.get((task.data, task.spec_name)) if task.kind != "bayesian" \
+        before = latest.get((task.data, task.spec_name)) if task.kind != "bayesian" \
             else None
         # a task whose worker dies is run again once elsewhere (its half-written folder is
         # a hidden temporary one, removed at the end of the run)
         future = client.submit(run_task, task, before, pure=False, retries=TASK_RETRIES,
                                key=f"{task.kind}-{task.data}-{task.spec_name}-{task.key[:8]}")
-        if task.kind == "bayesian":
-            bayesian[(task.data, task.spec_name)] = future
+        latest[(task.data, task.spec_name)] = future
         futures.append(future)
         of_future[future.key] = task
     for future in as_completed(futures):

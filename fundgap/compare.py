@@ -298,6 +298,28 @@ def posterior_for(result: FrequentistResult, table: pd.DataFrame,
                           frame_fingerprint(table))
 
 
+def variants_for(result: FrequentistResult, table: pd.DataFrame,
+                 fits: str | Path | None) -> tuple[pd.DataFrame, str]:
+    """The spec's robustness variants under `fits` (robustness.csv) where a table model
+    takes its posterior from one, checked to come from `table`; else an empty frame and,
+    where they were wanted, why there are none."""
+    wanted = [m.model for m in result.spec.tables if m.variant is not None]
+    if fits is None or not wanted:
+        return pd.DataFrame(), ""
+    folder = fitfolder.robustness_folder(fits, result.spec.name)
+    missing = (f"models {', '.join(wanted)}: no posterior column, their exposure variants "
+               f"are not in {folder}")
+    if not folder.is_dir():
+        return pd.DataFrame(), f"{missing} (`fundgap run` fits them)"
+    try:
+        side_by_side, _, record = fitfolder.read_robustness(folder)
+    except FundgapError as error:
+        return pd.DataFrame(), f"{missing} in a readable form ({error})"
+    if record.get("data_fingerprint") != frame_fingerprint(table):
+        return pd.DataFrame(), f"{missing} for these data (fitted to other data)"
+    return side_by_side, ""
+
+
 def write_frequentist(result: FrequentistResult, table: pd.DataFrame, out: str | Path,
                       fits: str | Path | None = None, replicates: int | None = None,
                       seed: int | None = None, record: dict | None = None) -> pd.DataFrame:
@@ -310,7 +332,10 @@ def write_frequentist(result: FrequentistResult, table: pd.DataFrame, out: str |
     if posterior is not None and not posterior.passed:
         notes.append(f"the Bayesian fit in {posterior.path} FAILED its diagnostics "
                      f"({'; '.join(posterior.reasons)}): its column is shown as failed")
-    comparison = comparison_frame(result, posterior)
+    variants, reason = variants_for(result, table, fits)
+    notes += [reason] if reason else []
+    comparison = with_variant_posteriors(comparison_frame(result, posterior), result.spec,
+                                         variants)
     title = f"{result.spec.name}: published, frequentist and Bayesian side by side"
     fitfolder.write_frequentist(
         out, {fitfolder.OLS: result.ols, fitfolder.KHB: result.khb,

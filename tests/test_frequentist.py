@@ -327,3 +327,37 @@ def test_table_models_take_their_posterior_from_their_exposure_variant(small_tab
     assert merged.loc[("m1", "development"), ["posterior_mean"]].isna().all()
     page = to_markdown(merged.reset_index(), "t", [])
     assert page.count("FAILED diagnostics") == 1 and "0.070 [-0.430, 0.540]" in page
+
+
+def test_the_written_comparison_joins_the_exposure_variants_of_these_data(
+        small_table, tmp_path: Path) -> None:
+    """write_frequentist reads the spec's robustness folder (fundgap run writes it first) for
+    the table models that name a variant, and only if it comes from the same data."""
+    from fundgap import fitfolder
+    from fundgap.store import frame_fingerprint, package_versions
+
+    spec = load_spec(REPO / "models" / "recommendation.toml")
+    result = run_frequentist(spec, small_table, replicates=5, seed=1)
+    fits = tmp_path / "fits"
+    variants = pd.DataFrame([{"variant": "m4", "exposure": "mean_years_schooling",
+                              "passed": True, "max_r_hat": 1.003, "min_ess_bulk": 1900.0,
+                              "exposure_coefficient_mean": -0.08,
+                              "exposure_coefficient_ci_lower": -0.16,
+                              "exposure_coefficient_ci_upper": 0.003}])
+    for fingerprint, expected in ((frame_fingerprint(small_table), -0.08), ("other", None)):
+        fitfolder.write_robustness(fitfolder.robustness_folder(fits, spec.name), variants,
+                                   pd.DataFrame(), {"spec_name": spec.name,
+                                                    "data_fingerprint": fingerprint,
+                                                    "versions": package_versions()})
+        out = tmp_path / f"frequentist_{expected}"
+        comparison = write_frequentist(result, small_table, out, fits=fits)
+        m4 = comparison[(comparison["model"] == "m4")
+                        & (comparison["term"] == "mean_years_schooling")]
+        record = json.loads((out / "frequentist.json").read_text())
+        if expected is None:
+            assert m4["posterior_mean"].isna().all()
+            assert any("fitted to other data" in note for note in record["notes"])
+        else:
+            assert m4["posterior_mean"].iloc[0] == expected
+            written = pd.read_csv(out / "comparison.csv")
+            assert (written["posterior_mean"] == expected).sum() == 1
