@@ -87,28 +87,6 @@ def fits_folder(name: str) -> Path | None:
     return repository() / "fits" / "default" / name
 
 
-def variants(name: str, table: pd.DataFrame) -> pd.DataFrame:
-    """The spec's robustness variants (robustness.csv) as `fundgap run` left them in
-    fits/default/robustness/<spec>/ for these data; empty, saying why, where there are none
-    (quick mode never reads fits/)."""
-    from fundgap.fitfolder import read_robustness, robustness_folder
-    from fundgap.store import frame_fingerprint
-
-    folder = robustness_folder(repository() / "fits" / "default", name)
-    if QUICK or not folder.is_dir():
-        print(f"no robustness variants of {name} to read (`make demo` fits them)")
-        return pd.DataFrame()
-    try:
-        side_by_side, _, record = read_robustness(folder)
-    except FundgapError as error:
-        print(f"the robustness variants of {name} cannot be read: {error}")
-        return pd.DataFrame()
-    if record.get("data_fingerprint") != frame_fingerprint(table):
-        print(f"the robustness variants of {name} were fitted to other data: not shown")
-        return pd.DataFrame()
-    return side_by_side
-
-
 def fit_or_load(name: str, table: pd.DataFrame) -> Fitted:
     """The spec's fit on `table` (fundgap.load / fundgap.fit): read from `fits_folder(name)`
     when an intact fit there was made from the same spec and data, else fitted now (and

@@ -28,7 +28,12 @@ from IPython.display import Image, display
 
 import fundgap
 from fundgap import notebook
-from fundgap.compare import comparison_frame, read_posterior, with_variant_posteriors
+from fundgap.compare import (
+    comparison_frame,
+    read_posterior,
+    variants_for,
+    with_variant_posteriors,
+)
 from fundgap.figures import sensitivity_figure
 from fundgap.render import display_frame
 from fundgap.store import frame_fingerprint
@@ -115,11 +120,16 @@ display_frame(channels)
 # ## Table 7: the recommendation logit
 
 # %%
-recommendation, _ = side_by_side("recommendation")
+recommendation, recommendation_result = side_by_side("recommendation")
 # models 2-5: each indicator's posterior coefficient from its exposure variant (`fundgap
 # run` fits them into fits/default/robustness/recommendation/; the report shows the same)
+folder = notebook.fits_folder("recommendation")
+variants, reason = variants_for(recommendation_result, table,
+                                folder.parent if folder else None)
+if reason:
+    print(reason)
 recommendation = with_variant_posteriors(recommendation, notebook.spec("recommendation"),
-                                         notebook.variants("recommendation", table))
+                                         variants)
 display_frame(recommendation)
 
 # %% [markdown]
