@@ -63,6 +63,7 @@ class Task:
 # exposure variants among the robustness variants (Table 7's models 2-5)
 PLAN_ORDER = ("bayesian", "robustness", "frequentist")
 
+
 def run_key(spec_text: str, data_fingerprint: str, kind: str, settings: dict) -> str:
     """What decides a fit's result; an unchanged key means the folder can be kept."""
     versions = package_versions()
