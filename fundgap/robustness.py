@@ -35,25 +35,10 @@ from fundgap.bayesian import FitResult, FitSettings, fit_model, settings_for
 from fundgap.design import Design, build_design
 from fundgap.fitfolder import SavedFit, with_intercepts
 from fundgap.spec import ModelSpec
+from fundgap.variants import DROPPED_CONTROLS, POOLING, SPEC_AS_WRITTEN, SUBSETS, VARIANTS
 
-SUBSETS = {"counties_seen_2plus": "county_campaigns >= 2",
-           "counties_seen_3plus": "county_campaigns >= 3"}
-POOLING = {"county_in_prefecture": ("prefecture_code", "county_code"),
-           "prefecture_only": ("prefecture_code",),
-           "county_only": ("county_code",),
-           "complete_pooling": ()}
-# Controls left out of every equation: `recommended` (the platform's recommendation) comes
-# after the mediators (Table 7 models it on verifier count and core capacity), so holding it
-# fixed blocks the part of development's effect that runs through being recommended; the
-# variant without it shows the effects with that part in.
-DROPPED_CONTROLS = {"without_recommended": "recommended"}
 # variants fitted at once (threads: the sampler runs outside Python's lock)
 VARIANTS_AT_ONCE = 2
-# every variant, in the order they are shown (the spec as written first)
-SPEC_AS_WRITTEN = "county_in_prefecture"
-VARIANTS = (SPEC_AS_WRITTEN, *SUBSETS, *[p for p in POOLING if p != SPEC_AS_WRITTEN],
-            *DROPPED_CONTROLS)
-
 
 def _without_term(formula: str, column: str) -> str:
     """`formula` with every fixed term that uses `column` left out (terms are joined by +;

@@ -20,6 +20,7 @@ from fundgap.defaults import FORMS, TARGET_ACCEPT_RANGE
 from fundgap.errors import SpecError
 from fundgap.families import EXACT_FAMILIES, FAMILY_NAMES, FREQUENTIST_FAMILIES
 from fundgap.rules import EXTRA_COLUMNS, PREPARED_COLUMNS
+from fundgap.variants import VARIANTS
 
 # Group names a formula may use, and the prepared columns they stand for.
 GROUPS = {"county": "county_code", "prefecture": "prefecture_code",
@@ -391,8 +392,6 @@ def _sampler_errors(table: str, values: dict) -> list[str]:
 def _robustness_errors(values: object, exposure: str, known: set[str]) -> list[str]:
     """What is wrong with a [robustness] table: sampler settings, `exposures` (variant name
     = a column to put in the exposure's place) and `variants`."""
-    from fundgap.robustness import VARIANTS  # it builds on this module
-
     if not isinstance(values, dict):
         return ["robustness: a table of sampler settings, `exposures` and `variants`"]
     errors = _sampler_errors("robustness", {k: v for k, v in values.items()
