@@ -18,7 +18,6 @@ from pathlib import Path
 import pandas as pd
 
 from fundgap import fitfolder
-from fundgap.compare import with_variant_posteriors
 from fundgap.correlated import correlation_table
 from fundgap.describe import descriptives, occupancy
 from fundgap.errors import FundgapError
@@ -34,7 +33,6 @@ from fundgap.figures import (
 )
 from fundgap.prepare import PreparedData, read_prepared
 from fundgap.render import render_html, render_markdown
-from fundgap.spec import ModelSpec
 from fundgap.store import atomic_directory, atomic_path
 
 
@@ -60,7 +58,6 @@ class Analysis:
     robustness_notes: list[str] = field(default_factory=list)
     # the mediators' error correlations beside the OLS residuals' (correlated errors)
     error_correlations: pd.DataFrame = field(default_factory=pd.DataFrame)
-    spec: ModelSpec | None = None
 
 
 def _problems(error: FundgapError) -> str:
@@ -102,9 +99,6 @@ def _analysis(fits: Path, name: str, table: pd.DataFrame) -> Analysis:
     analysis = _bayesian_analysis(fits, name, table)
     analysis.robustness, analysis.loo, analysis.robustness_notes = _robustness(
         fitfolder.robustness_folder(fits, name))
-    if analysis.spec is not None:   # table models whose posterior is an exposure variant's
-        analysis.comparison = with_variant_posteriors(analysis.comparison, analysis.spec,
-                                                      analysis.robustness)
     return analysis
 
 
@@ -127,7 +121,7 @@ def _bayesian_analysis(fits: Path, name: str, table: pd.DataFrame) -> Analysis:
                         comparison=comparison, comparison_notes=notes)
     analysis = Analysis(name, saved.spec.description.strip(), "passed" if passed else "FAILED",
                         saved.reasons, saved.diagnostics, comparison=comparison,
-                        comparison_notes=notes, spec=saved.spec)
+                        comparison_notes=notes)
     analysis.graph_svg, analysis.graph_text = model_graph(saved.spec, table, saved.record)
     if not passed:
         return analysis  # a failed fit's numbers are never shown
