@@ -11,6 +11,7 @@ that all are Gaussian. fit.json and diagnostics.json record each equation's choi
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -42,7 +43,7 @@ from fundgap.defaults import (
     PREDICTIVE_MIN_DRAWS,
     SAMPLER,
 )
-from fundgap.design import GROUP_DIMS, Design, build_design
+from fundgap.design import Design, build_design, group_dim
 from fundgap.effects import (
     contrast_draws,
     effect_draws,
@@ -78,8 +79,7 @@ CENTRINGS = ("auto", "noncentred", "centred")
 # "thinned" keeps them for about `predictive_draws` draws, "skip" leaves them out (a design
 # reduced to sufficient statistics has no rows to compute them on); "auto" picks.
 PER_CAMPAIGN = ("auto", "thinned", "skip")
-# Variables the gate checks besides the effects (the latent intercepts are not reported).
-REPORTED_PREFIXES = names.reported_prefixes(AUXILIARY_NAMES)
+
 
 
 @dataclass(frozen=True)
@@ -217,7 +217,7 @@ def _level_draws(design: Design, name: str, dim: str, values: np.ndarray,
                  posterior: xr.Dataset) -> xr.DataArray:
     """(chain, draw, level) draws of one equation's intercepts as a named DataArray."""
     equation = design.equations[name]
-    column = next(c for c in equation.groups if GROUP_DIMS[c] == dim)
+    column = next(c for c in equation.groups if group_dim(c) == dim)
     shaped = values.reshape(posterior.sizes["chain"], posterior.sizes["draw"], -1)
     return xr.DataArray(shaped, dims=("chain", "draw", dim),
                         coords={"chain": posterior["chain"], "draw": posterior["draw"],
@@ -252,8 +252,8 @@ def _add_intercepts(posterior: xr.Dataset, design: Design, forms: FormChoice,
         equation = design.equations[name]
         if not equation.groups or name in correlated:
             continue
-        outer = GROUP_DIMS[equation.groups[0]]
-        inner = GROUP_DIMS[equation.groups[-1]]
+        outer = group_dim(equation.groups[0])
+        inner = group_dim(equation.groups[-1])
         drawn[name] = draw_intercepts(
             design, name, _theta(stacked, name), stacked[names.sigma(name)].values,
             stacked[names.group_sd(inner, name)].values,
@@ -274,7 +274,7 @@ def _theta(stacked: xr.Dataset, name: str) -> np.ndarray:
 
 def _sds(stacked: xr.Dataset, equations: list[str], column: str) -> np.ndarray:
     """(draws, equations) draws of each equation's sd of one grouping."""
-    dim = GROUP_DIMS[column]
+    dim = group_dim(column)
     return np.column_stack([stacked[names.group_sd(dim, name)].values for name in equations])
 
 
@@ -292,20 +292,25 @@ def _laplace_search(posterior: xr.Dataset, laplace: tuple[str, ...]) -> dict:
                                      for name, s in steps.items()}}
 
 
-def _reported(posterior: xr.Dataset) -> list[str]:
-    return [v for v in posterior.data_vars if str(v).startswith(REPORTED_PREFIXES)]
+def reported_prefixes(groupings: Sequence[str]) -> tuple[str, ...]:
+    """The prefixes of the variables the gate checks besides the effects, for a model with
+    these grouping dimensions (the latent intercepts are not reported)."""
+    return names.reported_prefixes(AUXILIARY_NAMES, groupings)
 
 
-def parameter_summary(idata: az.InferenceData, full: bool = False) -> pd.DataFrame:
+def parameter_summary(idata: az.InferenceData, groupings: Sequence[str],
+                      full: bool = False) -> pd.DataFrame:
     """ArviZ's summary of every parameter; `reported` marks those the gate checks.
+    `groupings`: the model's grouping dimensions (Design.grouping_dims).
 
     The latent county and prefecture intercepts (thousands of series) get ArviZ's statistics
     and, with `full`, its diagnostics too (slow for thousands of series: benchmarks/README.md,
     "Figures the code cites")
     """
     posterior = idata.posterior
-    reported = _reported(posterior)
-    latent = [v for v in posterior.data_vars if names.is_group_intercept(str(v))]
+    prefixes = reported_prefixes(groupings)
+    reported = [v for v in posterior.data_vars if str(v).startswith(prefixes)]
+    latent = [v for v in posterior.data_vars if names.is_group_intercept(str(v), groupings)]
     parts = [az.summary(idata, var_names=reported, kind="all", round_to="none",
                         hdi_prob=0.95).assign(reported=True)]
     if latent and full:
@@ -339,7 +344,7 @@ def _effect_labels(effects: pd.DataFrame) -> pd.Series:
     qualifiers = [c for c in effects.columns if c not in ("effect", "mean", "sd", "ci_lower",
                                                           "ci_upper", "r_hat", "ess_bulk",
                                                           "ess_tail", "p_positive",
-                                                          "p_greater")]
+                                                          "p_greater", "defined")]
     inside = effects[qualifiers].fillna("").astype(str).apply(
         lambda row: ", ".join(v for v in row if v), axis=1) if qualifiers else ""
     return effects["effect"] + inside.map(lambda s: f"[{s}]" if s else "")
@@ -471,7 +476,8 @@ def fit_design(design: Design, settings: FitSettings | None = None,
     # The sampler's internals (non-centred z's, nested levels, log-transformed sds) are not
     # kept: the intercepts are saved as deviations whatever the parameterisation.
     posterior = idata.posterior.drop_vars([v for v in idata.posterior.data_vars
-                                           if names.is_sampler_internal(str(v))])
+                                           if names.is_sampler_internal(str(v),
+                                                                            design.grouping_dims)])
     search = _laplace_search(posterior, laplace)   # before the per-draw pieces are dropped
     if marginal or laplace:
         posterior = _add_intercepts(posterior, design, forms, settings.seed)
@@ -483,7 +489,7 @@ def fit_design(design: Design, settings: FitSettings | None = None,
     effects = summarise_effects(draws)
     contrasts = (summarise_contrasts(contrast_draws(draws, spec.moderator))
                  if spec.moderator else pd.DataFrame())
-    summary = parameter_summary(idata, settings.full_summary)
+    summary = parameter_summary(idata, design.grouping_dims, settings.full_summary)
     timing = {"compile_seconds": result.compile_seconds,
               "compile_cache": result.compile_cache,
               "sample_seconds": result.sample_seconds,

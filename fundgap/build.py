@@ -29,7 +29,7 @@ import pytensor.tensor as pt
 
 from fundgap import names
 from fundgap.correlated import ERROR_EQUATION_DIM, JointMember, add_joint_likelihood
-from fundgap.design import GROUP_DIMS, Design, EquationDesign, term_dim
+from fundgap.design import Design, EquationDesign, group_dim, term_dim
 from fundgap.families import family
 from fundgap.laplace import add_laplace_likelihood
 from fundgap.lkj import error_pairs
@@ -94,7 +94,7 @@ def _equation(design: Design, name: str, form: str, centred: Collection[str],
         return
     eta = alpha + pt.dot(X, beta_std)
     for column in equation.groups:
-        dim = GROUP_DIMS[column]
+        dim = group_dim(column)
         if column in centred:
             effect = pm.Normal(names.group_intercept(dim, name), 0.0, sds[dim], dims=dim)
         else:
@@ -125,7 +125,7 @@ def _group_sds(equation: EquationDesign, scale: pt.TensorVariable,
     """
     sds = {}
     for column in equation.groups:
-        dim = GROUP_DIMS[column]
+        dim = group_dim(column)
         saved = names.group_sd(dim, equation.name)
         if column in folded:
             sds[dim] = pm.Normal(names.folded_sd(dim, equation.name), 0.0, scale)
@@ -144,7 +144,7 @@ def _nested_centred(design: Design, name: str, alpha: pt.TensorVariable,
     aligns; nested, each level is pinned by its own data. The intercepts are saved as the
     same deviations as in the other parameterisations. Returns the level per campaign."""
     outer, inner = design.equations[name].groups
-    outer_dim, inner_dim = GROUP_DIMS[outer], GROUP_DIMS[inner]
+    outer_dim, inner_dim = group_dim(outer), group_dim(inner)
     parent = design.parent(inner, outer)
     outer_level = pm.Normal(names.group_level(outer_dim, name), alpha, sds[outer_dim],
                             dims=outer_dim)
@@ -171,7 +171,7 @@ def build_model(design: Design, marginal: Collection[str] = (),
         # nothing per campaign or per level is left in the graph: drop those coordinates,
         # so the compiled model does not depend on them
         coords = {k: v for k, v in coords.items()
-                  if k not in (*GROUP_DIMS.values(), "campaign")}
+                  if k not in (*map(group_dim, design.levels), "campaign")}
     correlated = design.spec.correlated_errors
     if correlated:
         coords[names.ERROR_PAIR_DIM] = error_pairs(correlated)

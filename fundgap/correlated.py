@@ -39,7 +39,7 @@ from scipy import sparse
 
 from fundgap import names
 from fundgap.correlated_kernel import JointGaussianMarginal
-from fundgap.design import GROUP_DIMS, Design
+from fundgap.design import Design, group_dim
 from fundgap.lkj import add_error_covariance
 from fundgap.marginal import size_table, standardised_design
 
@@ -338,7 +338,7 @@ def add_joint_likelihood(design: Design, equations: tuple[str, ...],
     # values for exactly its own pm.Data
     used = JointGaussianMarginal.STATISTICS if compiled else GRAPH_STATISTICS
     data = {key: pm.Data(f"joint_{key}", values[key]) for key in used}
-    groups = [GROUP_DIMS[c] for c in design.equations[equations[0]].groups]
+    groups = [group_dim(c) for c in design.equations[equations[0]].groups]
 
     def level(dim: str):
         return pt.stack([members[name].sds[dim] for name in equations])
@@ -428,9 +428,9 @@ def draw_intercepts(design: Design, equations: tuple[str, ...], thetas: list[np.
     inner[:, order] = inner.copy()          # back from size order to the levels' order
     out = {}
     for k, name in enumerate(equations):
-        out[name] = {GROUP_DIMS[groups[-1]]: np.ascontiguousarray(inner[..., k])}
+        out[name] = {group_dim(groups[-1]): np.ascontiguousarray(inner[..., k])}
         if outer is not None:
-            out[name][GROUP_DIMS[groups[0]]] = np.ascontiguousarray(outer[..., k])
+            out[name][group_dim(groups[0])] = np.ascontiguousarray(outer[..., k])
     return out
 
 

@@ -7,7 +7,8 @@ any variable the spec uses are dropped, and the counts are recorded.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from itertools import pairwise
 
 import numpy as np
 import pandas as pd
@@ -16,12 +17,18 @@ from formulae import design_matrices
 from fundgap.defaults import DIMS, PRIOR_SCALES
 from fundgap.errors import SpecError
 from fundgap.families import family
-from fundgap.spec import GROUPS, ModelSpec
+from fundgap.spec import GROUPS, ModelSpec, grouping_order
 
 # The name the frequentist side gives the intercept column it adds (formulae's own name).
 INTERCEPT = "Intercept"
-# group column of the prepared table -> the dimension of its intercepts
-GROUP_DIMS = {f"{level}_code": DIMS[level] for level in ("county", "prefecture", "province")}
+# the study's group columns -> the dimension of their intercepts
+_STUDY_DIMS = {column: DIMS[group] for group, column in GROUPS.items()}
+
+
+def group_dim(column: str) -> str:
+    """The dimension of a grouping's intercepts: county for county_code (the study's), the
+    column's own name for any other grouping, as written in `(1|g)`."""
+    return _STUDY_DIMS.get(column, column)
 
 
 def term_dim(equation: str) -> str:
@@ -118,12 +125,17 @@ class Design:
             return self.table.index.to_numpy()
         return self.table["campaign_id"].to_numpy()
 
+    @property
+    def grouping_dims(self) -> tuple[str, ...]:
+        """The dimensions of every grouping's intercepts (county, prefecture, school, ...)."""
+        return tuple(map(group_dim, self.levels))
+
     def coordinates(self) -> dict[str, list]:
         """Named coordinates of every dimension a model of this design uses."""
         coords: dict[str, list] = {"campaign": list(self.campaigns),
                                    "equation": list(self.equations)}
         for column, codes in self.levels.items():
-            coords[GROUP_DIMS[column]] = list(codes)
+            coords[group_dim(column)] = list(codes)
         for name, equation in self.equations.items():
             coords[term_dim(name)] = list(equation.terms)
         return coords
@@ -133,6 +145,70 @@ class Design:
         pairs = self.table[[child, parent]].drop_duplicates(child).set_index(child)[parent]
         codes = pairs.reindex(self.levels[child]).to_numpy()
         return np.searchsorted(self.levels[parent], codes)
+
+
+def group_columns(spec: ModelSpec) -> list[str]:
+    """Every group column the spec's equations use, in grouping_order."""
+    return sorted({g for e in spec.equations.values() for g in e.groups}, key=grouping_order)
+
+
+def nest_groupings(spec: ModelSpec, index: dict[str, np.ndarray],
+                   levels: dict[str, np.ndarray]) -> ModelSpec:
+    """The spec with each equation's groupings ordered outer to inner as the data nest them
+    (`index`: each row's level of each group column; `levels`: their codes). Two groupings
+    are nested where every level of the one with more levels lies in a single level of the
+    other; otherwise they are crossed, which no form here models: a SpecError names a level
+    found in two."""
+    equations = dict(spec.equations)
+    for name, equation in spec.equations.items():
+        if len(equation.groups) < 2:
+            continue
+        # fewer levels first (outer); ties keep the canonical order
+        order = sorted(equation.groups, key=lambda c: (len(levels[c]), grouping_order(c)))
+        for outer, inner in pairwise(order):
+            example = _outside(index[inner], index[outer], len(levels[inner]))
+            if example is not None:
+                level, first, second = example
+                raise SpecError(
+                    f"{spec.source}: equations.{name}: the groupings {group_dim(inner)} and "
+                    f"{group_dim(outer)} are crossed, not nested: {group_dim(inner)} "
+                    f"{str(levels[inner][level])!r} lies in {group_dim(outer)} "
+                    f"{str(levels[outer][first])!r} and {str(levels[outer][second])!r}. Crossed "
+                    f"groupings are not modelled; if each {group_dim(inner)} code is unique "
+                    f"only within its {group_dim(outer)}, make it unique (e.g. join the two "
+                    f"codes into one column), or keep one of the two groupings")
+        if tuple(order) != equation.groups:
+            equations[name] = replace(equation, groups=tuple(order))
+    return spec if equations == spec.equations else replace(spec, equations=equations)
+
+
+def nest_in_table(spec: ModelSpec, table: pd.DataFrame) -> ModelSpec:
+    """nest_groupings read from every row of `table` where the spec's canonical order may not
+    be the data's (two or more groupings beyond the study's own, which are in order)."""
+    study = set(GROUPS.values())
+    columns = group_columns(spec)
+    if all(len(e.groups) < 2 or set(e.groups) <= study for e in spec.equations.values()) \
+            or not set(columns) <= set(table.columns):   # a missing column: named later
+        return spec
+    rows = table[columns].dropna().astype(str)
+    index, levels = {}, {}
+    for column in columns:
+        index[column], uniques = pd.factorize(rows[column], sort=True)
+        levels[column] = np.asarray(uniques, dtype=str)
+    return nest_groupings(spec, index, levels)
+
+
+def _outside(inner: np.ndarray, outer: np.ndarray,
+             n_inner: int) -> tuple[int, int, int] | None:
+    """None if every inner level's rows share one outer level, else (inner level, two of
+    its outer levels)."""
+    seen = np.full(n_inner, -1)
+    seen[inner] = outer
+    differs = np.flatnonzero(seen[inner] != outer)
+    if not differs.size:
+        return None
+    row = differs[0]
+    return int(inner[row]), int(seen[inner[row]]), int(outer[row])
 
 
 def select_rows(table: pd.DataFrame, row_filter: str | None, variables: list[str],
@@ -188,13 +264,12 @@ def build_design(spec: ModelSpec, table: pd.DataFrame) -> Design:
         raise SpecError(f"{spec.source}: declares no Bayesian equations (only frequentist "
                         "tables); use `fundgap frequentist`")
     rows, dropped = select_rows(table, spec.filter, list(spec.variables), spec.source)
-    group_columns = sorted({g for e in spec.equations.values() for g in e.groups},
-                           key=list(GROUPS.values()).index)
     levels, index = {}, {}
-    for column in group_columns:
+    for column in group_columns(spec):
         codes, uniques = pd.factorize(rows[column].astype(str), sort=True)
         levels[column] = np.asarray(uniques, dtype=str)
         index[column] = codes
+    spec = nest_groupings(spec, index, levels)
 
     equations = {}
     for name, equation in spec.equations.items():

@@ -161,7 +161,8 @@ def posterior_groups(idata: az.InferenceData, latent_draws: int) -> dict[str, xr
         if name in groups:
             groups[name] = groups[name].astype("float32")
     posterior = groups["posterior"]
-    latent = [v for v in posterior.data_vars if is_group_intercept(str(v))]
+    latent = [v for v in posterior.data_vars
+              if is_group_intercept(str(v), posterior[v].dims)]
     if not latent:
         return groups
     latent_values = posterior[latent].astype("float32")

@@ -30,6 +30,7 @@ from fundgap.design import (
     build_design,
     expand_formula,
     level_codes,
+    nest_in_table,
     select_rows,
 )
 from fundgap.families import FREQUENTIST_FAMILIES, family
@@ -42,6 +43,8 @@ OLS_COLUMNS = ("table", "model", "term", "published_term", "estimate", "std_erro
 # the normal quantile of a 95% interval from an estimate and its standard error
 Z95 = float(scipy_stats.norm.ppf(0.975))
 # The study's stars (notes under Table 2): ! p<0.10, * p<0.05, ** p<0.01, *** p<0.001.
+# the `cluster` of a model whose errors are clustered by row (no grouping): robust errors
+ROW_CLUSTERS = "each row"
 STARS = ((0.001, "***"), (0.01, "**"), (0.05, "*"), (0.10, "!"))
 
 
@@ -67,11 +70,11 @@ class TooFewRows(ValueError):
 def fit_table_model(model: TableModel, table: pd.DataFrame, source: str = "") -> pd.DataFrame:
     """Fit one table model; one row per coefficient with both kinds of standard error."""
     rows, _ = select_rows(table, model.filter,
-                          [model.response, *model.variables, model.cluster],
+                          [model.response, *model.variables, *filter(None, [model.cluster])],
                           f"{source}: {model.table}.{model.model}")
     y, X, terms = expand_formula(model.formula, rows)
     exog = np.column_stack([np.ones(len(y)), X])
-    clusters = level_codes(rows, model.cluster)
+    clusters = level_codes(rows, model.cluster) if model.cluster else np.arange(len(rows))
     if len(y) <= 2 * exog.shape[1] or clusters.max() < 1:
         raise TooFewRows(f"{model.table}.{model.model}: skipped, {len(y)} rows in "
                          f"{clusters.max() + 1} clusters for {exog.shape[1]} coefficients")
@@ -91,7 +94,7 @@ def fit_table_model(model: TableModel, table: pd.DataFrame, source: str = "") ->
         "stars": [stars(p) for p in conventional.pvalues[:k]],
         "n": len(y),
         "n_clusters": int(clusters.max() + 1),
-        "cluster": model.cluster,
+        "cluster": model.cluster or ROW_CLUSTERS,
         "adj_r2": adj_r2,
         "pseudo_r2": pseudo_r2,
         "method": family(model.family).method,
@@ -109,12 +112,15 @@ def _single_equation_fit(model: TableModel, y: np.ndarray, exog: np.ndarray,
 
 def table_models(spec: ModelSpec) -> list[TableModel]:
     """Every single-equation model of a spec: its equations (keyed by the spec's name and the
-    equation, unless a table entry maps one to a published model) and its table entries."""
+    equation, unless a table entry maps one to a published model; errors clustered by the
+    equation's innermost grouping, or by row without one: pass a spec nested by
+    fundgap.design.nest_in_table) and its table entries."""
     mapped = {m.equation for m in spec.tables if m.equation}
     implicit = [
         TableModel(table=spec.name, model=name, formula=equation.fixed_formula,
                    response=name, variables=equation.variables, family=equation.family,
-                   filter=spec.filter, equation=name)
+                   filter=spec.filter, equation=name,
+                   cluster=equation.groups[-1] if equation.groups else None)
         for name, equation in spec.equations.items()
         if name not in mapped and equation.family in FREQUENTIST_FAMILIES
     ]
@@ -125,7 +131,7 @@ def ols_table(spec: ModelSpec, table: pd.DataFrame) -> tuple[pd.DataFrame, list[
     """All of a spec's single-equation fits as one tidy table, and a note for each model
     skipped for too few rows (a study's subset can be tiny in new data)."""
     frames, notes = [], []
-    for model in table_models(spec):
+    for model in table_models(nest_in_table(spec, table)):
         try:
             frames.append(fit_table_model(model, table, spec.source))
         except TooFewRows as skipped:

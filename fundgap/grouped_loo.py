@@ -27,7 +27,7 @@ import scipy.sparse as sp
 import xarray as xr
 
 from fundgap import names
-from fundgap.design import GROUP_DIMS, Design
+from fundgap.design import Design, group_dim
 from fundgap.errors import FundgapError
 from fundgap.predictive import linear_predictor, thinned
 from fundgap.spec import GROUPS
@@ -98,7 +98,7 @@ def group_log_likelihood(posterior: xr.Dataset, design: Design, equation: str,
     for (child, _), (parent, parent_uniques) in itertools.pairwise(codes):
         first = pd.Series(parent).groupby(child).first().to_numpy()
         maps.append(_indicator(first, len(parent_uniques)))
-    variances = [names.group_sd(GROUP_DIMS[c], equation) if c in record.groups else None
+    variances = [names.group_sd(group_dim(c), equation) if c in record.groups else None
                  for c in inner]
     to_held_out = maps[0]
     for step in maps[1:]:
@@ -118,7 +118,7 @@ def group_log_likelihood(posterior: xr.Dataset, design: Design, equation: str,
             y[None, :] - flat_eta[draws], flat_sigma[draws, None] ** 2, maps,
             [None if sd is None else sd[draws, None] ** 2 for sd in sds], sizes) + jacobian
     out = out.reshape((*eta.shape[:2], -1))
-    dim = GROUP_DIMS[GROUPS[held_out]]
+    dim = group_dim(GROUPS[held_out])
     return xr.DataArray(out, dims=("chain", "draw", dim),
                         coords={"chain": eta["chain"].values, "draw": eta["draw"].values,
                                 dim: np.asarray(codes[-1][1], dtype=str)})
@@ -131,8 +131,9 @@ def held_out_data(posterior: xr.Dataset, design: Design, equation: str, held_out
     efficiency is computed from."""
     subset = thinned(posterior, keep)
     loglik = group_log_likelihood(subset, design, equation, held_out)
-    parameters = [v for v in subset.data_vars if not names.is_group_intercept(v)
-                  and not names.is_sampler_internal(v)]
+    parameters = [v for v in subset.data_vars
+                  if not names.is_group_intercept(v, design.grouping_dims)
+                  and not names.is_sampler_internal(v, design.grouping_dims)]
     return az.InferenceData(posterior=subset[parameters],
                             log_likelihood=xr.Dataset({equation: loglik}))
 

@@ -58,7 +58,9 @@ def khb_inputs(design: Design) -> KHBInputs:
         mediator_designs=[with_intercept(m) for m in spec.mediators],
         mediator_exposure_columns=[[INTERCEPT, *design.equations[m].terms].index(
             spec.exposure) for m in spec.mediators],
-        clusters=level_codes(design.table, "county_code"),
+        # the outcome's innermost grouping (counties in the study); each row without one
+        clusters=(level_codes(design.table, outcome.groups[-1]) if outcome.groups
+                  else np.arange(len(outcome.y))),
     )
 
 

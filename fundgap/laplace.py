@@ -51,7 +51,7 @@ from pytensor.gradient import disconnected_grad
 from pytensor.scan.utils import until
 
 from fundgap import names
-from fundgap.design import GROUP_DIMS, Design
+from fundgap.design import Design, group_dim
 from fundgap.families import family
 from fundgap.laplace_kernel import (
     FAMILY_CODES,
@@ -277,7 +277,7 @@ def add_laplace_likelihood(design: Design, name: str, eta_fixed: pt.TensorVariab
     if not 1 <= len(equation.groups) <= 2:
         raise ValueError(f"the Laplace form needs one or two nested groups; {name} has "
                          f"{len(equation.groups)}")
-    dims = [GROUP_DIMS[c] for c in equation.groups][::-1]   # inner first
+    dims = [group_dim(c) for c in equation.groups][::-1]   # inner first
     taus = tuple(sds[d] for d in dims)
     y = pm.Data(f"{PREFIX}y_{name}", equation.y)
     levels = model_levels(design, name)
@@ -336,7 +336,7 @@ def draw_intercepts(posterior, design: Design, name: str,
     N(z*_c - B_c (z_p - z*_p) / A_c, 1 / A_c); the intercepts are the signed sds times z.
     `posterior` holds the `laplace_*` pieces. Returns {dim: (chain, draw, levels)}."""
     equation = design.equations[name]
-    dims = [GROUP_DIMS[c] for c in equation.groups][::-1]
+    dims = [group_dim(c) for c in equation.groups][::-1]
     inner_mode = posterior[f"{PREFIX}mode_{dims[0]}_{name}"].values
     precision = posterior[f"{PREFIX}precision_{dims[0]}_{name}"].values
     out = {}

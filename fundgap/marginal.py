@@ -28,7 +28,7 @@ import pymc as pm
 import pytensor.tensor as pt
 from scipy import sparse
 
-from fundgap.design import GROUP_DIMS, Design, EquationDesign
+from fundgap.design import Design, EquationDesign, group_dim
 from fundgap.families import EXACT_FAMILIES
 from fundgap.marginal_kernel import GaussianMarginal
 
@@ -164,7 +164,7 @@ def add_marginal_likelihood(design: Design, name: str, alpha: pt.TensorVariable,
     stats = SufficientStatistics(**{
         key: pm.Data(f"stats_{key}_{name}", value)
         for key, value in sufficient_statistics(design, name).as_dict().items()})
-    groups = [GROUP_DIMS[c] for c in equation.groups]
+    groups = [group_dim(c) for c in equation.groups]
     tau_inner = sds[groups[-1]] if groups else None
     tau_outer = sds[groups[0]] if len(groups) == 2 else None
     if compiled:
@@ -215,7 +215,7 @@ def draw_intercepts(design: Design, name: str, theta: np.ndarray, sigma: np.ndar
         # normal draws in (draws, levels) order, as fits before this layout drew them
         outer = (outer_s / precision
                  + rng.standard_normal(outer_n.shape[::-1]).T / np.sqrt(precision))
-        out[GROUP_DIMS[groups[0]]] = outer.T
+        out[group_dim(groups[0])] = outer.T
         # s_c - n_c u_p: the county sums around their prefecture's draw
         shift = np.take(outer, parent, axis=0, out=scaled)
         shift *= n
@@ -227,5 +227,5 @@ def draw_intercepts(design: Design, name: str, theta: np.ndarray, sigma: np.ndar
     noise = rng.standard_normal(sums.shape[::-1]).T
     noise /= np.sqrt(precision, out=precision)
     sums += noise
-    out[GROUP_DIMS[groups[-1]]] = sums.T
+    out[group_dim(groups[-1])] = sums.T
     return out

@@ -5,7 +5,8 @@ Each equation's variables carry the equation's name (its response) as a suffix:
     alpha_<eq>, beta_std_<eq>       sampled: intercept and slopes on standardised predictors
     coefficients_<eq>, intercept_<eq>   reported: on the data's scale
     sigma_<eq> (and other families' own parameters: <parameter>_<eq>)
-    <dim>_sd_<eq>                   a grouping's sd (dim: county, prefecture, province)
+    <dim>_sd_<eq>                   a grouping's sd (dim: county, prefecture, province, or
+                                    the name of any other grouping, as in (1|school))
     signed_<dim>_sd_<eq>            its sampled signed value, where the sd is folded
     <dim>_intercept_<eq>            the latent intercepts of a grouping's levels
     <dim>_z_<eq>, <dim>_level_<eq>  the sampler's non-centred and nested forms of them
@@ -18,11 +19,10 @@ Equations whose errors are correlated (fundgap.correlated) share:
 
 from __future__ import annotations
 
-from fundgap.defaults import DIMS
+from collections.abc import Iterable
 
 # the sampled (signed) value of a folded sd: this prefix and the saved sd's name
 FOLDED_PREFIX = "signed_"
-GROUPING_DIMS = (DIMS["county"], DIMS["prefecture"], DIMS["province"])
 INTERCEPT_INFIX = "_intercept_"
 ERROR_CORRELATION = "error_correlation"
 ERROR_PAIR_DIM = "error_pair"
@@ -75,25 +75,28 @@ def group_level(dim: str, equation: str) -> str:
     return f"{dim}_level_{equation}"
 
 
-def is_group_intercept(name: str) -> bool:
-    """A grouping level's latent intercept (thousands of series; not reported)."""
+def is_group_intercept(name: str, groupings: Iterable[str]) -> bool:
+    """A grouping level's latent intercept (thousands of series; not reported). `groupings`:
+    the grouping dimensions (a design's, or the variable's own dims)."""
     dim, infix, _ = name.partition(INTERCEPT_INFIX)
-    return bool(infix) and dim in GROUPING_DIMS
+    return bool(infix) and dim in set(groupings)
 
 
-def is_sampler_internal(name: str) -> bool:
+def is_sampler_internal(name: str, groupings: Iterable[str]) -> bool:
     """A variable only the sampler needs (non-centred z's, nested levels, transformed
     values): dropped from the saved posterior, which keeps deviations whatever the form."""
     return name.endswith("__") or name == ERROR_CHOLESKY or any(
-        name.startswith((f"{dim}_z_", f"{dim}_level_")) for dim in GROUPING_DIMS)
+        name.startswith((f"{dim}_z_", f"{dim}_level_")) for dim in groupings)
 
 
 def is_folded(name: str) -> bool:
     return name.startswith(FOLDED_PREFIX)
 
 
-def reported_prefixes(auxiliary_names: tuple[str, ...]) -> tuple[str, ...]:
-    """The prefixes of the variables the gate checks (the latent intercepts are not)."""
+def reported_prefixes(auxiliary_names: tuple[str, ...],
+                      groupings: Iterable[str]) -> tuple[str, ...]:
+    """The prefixes of the variables the gate checks (the latent intercepts are not), for a
+    model with these grouping dimensions."""
     return ("coefficients_", "intercept_", ERROR_CORRELATION,
-            *(f"{dim}_sd_" for dim in GROUPING_DIMS),
+            *(f"{dim}_sd_" for dim in groupings),
             *(f"{name}_" for name in auxiliary_names))

@@ -11,7 +11,7 @@ import numpy as np
 import xarray as xr
 
 from fundgap import names
-from fundgap.design import GROUP_DIMS, Design
+from fundgap.design import Design, group_dim
 from fundgap.families import auxiliary_draws, family
 
 
@@ -33,7 +33,7 @@ def linear_predictor(posterior: xr.Dataset, design: Design, name: str,
     eta = posterior[names.intercept(name)] + xr.dot(X, posterior[names.coefficients(name)],
                                                    dim=f"term_{name}")
     for column in equation.groups if groups is None else groups:
-        dim = GROUP_DIMS[column]
+        dim = group_dim(column)
         effect = posterior[names.group_intercept(dim, name)]
         eta = eta + effect.isel({dim: xr.DataArray(design.index[column][rows],
                                                    dims="campaign")})

@@ -27,11 +27,18 @@ from scipy import sparse
 from scipy.linalg import block_diag
 
 from fundgap.correlated import JointStatistics, from_sums
-from fundgap.design import INTERCEPT, Design, EquationDesign, select_rows
+from fundgap.design import (
+    INTERCEPT,
+    Design,
+    EquationDesign,
+    group_columns,
+    nest_groupings,
+    select_rows,
+)
 from fundgap.errors import SpecError
 from fundgap.families import EXACT_FAMILIES
 from fundgap.marginal import SufficientStatistics, size_table
-from fundgap.spec import GROUPS, ModelSpec
+from fundgap.spec import ModelSpec
 
 CHUNK_ROWS = 250_000
 # `fundgap fit --statistics auto` reduces a prepared table larger than this
@@ -122,7 +129,7 @@ def _template(spec: ModelSpec, rows: pd.DataFrame) -> pd.DataFrame:
     """A few rows holding every level of every categorical predictor."""
     categorical = [c for c in spec.variables if c in rows
                    and not pd.api.types.is_numeric_dtype(rows[c])
-                   and c not in GROUPS.values()]
+                   and c not in group_columns(spec)]
     if not categorical:
         return rows.head(50)
     parts = [rows.drop_duplicates(subset=[c]) for c in categorical]
@@ -187,9 +194,8 @@ def reduce_prepared(spec: ModelSpec, path: str | Path,
     if not_gaussian:
         raise SpecError(f"{spec.source}: fitting from sufficient statistics needs every "
                         f"equation to be gaussian; {', '.join(not_gaussian)} is not")
-    group_columns = sorted({g for e in spec.equations.values() for g in e.groups},
-                           key=list(GROUPS.values()).index)
-    kept = group_columns + ([spec.moderator] if spec.moderator else [])
+    grouped = group_columns(spec)
+    kept = grouped + ([spec.moderator] if spec.moderator else [])
     columns = sorted(set(spec.variables) | set(kept))
 
     # pass 1: groups, levels, a template with every categorical level
@@ -205,7 +211,10 @@ def reduce_prepared(spec: ModelSpec, path: str | Path,
                         "missing values")
     table = pd.concat(groups).drop_duplicates().reset_index(drop=True)
     template_rows = pd.concat(template).drop_duplicates().reset_index(drop=True)
-    levels = {c: np.sort(table[c].unique()).astype(str) for c in group_columns}
+    levels = {c: np.sort(table[c].unique()).astype(str) for c in grouped}
+    # nesting from the distinct combinations of levels seen (a row of `table` each)
+    spec = nest_groupings(spec, {c: np.searchsorted(levels[c], table[c].to_numpy())
+                                 for c in grouped}, levels)
     expand = _Expansion(spec, template_rows)
 
     inner_column = {name: e.groups[-1] for name, e in spec.equations.items() if e.groups}
@@ -217,7 +226,7 @@ def reduce_prepared(spec: ModelSpec, path: str | Path,
     joint = (_Accumulator(sum(accumulators[name].XtX.shape[0] for name in block),
                           accumulators[block[0]].inner_X.shape[0], len(block))
              if block else None)
-    counts = {c: np.zeros(len(levels[c])) for c in group_columns}
+    counts = {c: np.zeros(len(levels[c])) for c in grouped}
     used = 0
     # pass 2: the sums
     for chunk in _chunks(path, columns, chunk_rows):
@@ -226,12 +235,12 @@ def reduce_prepared(spec: ModelSpec, path: str | Path,
             continue
         used += len(rows)
         index = {c: np.searchsorted(levels[c], rows[c].astype(str).to_numpy())
-                 for c in group_columns}
+                 for c in grouped}
         membership = {c: sparse.csr_matrix((np.ones(len(rows)), (index[c],
                                                                   np.arange(len(rows)))),
                                            shape=(len(levels[c]), len(rows)))
-                      for c in group_columns}
-        for c in group_columns:
+                      for c in grouped}
+        for c in grouped:
             counts[c] += np.bincount(index[c], minlength=len(levels[c]))
         expanded = expand(rows)
         empty = sparse.csr_matrix((0, len(rows)))

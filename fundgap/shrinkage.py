@@ -13,7 +13,7 @@ import pandas as pd
 import xarray as xr
 
 from fundgap import names
-from fundgap.design import GROUP_DIMS, Design
+from fundgap.design import Design, group_dim
 from fundgap.marginal import standardised_design, sufficient_statistics
 
 
@@ -33,7 +33,7 @@ def shrinkage_table(posterior: xr.Dataset, design: Design) -> pd.DataFrame:
                                 posterior[names.beta_std(name)].mean(("chain", "draw")).values])
         inner_residual = stats.inner_y - stats.inner_Z @ theta   # per inner level
         inner_n = stats.inner_n
-        means = {column: posterior[names.group_intercept(GROUP_DIMS[column], name)].mean(
+        means = {column: posterior[names.group_intercept(group_dim(column), name)].mean(
             ("chain", "draw")).values for column in equation.groups}
         sums = {equation.groups[-1]: inner_residual}
         counts = {equation.groups[-1]: inner_n}
@@ -48,7 +48,7 @@ def shrinkage_table(posterior: xr.Dataset, design: Design) -> pd.DataFrame:
             counts[outer] = np.bincount(stats.inner_parent, weights=inner_n,
                                         minlength=stats.n_outer)
         for column in equation.groups:
-            dim = GROUP_DIMS[column]
+            dim = group_dim(column)
             draws = posterior[names.group_intercept(dim, name)]
             n = counts[column]
             frames.append(pd.DataFrame({

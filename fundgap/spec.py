@@ -22,9 +22,13 @@ from fundgap.families import EXACT_FAMILIES, FAMILY_NAMES, FREQUENTIST_FAMILIES
 from fundgap.rules import EXTRA_COLUMNS, PREPARED_COLUMNS
 from fundgap.variants import VARIANTS
 
-# Group names a formula may use, and the prepared columns they stand for.
+# The study's group names a formula may use, and the prepared columns they stand for. Any
+# other `(1|g)` names a column g of the table fitted (its levels are g's values).
 GROUPS = {"county": "county_code", "prefecture": "prefecture_code",
           "province": "province_code"}
+# Dimension names a posterior already uses, so no grouping may take them.
+RESERVED_GROUP_NAMES = frozenset({"campaign", "equation", "mediator", "channel", "chain",
+                                  "draw", "error_pair", "outcome", "rho", "effect"})
 PRIOR_KEYS = ("intercept_scale", "coefficient_scale", "sigma_scale", "group_sd_scale")
 KNOWN_KEYS = {"name", "description", "exposure", "outcome", "mediators", "terms",
               "equations", "filter", "moderator", "frequentist", "sampler", "robustness",
@@ -64,7 +68,8 @@ class TableModel:
     variables: tuple[str, ...]
     family: str = "gaussian"
     filter: str | None = None
-    cluster: str = "county_code"
+    # the column whose levels cluster the errors; None: each row its own cluster
+    cluster: str | None = "county_code"
     rename: dict[str, str] = field(default_factory=dict)
     equation: str | None = None
     # the effects.csv row (effect, mediator, moderator level) that is the Bayesian
@@ -110,7 +115,7 @@ class ModelSpec:
         """Every column any model of the spec uses, the frequentist table models included."""
         names = list(self.variables)
         for model in self.tables:
-            names.extend([model.response, *model.variables, model.cluster])
+            names.extend([model.response, *model.variables, *filter(None, [model.cluster])])
         names.extend((self.robustness or {}).get("exposures", {}).values())
         return tuple(dict.fromkeys(names))
 
@@ -170,11 +175,11 @@ def _parse_equation(name: str, body: object, terms: dict[str, str], known: set[s
                 errors.append(f"{where}.formula: only random intercepts (1|group) are "
                               "supported")
             group = next(iter(term.factor.var_names))
-            if group not in GROUPS:
-                errors.append(f"{where}.formula: unknown group {group!r} (use "
-                              f"{', '.join(GROUPS)})")
+            problem = _group_problem(group, known)
+            if problem:
+                errors.append(f"{where}.formula: {problem}")
                 continue
-            groups.append(GROUPS[group])
+            groups.append(GROUPS.get(group, group))
         elif type(term).__name__ != "Intercept":
             fixed_terms.append(term)
     variables = sorted(set().union(*(t.var_names for t in fixed_terms)) if fixed_terms
@@ -196,9 +201,29 @@ def _parse_equation(name: str, body: object, terms: dict[str, str], known: set[s
     fixed = re.sub(r"\+?\s*\(\s*1\s*\|\s*\w+\s*\)", "", fixed).strip().strip("+").strip()
     return Equation(response=name, formula=formula,
                     fixed_formula=f"{name} ~ {fixed or '1'}", variables=tuple(variables),
-                    groups=tuple(dict.fromkeys(sorted(groups, key=list(GROUPS.values()).index,
-                                                      reverse=True))),
+                    groups=tuple(sorted(dict.fromkeys(groups), key=grouping_order)),
                     family=family, priors=dict(priors))
+
+
+def grouping_order(column: str) -> tuple:
+    """A canonical order of group columns: the study's outer to inner (province, prefecture,
+    county), then any other by name. Where the data nest them otherwise, the design orders
+    an equation's groupings by their nesting in the table (fundgap.design.nest_groupings)."""
+    study = list(GROUPS.values())
+    return (0, -study.index(column), "") if column in study else (1, 0, column)
+
+
+def _group_problem(group: str, known: set[str]) -> str | None:
+    """Why `(1|group)` cannot be a grouping, or None."""
+    if group in GROUPS:
+        return None
+    if group in RESERVED_GROUP_NAMES or group.startswith("term_"):
+        return f"{group!r} is a dimension name the posterior already uses; rename the column"
+    if group not in known:
+        return (f"unknown group {group!r}: no such column in the data (the study's "
+                f"groupings are {', '.join(GROUPS)}; any other names a column of the table "
+                "fitted)")
+    return None
 
 
 def _formula_parts(formula: str, where: str, known: set[str],
@@ -263,9 +288,9 @@ def _parse_tables(raw: object, terms: dict[str, str], equations: dict[str, Equat
             errors.append(f"{where}.family: the frequentist side fits "
                           f"{', '.join(FREQUENTIST_FAMILIES)}, not {family!r}")
         cluster = str(body.get("cluster", "county"))
-        if cluster not in GROUPS:
-            errors.append(f"{where}.cluster: unknown group {cluster!r} (use "
-                          f"{', '.join(GROUPS)})")
+        problem = _group_problem(cluster, known)
+        if problem:
+            errors.append(f"{where}.cluster: {problem}")
         if missing:
             continue
         models.append(TableModel(

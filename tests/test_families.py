@@ -12,7 +12,7 @@ import pytensor.tensor as pt
 import pytest
 import statsmodels.api as sm
 
-from fundgap.bayesian import REPORTED_PREFIXES, fit_model
+from fundgap.bayesian import fit_model, reported_prefixes
 from fundgap.design import build_design
 from fundgap.errors import SpecError
 from fundgap.families import FAMILIES, FREQUENTIST_FAMILIES, family
@@ -49,7 +49,7 @@ def test_every_family_is_named_and_reported_from_its_record() -> None:
     assert {"poisson", "negative_binomial", "bernoulli", "beta"} <= set(FAMILIES)
     for record in FAMILIES.values():
         for auxiliary in record.auxiliary:
-            assert f"{auxiliary.name}_" in REPORTED_PREFIXES
+            assert f"{auxiliary.name}_" in reported_prefixes(())
     assert "poisson" in FREQUENTIST_FAMILIES and "lognormal" not in FREQUENTIST_FAMILIES
     with pytest.raises(SpecError, match=r"unknown family 'zip'.*poisson"):
         parse_spec(grouped_spec_text("zip"), "zip.toml", GROUPED_COLUMNS)

@@ -36,7 +36,7 @@ def test_posterior_keeps_every_draw_of_the_parameters_and_thinned_intercepts(
     saved = load_fit(written)
     posterior = saved.idata.posterior
     original = regional_fit.idata.posterior
-    assert not any(is_group_intercept(str(v)) for v in posterior.data_vars)
+    assert not any(is_group_intercept(str(v), posterior[v].dims) for v in posterior.data_vars)
     # the sampled parameters: every draw, exactly (float64, not rounded)
     for name in ("coefficients_log_amount_raised", "county_sd_core_capacity",
                  "sigma_log_reposts"):
