@@ -21,7 +21,7 @@ import pandas as pd
 from fundgap import fitfolder
 from fundgap.errors import FundgapError
 from fundgap.frequentist_tables import Z95
-from fundgap.spec import parse_spec
+from fundgap.spec import ANY_COLUMNS, parse_spec
 
 POSTERIOR_COLOUR, FREQUENTIST_COLOUR = "#1f5fa8", "#d9731a"
 
@@ -69,7 +69,7 @@ def frequentist_intervals(folder: Path, spec_text: str) -> pd.DataFrame:
                              "source": "KHB"})
     ols = folder / fitfolder.OLS
     if ols.is_file():
-        spec = parse_spec(spec_text, "spec.toml", columns=None)
+        spec = parse_spec(spec_text, "spec.toml", ANY_COLUMNS)
         fitted = pd.read_csv(ols)
         for model in spec.tables:
             if not model.posterior_effect:
@@ -199,25 +199,28 @@ def sensitivity_figure(curve: pd.DataFrame, limits: pd.DataFrame) -> list[Figure
 
 
 def shrinkage_figure(shrinkage: pd.DataFrame, equation: str) -> list[Figure]:
-    """County intercepts (posterior means) against their campaign counts, beside the
-    no-pooling estimates: sparse counties are pulled to zero, well-observed ones are not."""
-    county = shrinkage[(shrinkage["equation"] == equation) & (shrinkage["level"] == "county")]
-    if county.empty:
+    """The innermost grouping's intercepts (counties in the study; posterior means) against
+    their campaign counts, beside the no-pooling estimates: sparse levels are pulled to
+    zero, well-observed ones are not."""
+    rows = shrinkage[shrinkage["equation"] == equation]
+    if rows.empty:
         return []
+    level = rows.groupby("level").size().idxmax()   # the most levels: the innermost
+    inner = rows[rows["level"] == level]
     rng = np.random.default_rng(0)
-    jitter = county["campaigns"] * np.exp(rng.uniform(-0.08, 0.08, len(county)))
+    jitter = inner["campaigns"] * np.exp(rng.uniform(-0.08, 0.08, len(inner)))
     figure, axis = plt.subplots(figsize=(7.5, 4))
-    axis.scatter(jitter, county["no_pooling"], s=9, color="#bbbbbb",
-                 label="no pooling (county mean residual)")
-    axis.scatter(jitter, county["intercept_mean"], s=9, color=POSTERIOR_COLOUR,
+    axis.scatter(jitter, inner["no_pooling"], s=9, color="#bbbbbb",
+                 label=f"no pooling ({level} mean residual)")
+    axis.scatter(jitter, inner["intercept_mean"], s=9, color=POSTERIOR_COLOUR,
                  label="partial pooling (posterior mean)")
     axis.axhline(0, color="#888", lw=0.8, ls="--")
     axis.set_xscale("log")
-    axis.set_xlabel("campaigns in the county (log scale)")
-    axis.set_ylabel(f"county intercept, {equation}")
+    axis.set_xlabel(f"campaigns in the {level} (log scale)")
+    axis.set_ylabel(f"{level} intercept, {equation}")
     axis.legend(fontsize=8)
-    return [Figure(f"shrinkage_{equation}", f"County intercepts of {equation} against their "
-                   "campaign counts", _png(figure))]
+    return [Figure(f"shrinkage_{equation}", f"{level.capitalize()} intercepts of {equation} "
+                   "against their campaign counts", _png(figure))]
 
 
 def ppc_figure(idata: az.InferenceData, outcome: str) -> list[Figure]:

@@ -363,7 +363,7 @@ def load_fit(folder: str | Path, spec: ModelSpec | None = None,
     """Read a Bayesian fit folder, refusing (FundgapError) one that is missing, damaged, of
     an unreadable layout, made from another spec (`spec`: its text must match) or from
     other data (`data_fingerprint`)."""
-    from fundgap.spec import parse_spec
+    from fundgap.spec import ANY_COLUMNS, parse_spec
 
     folder = Path(folder)
     record = checked_record(folder)
@@ -375,7 +375,7 @@ def load_fit(folder: str | Path, spec: ModelSpec | None = None,
         raise FundgapError(f"{folder}: made from other data (fingerprint "
                            f"{str(record.get('data_fingerprint'))[:12]}, these data "
                            f"{data_fingerprint[:12]}); refit it")
-    saved = parse_spec(text, str(folder / SPEC), columns=None)
+    saved = parse_spec(text, str(folder / SPEC), ANY_COLUMNS)
     return SavedFit(folder, record, saved,
                     json.loads((folder / DIAGNOSTICS).read_text("utf-8")),
                     pd.read_csv(folder / SUMMARY, index_col="parameter"),

@@ -26,6 +26,18 @@ from fundgap.variants import VARIANTS
 # other `(1|g)` names a column g of the table fitted (its levels are g's values).
 GROUPS = {"county": "county_code", "prefecture": "prefecture_code",
           "province": "province_code"}
+
+
+class _AnyColumn(frozenset):
+    """A column set holding every name (see ANY_COLUMNS)."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+# `columns` for parse_spec that checks no column: a spec read back from a fit folder was
+# checked against its table when it was fitted, and that table is not at hand
+ANY_COLUMNS: frozenset[str] = _AnyColumn()
 # Dimension names a posterior already uses, so no grouping may take them.
 RESERVED_GROUP_NAMES = frozenset({"campaign", "equation", "mediator", "channel", "chain",
                                   "draw", "error_pair", "outcome", "rho", "effect"})
@@ -308,13 +320,16 @@ def _parse_tables(raw: object, terms: dict[str, str], equations: dict[str, Equat
 
 
 def parse_spec(text: str, source: str = "<spec>",
-               columns: set[str] | None = None) -> ModelSpec:
-    """Parse TOML text into a ModelSpec; raises SpecError naming `source` and each key."""
+               columns: set[str] | frozenset[str] | None = None) -> ModelSpec:
+    """Parse TOML text into a ModelSpec; raises SpecError naming `source` and each key.
+    `columns`: the columns of the table it will be fitted to; None: the study's prepared
+    table's; ANY_COLUMNS: no column check."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise SpecError(f"{source}: not valid TOML: {error}") from None
-    known = set(columns) if columns is not None else {*PREPARED_COLUMNS, *EXTRA_COLUMNS}
+    known = (columns if isinstance(columns, _AnyColumn) else set(columns)
+             if columns is not None else {*PREPARED_COLUMNS, *EXTRA_COLUMNS})
     errors: list[str] = [f"{key}: unknown key" for key in raw if key not in KNOWN_KEYS]
     # A spec may declare only frequentist tables (its Bayesian equations still to come).
     required = ("name", "exposure", "outcome", "equations") if "equations" in raw or \
