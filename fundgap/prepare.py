@@ -8,6 +8,7 @@ donation-stream rules, rating ICC). Each step is a small function that can be te
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -25,6 +26,7 @@ from fundgap.rules import (
     PREPARED_COLUMNS,
     SES_ITEM_PREFIX,
 )
+from fundgap.stream import Coder
 
 # Cut points of the age groups (the study controls for 年龄段 without printing its cuts).
 AGE_GROUPS: tuple[tuple[str, int], ...] = (("0-17", 0), ("18-39", 18), ("40-59", 40), ("60+", 60))
@@ -125,27 +127,50 @@ def _prefecture_factor(indicators: pd.DataFrame, prefecture: pd.Series,
 # ---------------------------------------------------------------- donation stream
 
 
-def donation_capacities(donations: pd.DataFrame, core_window: int = 100,
-                        derived_after: int = 300,
+def donation_capacities(donations: pd.DataFrame | Iterable[pd.DataFrame],
+                        core_window: int = 100, derived_after: int = 300,
                         short_streams: ShortStreams = "fallback") -> pd.DataFrame:
-    """Core and derived network capacity per campaign, in 100 yuan.
+    """Core and derived network capacity per campaign, in 100 yuan, indexed by campaign_id
+    (sorted), with its stream_length and derived_capacity_rule.
 
     Core: mean of donations with seq <= core_window. Derived: mean of donations with
-    seq > derived_after; for shorter streams see PrepareOptions.short_streams.
+    seq > derived_after; for shorter streams see PrepareOptions.short_streams. `donations`
+    is a frame or its chunks (Dataset.donation_chunks(): a stream too large to hold): each
+    window's sum and count per campaign are added up chunk by chunk.
     """
-    amount = donations["amount"].astype(float) / 100.0
-    seq = donations["seq"].astype(int)
-    by = donations["campaign_id"]
+    chunks = [donations] if isinstance(donations, pd.DataFrame) else donations
+    coder = Coder()
+    windows = ("core", "after_derived", "after_core", "all")
+    sums = {w: np.zeros(0) for w in windows}
+    counts = {w: np.zeros(0) for w in windows}
+    length = np.zeros(0, np.int64)
+    for chunk in chunks:
+        code = coder(chunk["campaign_id"])
+        seq = chunk["seq"].to_numpy(dtype=np.int64)
+        amount = chunk["amount"].to_numpy(dtype=float) / 100.0
+        groups = len(coder.ids)
+        masks = {"core": seq <= core_window, "after_derived": seq > derived_after,
+                 "after_core": seq > core_window, "all": np.ones(len(seq), bool)}
+        for window, mask in masks.items():
+            sums[window] = _grown(sums[window], groups) + np.bincount(
+                code[mask], amount[mask], minlength=groups)
+            counts[window] = _grown(counts[window], groups) + np.bincount(
+                code[mask], minlength=groups)
+        length = _grown(length, groups)
+        np.maximum.at(length, code, seq)
+    order = np.argsort(coder.ids.to_numpy(dtype=str), kind="stable")
+    index = pd.Index(coder.ids[order], name="campaign_id")
 
-    def window_mean(mask: pd.Series) -> pd.Series:
-        return amount[mask].groupby(by[mask]).mean()
+    def window_mean(window: str) -> pd.Series:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = sums[window][order] / counts[window][order]
+        return pd.Series(np.where(counts[window][order] > 0, mean, np.nan), index=index)
 
-    length = seq.groupby(by).max().rename("stream_length")
-    out = pd.DataFrame(length)
-    out["core_capacity"] = window_mean(seq <= core_window)
-    after_derived = window_mean(seq > derived_after)
-    after_core = window_mean(seq > core_window)
-    everything = amount.groupby(by).mean()
+    out = pd.DataFrame({"stream_length": length[order]}, index=index)
+    out["core_capacity"] = window_mean("core")
+    after_derived = window_mean("after_derived")
+    after_core = window_mean("after_core")
+    everything = window_mean("all")
     out["derived_capacity"] = after_derived
     out["derived_capacity_rule"] = f"after_{derived_after}"
     short = out["derived_capacity"].isna()
@@ -161,6 +186,11 @@ def donation_capacities(donations: pd.DataFrame, core_window: int = 100,
     else:
         raise ValueError(f"unknown short_streams {short_streams!r}: use 'fallback' or 'missing'")
     return out
+
+
+def _grown(values: np.ndarray, size: int) -> np.ndarray:
+    """`values` padded with zeros to `size` (campaigns first met in a later chunk)."""
+    return np.concatenate([values, np.zeros(size - len(values), values.dtype)])
 
 
 # ---------------------------------------------------------------- ratings
@@ -278,8 +308,8 @@ def prepare(dataset: Dataset, options: PrepareOptions | None = None) -> Prepared
         notes.append(f"ses_index computed as the sum of standardised {SES_ITEM_PREFIX}* columns")
 
     capacity_rules: dict[str, int] = {}
-    if dataset.donations is not None:
-        capacities = donation_capacities(dataset.donations, options.core_window,
+    if dataset.has_donations:
+        capacities = donation_capacities(dataset.donation_chunks(), options.core_window,
                                          options.derived_after, options.short_streams)
         aligned = capacities.reindex(campaigns["campaign_id"])
         for column in ("core_capacity", "derived_capacity", "derived_capacity_rule"):
