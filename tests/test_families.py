@@ -12,11 +12,12 @@ import pytensor.tensor as pt
 import pytest
 import statsmodels.api as sm
 
-from fundgap.bayesian import fit_model, reported_prefixes
+from fundgap.bayesian import fit_model
 from fundgap.design import build_design
 from fundgap.errors import SpecError
 from fundgap.families import FAMILIES, FREQUENTIST_FAMILIES, family
 from fundgap.frequentist_tables import ols_table
+from fundgap.gate import reported_prefixes
 from fundgap.spec import parse_spec
 
 from conftest import GROUPED_COLUMNS, QUICK, grouped_spec_text, grouped_table

@@ -19,7 +19,6 @@ import statsmodels.formula.api as smf
 
 from fundgap.bayesian import (
     FitSettings,
-    _latent_statistics,
     fit_model,
     prior_predictive,
 )
@@ -27,6 +26,7 @@ from fundgap.cli import main
 from fundgap.compare import write_frequentist
 from fundgap.fitfolder import posterior_groups, write_fit
 from fundgap.frequentist_tables import run_frequentist
+from fundgap.gate import _latent_statistics
 from fundgap.report import build_report, write_report
 from fundgap.spec import load_spec, parse_spec
 from fundgap.store import write_table
