@@ -92,7 +92,7 @@ def sample(model: pm.Model, backend: str = "nutpie", draws: int = 1000, tune: in
             else:
                 compiled, cache = _compile(model, structure, frozen=True)
         compiled_at = time.perf_counter()
-        with _noticing_interrupts() as interrupted:
+        with _noticing_interrupts() as interrupted, _ONE_BLAS_THREAD:
             idata = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=seed,
                                   progress_bar=progress, save_warmup=False,
                                   target_accept=target_accept)
@@ -118,6 +118,41 @@ def sample(model: pm.Model, backend: str = "nutpie", draws: int = 1000, tune: in
     # start's, which it records apart).
     return SampleResult(idata, backend, 0.0, time.perf_counter() - start,
                         warm_start=warm_start and warm_start.record())
+
+
+class _OneBlasThread:
+    """While any fit in this process samples with nutpie, BLAS runs one thread per call.
+
+    nutpie runs a thread per chain, and each gradient's matrix products would start
+    OpenBLAS's own threads on the same cores: measured on 2 cores, a 341 x 344 by 344 x 16
+    product takes 10 ms that way against 0.2 ms on one thread, which made the correlated
+    errors' kernel 10 times slower at 300,000 campaigns (benchmarks/README.md). A count, not
+    a plain context, because robustness variants sample two at a time in threads: the limit
+    is lifted when the last one ends.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._limit = None
+
+    def __enter__(self) -> None:
+        from threadpoolctl import threadpool_limits
+
+        with self._lock:
+            if self._users == 0:
+                self._limit = threadpool_limits(limits=1, user_api="blas")
+            self._users += 1
+
+    def __exit__(self, *_exc: object) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0 and self._limit is not None:
+                self._limit.restore_original_limits()
+                self._limit = None
+
+
+_ONE_BLAS_THREAD = _OneBlasThread()
 
 
 @contextlib.contextmanager

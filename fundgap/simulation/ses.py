@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from fundgap.families import censored_share_mean
+from fundgap.censored import censored_share_mean
 from fundgap.prepare import donation_capacities
 from fundgap.simulation.development import (
     CHANNELS,
