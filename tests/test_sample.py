@@ -211,3 +211,25 @@ def test_a_signal_as_the_chains_finish_still_stops_the_fit(monkeypatch, signum: 
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGTERM, terminate)
+
+
+def test_blas_runs_one_thread_while_any_fit_samples() -> None:
+    """nutpie's chain threads each call BLAS; OpenBLAS's own threads on top of them slow a
+    gradient many times over. The limit holds while any of two concurrent fits samples and
+    is lifted when the last one ends."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from fundgap.sampling.sample import _OneBlasThread
+
+    def blas_threads() -> set[int]:
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    one = _OneBlasThread()
+    with threadpool_limits(limits=2, user_api="blas"):
+        assert blas_threads() == {2}
+        with one:
+            assert blas_threads() == {1}
+            with one:          # a second fit starts sampling
+                assert blas_threads() == {1}
+            assert blas_threads() == {1}   # the first still samples
+        assert blas_threads() == {2}
