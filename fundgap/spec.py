@@ -191,7 +191,7 @@ def _parse_equation(name: str, body: object, terms: dict[str, str], known: set[s
             if problem:
                 errors.append(f"{where}.formula: {problem}")
                 continue
-            groups.append(GROUPS.get(group, group))
+            groups.append(group_column(group, known))
         elif type(term).__name__ != "Intercept":
             fixed_terms.append(term)
     variables = sorted(set().union(*(t.var_names for t in fixed_terms)) if fixed_terms
@@ -223,6 +223,14 @@ def grouping_order(column: str) -> tuple:
     an equation's groupings by their nesting in the table (fundgap.design.nest_groupings)."""
     study = list(GROUPS.values())
     return (0, -study.index(column), "") if column in study else (1, 0, column)
+
+
+def group_column(group: str, known: set[str]) -> str:
+    """The column `(1|group)` stands for: the study's code column (county -> county_code)
+    where the table has it, else the column of that name (a table of one's own may call its
+    counties `county`)."""
+    return GROUPS[group] if group in GROUPS and (GROUPS[group] in known
+                                                 or group not in known) else group
 
 
 def _group_problem(group: str, known: set[str]) -> str | None:
@@ -309,7 +317,7 @@ def _parse_tables(raw: object, terms: dict[str, str], equations: dict[str, Equat
             table=str(body["table"]), model=str(body["model"]), formula=formula,
             response=response, variables=variables, family=family,
             filter=body.get("filter", spec_filter),
-            cluster=GROUPS.get(cluster, cluster), rename=dict(body.get("rename", {})),
+            cluster=group_column(cluster, known), rename=dict(body.get("rename", {})),
             equation=equation, posterior_effect={str(k): str(v) for k, v in
                                                  body.get("posterior_effect", {}).items()},
             variant=str(body["variant"]) if "variant" in body else None))

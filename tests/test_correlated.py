@@ -20,7 +20,7 @@ from fundgap.correlated import (
     joint_statistics,
     offsets,
 )
-from fundgap.design import GROUP_DIMS, build_design
+from fundgap.design import build_design, group_dim
 from fundgap.errors import SpecError
 from fundgap.lkj import correlation_cholesky
 from fundgap.marginal import marginal_loglik, standardised_design, sufficient_statistics
@@ -181,7 +181,7 @@ def test_intercepts_are_drawn_from_their_exact_joint_conditional(levels: str) ->
     precision = np.diag(1 / prior) + loading.T @ noise_precision @ loading
     covariance = np.linalg.inv(precision)
     mean = covariance @ loading.T @ noise_precision @ residual
-    ours = np.concatenate([np.column_stack([drawn[m][GROUP_DIMS[group]] for group in groups])
+    ours = np.concatenate([np.column_stack([drawn[m][group_dim(group)] for group in groups])
                            for m in MEDIATORS], axis=1)
     se = np.sqrt(np.diag(covariance) / draws)
     assert np.max(np.abs(ours.mean(axis=0) - mean) / se) < 5

@@ -183,3 +183,15 @@ def test_the_frequentist_side_clusters_by_the_innermost_grouping() -> None:
     robust = sm.OLS(table["y"], sm.add_constant(table[["x"]])).fit().get_robustcov_results(
         cov_type="cluster", groups=np.arange(len(table)))
     np.testing.assert_allclose(ols["cluster_std_error"], robust.bse, rtol=1e-10)
+
+
+def test_a_table_of_ones_own_may_call_its_counties_county() -> None:
+    """`(1|county)` on a table with a `county` column and no `county_code` groups by that
+    column (the study's code column where a table has it)."""
+    table = schools().rename(columns={"school": "county", "district": "prefecture"})
+    spec = _spec(table, "(1|county) + (1|prefecture)")
+    assert set(spec.equations["y"].groups) == {"prefecture", "county"}
+    design = build_design(spec, table)
+    assert design.equations["y"].groups == ("prefecture", "county")
+    assert set(design.grouping_dims) == {"prefecture", "county"}
+    assert len(design.levels["county"]) == table["county"].nunique()
