@@ -138,14 +138,21 @@ def held_out_data(posterior: xr.Dataset, design: Design, equation: str, held_out
                             log_likelihood=xr.Dataset({equation: loglik}))
 
 
-def compare(data: dict[str, az.InferenceData], equation: str) -> pd.DataFrame:
-    """ArviZ's LOO comparison of `data` (variant -> InferenceData with a log likelihood of
-    `equation`), with the count of held-out units whose Pareto k exceeds 0.7."""
+def elpd(data: az.InferenceData, equation: str) -> az.ELPDData:
+    """PSIS-LOO of `equation` in `data` (which holds its log likelihood), pointwise: what
+    compare needs of a variant, so the variant's draws need not be kept until then."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)   # high-k warnings: counted below
-        table = az.compare(data, var_name=equation, ic="loo")
-        high_k = {name: int((az.loo(idata, var_name=equation, pointwise=True).pareto_k
-                             > PARETO_K_BAD).sum()) for name, idata in data.items()}
+        warnings.simplefilter("ignore", UserWarning)   # high-k warnings: counted in compare
+        return az.loo(data, var_name=equation, pointwise=True)
+
+
+def compare(elpds: dict[str, az.ELPDData]) -> pd.DataFrame:
+    """ArviZ's LOO comparison of the variants' `elpd`s, with the count of held-out units
+    whose Pareto k exceeds 0.7."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        table = az.compare(elpds, ic="loo")
+    high_k = {name: int((loo.pareto_k > PARETO_K_BAD).sum()) for name, loo in elpds.items()}
     table = table.rename_axis("variant").reset_index()
     table["pareto_k_above_0_7"] = table["variant"].map(high_k)
     return table
