@@ -38,9 +38,12 @@ class _AnyColumn(frozenset):
 # `columns` for parse_spec that checks no column: a spec read back from a fit folder was
 # checked against its table when it was fitted, and that table is not at hand
 ANY_COLUMNS: frozenset[str] = _AnyColumn()
-# Dimension names a posterior already uses, so no grouping may take them.
+# Dimension names and variable prefixes a posterior already uses (fundgap.names), so no
+# grouping may take them (`intercept` would make `intercept_intercept_y` a reported name).
 RESERVED_GROUP_NAMES = frozenset({"campaign", "equation", "mediator", "channel", "chain",
-                                  "draw", "error_pair", "outcome", "rho", "effect"})
+                                  "draw", "error_pair", "outcome", "rho", "effect",
+                                  "intercept", "coefficients", "alpha", "beta_std", "signed",
+                                  "error_correlation", "error_cholesky"})
 PRIOR_KEYS = ("intercept_scale", "coefficient_scale", "sigma_scale", "group_sd_scale")
 KNOWN_KEYS = {"name", "description", "exposure", "outcome", "mediators", "terms",
               "equations", "filter", "moderator", "frequentist", "sampler", "robustness",
@@ -238,7 +241,7 @@ def _group_problem(group: str, known: set[str]) -> str | None:
     if group in GROUPS:
         return None
     if group in RESERVED_GROUP_NAMES or group.startswith("term_"):
-        return f"{group!r} is a dimension name the posterior already uses; rename the column"
+        return f"{group!r} is a name the posterior already uses; rename the column"
     if group not in known:
         return (f"unknown group {group!r}: no such column in the data (the study's "
                 f"groupings are {', '.join(GROUPS)}; any other names a column of the table "

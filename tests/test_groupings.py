@@ -139,13 +139,14 @@ def test_study_counties_outside_one_prefecture_are_refused(small_table: pd.DataF
 
 
 @pytest.mark.parametrize(("group", "message"), [
-    ("campaign", "'campaign' is a dimension name the posterior already uses"),
-    ("term_x", "'term_x' is a dimension name the posterior already uses"),
+    ("campaign", "'campaign' is a name the posterior already uses"),
+    ("term_x", "'term_x' is a name the posterior already uses"),
+    ("intercept", "'intercept' is a name the posterior already uses"),
     ("classroom", "unknown group 'classroom': no such column in the data"),
 ])
 def test_a_grouping_must_be_a_column_and_not_a_dimension_name(group: str,
                                                                message: str) -> None:
-    table = schools().assign(campaign="c", term_x="t")
+    table = schools().assign(campaign="c", term_x="t", intercept="i")
     with pytest.raises(SpecError, match=message):
         _spec(table, f"(1|{group})")
 
