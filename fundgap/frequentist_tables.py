@@ -42,9 +42,9 @@ OLS_COLUMNS = ("table", "model", "term", "published_term", "estimate", "std_erro
                "cluster", "adj_r2", "pseudo_r2", "method")
 # the normal quantile of a 95% interval from an estimate and its standard error
 Z95 = float(scipy_stats.norm.ppf(0.975))
-# The study's stars (notes under Table 2): ! p<0.10, * p<0.05, ** p<0.01, *** p<0.001.
 # the `cluster` of a model whose errors are clustered by row (no grouping): robust errors
 ROW_CLUSTERS = "each row"
+# The study's stars (notes under Table 2): ! p<0.10, * p<0.05, ** p<0.01, *** p<0.001.
 STARS = ((0.001, "***"), (0.01, "**"), (0.05, "*"), (0.10, "!"))
 
 

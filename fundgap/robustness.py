@@ -141,8 +141,8 @@ def loo_inputs(fit: FitResult | SavedReference, outcome: str) -> dict[str, az.EL
     """A pooling variant's PSIS-LOO of the outcome per unit held out: a campaign
     (conditional on the drawn intercepts) and, for a Gaussian outcome fitted from rows, a
     whole county and a whole prefecture (their intercepts integrated out, grouped_loo).
-    Computed as each variant finishes, so its draws are not all kept until the comparison
-    (at 300,000 campaigns they were 15 GB for seven variants)."""
+    Computed as each variant finishes, so that every variant's draws are not kept until the
+    comparison (benchmarks/README.md: memory at 300,000 campaigns)."""
     inputs = {"campaign": grouped_loo.elpd(fit.idata, outcome)}
     if fit.design.equations[outcome].family in grouped_loo.CLOSED_FORM \
             and not fit.design.reduced:

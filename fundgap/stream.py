@@ -1,11 +1,11 @@
 """A donation stream too large to hold, read a few million rows at a time.
 
-A data folder of 300,000 campaigns holds about 116 million donations (2.2 GB of CSV); read
-whole as text they need more than 24 GB. A donations file over STREAM_BYTES is therefore
-never held: fundgap.contract checks it chunk by chunk and fundgap.prepare sums its
-capacities chunk by chunk, each from the same parsed chunks. What crosses chunks is small:
-each row's campaign as an int32 code and its seq as an int32 (for the seq rule), and the
-capacities' per-campaign sums.
+A platform's donation stream runs to hundreds of rows per campaign, and read whole as text
+it needs many times its size in memory (benchmarks/README.md: a data folder of 300,000
+campaigns). A donations file over STREAM_BYTES is therefore never held: fundgap.contract
+checks it chunk by chunk and fundgap.prepare sums its capacities chunk by chunk, each from
+the same parsed chunks. What crosses chunks is small: each row's campaign as an int32 code
+and its seq as an int32 (for the seq rule), and the capacities' per-campaign sums.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 # Files above this size are read in chunks (below it, whole, as every other file)
 STREAM_BYTES = 256 * 2**20
-# Bytes of CSV per chunk (about 3 million donation rows)
+# Bytes of CSV per chunk (a few million donation rows)
 CHUNK_BYTES = 64 * 2**20
 # Rows per chunk of a Parquet file
 CHUNK_ROWS = 2_000_000

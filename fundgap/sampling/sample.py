@@ -124,11 +124,11 @@ class _OneBlasThread:
     """While any fit in this process samples with nutpie, BLAS runs one thread per call.
 
     nutpie runs a thread per chain, and each gradient's matrix products would start
-    OpenBLAS's own threads on the same cores: measured on 2 cores, a 341 x 344 by 344 x 16
-    product takes 10 ms that way against 0.2 ms on one thread, which made the correlated
-    errors' kernel 10 times slower at 300,000 campaigns (benchmarks/README.md). A count, not
-    a plain context, because robustness variants sample two at a time in threads: the limit
-    is lifted when the last one ends.
+    OpenBLAS's own threads on the same cores, which spin against the chains' threads: many
+    times slower than one thread for the correlated errors' kernel on large data
+    (benchmarks/README.md, "one BLAS thread while sampling"). A count, not a plain context,
+    because robustness variants sample two at a time in threads: the limit is lifted when
+    the last one ends.
     """
 
     def __init__(self) -> None:
