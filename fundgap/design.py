@@ -17,7 +17,8 @@ from formulae import design_matrices
 from fundgap.defaults import DIMS, PRIOR_SCALES
 from fundgap.errors import SpecError
 from fundgap.families import family
-from fundgap.spec import GROUPS, ModelSpec, grouping_order
+from fundgap.groupings import GROUPS, grouping_order
+from fundgap.spec import ModelSpec
 
 # The name the frequentist side gives the intercept column it adds (formulae's own name).
 INTERCEPT = "Intercept"

@@ -21,7 +21,8 @@ import pandas as pd
 from fundgap import fitfolder
 from fundgap.errors import FundgapError
 from fundgap.frequentist_tables import Z95
-from fundgap.spec import ANY_COLUMNS, parse_spec
+from fundgap.groupings import ANY_COLUMNS
+from fundgap.spec import parse_spec
 
 POSTERIOR_COLOUR, FREQUENTIST_COLOUR = "#1f5fa8", "#d9731a"
 

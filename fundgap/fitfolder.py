@@ -363,7 +363,8 @@ def load_fit(folder: str | Path, spec: ModelSpec | None = None,
     """Read a Bayesian fit folder, refusing (FundgapError) one that is missing, damaged, of
     an unreadable layout, made from another spec (`spec`: its text must match) or from
     other data (`data_fingerprint`)."""
-    from fundgap.spec import ANY_COLUMNS, parse_spec
+    from fundgap.groupings import ANY_COLUMNS
+    from fundgap.spec import parse_spec
 
     folder = Path(folder)
     record = checked_record(folder)

@@ -29,8 +29,8 @@ import xarray as xr
 from fundgap import names
 from fundgap.design import Design, group_dim
 from fundgap.errors import FundgapError
+from fundgap.groupings import GROUPS
 from fundgap.predictive import linear_predictor, thinned
-from fundgap.spec import GROUPS
 
 # What a whole group's campaigns can be held out by (inner to outer, as GROUPS).
 HELD_OUT = ("county", "prefecture")

@@ -19,31 +19,15 @@ from formulae import model_description
 from fundgap.defaults import FORMS, TARGET_ACCEPT_RANGE
 from fundgap.errors import SpecError
 from fundgap.families import EXACT_FAMILIES, FAMILY_NAMES, FREQUENTIST_FAMILIES
+from fundgap.groupings import (
+    ANY_COLUMNS,
+    group_column,
+    group_problem,
+    grouping_order,
+)
 from fundgap.rules import EXTRA_COLUMNS, PREPARED_COLUMNS
 from fundgap.variants import VARIANTS
 
-# The study's group names a formula may use, and the prepared columns they stand for. Any
-# other `(1|g)` names a column g of the table fitted (its levels are g's values).
-GROUPS = {"county": "county_code", "prefecture": "prefecture_code",
-          "province": "province_code"}
-
-
-class _AnyColumn(frozenset):
-    """A column set holding every name (see ANY_COLUMNS)."""
-
-    def __contains__(self, item: object) -> bool:
-        return True
-
-
-# `columns` for parse_spec that checks no column: a spec read back from a fit folder was
-# checked against its table when it was fitted, and that table is not at hand
-ANY_COLUMNS: frozenset[str] = _AnyColumn()
-# Dimension names and variable prefixes a posterior already uses (fundgap.names), so no
-# grouping may take them (`intercept` would make `intercept_intercept_y` a reported name).
-RESERVED_GROUP_NAMES = frozenset({"campaign", "equation", "mediator", "channel", "chain",
-                                  "draw", "error_pair", "outcome", "rho", "effect",
-                                  "intercept", "coefficients", "alpha", "beta_std", "signed",
-                                  "error_correlation", "error_cholesky"})
 PRIOR_KEYS = ("intercept_scale", "coefficient_scale", "sigma_scale", "group_sd_scale")
 KNOWN_KEYS = {"name", "description", "exposure", "outcome", "mediators", "terms",
               "equations", "filter", "moderator", "frequentist", "sampler", "robustness",
@@ -190,7 +174,7 @@ def _parse_equation(name: str, body: object, terms: dict[str, str], known: set[s
                 errors.append(f"{where}.formula: only random intercepts (1|group) are "
                               "supported")
             group = next(iter(term.factor.var_names))
-            problem = _group_problem(group, known)
+            problem = group_problem(group, known)
             if problem:
                 errors.append(f"{where}.formula: {problem}")
                 continue
@@ -218,35 +202,6 @@ def _parse_equation(name: str, body: object, terms: dict[str, str], known: set[s
                     fixed_formula=f"{name} ~ {fixed or '1'}", variables=tuple(variables),
                     groups=tuple(sorted(dict.fromkeys(groups), key=grouping_order)),
                     family=family, priors=dict(priors))
-
-
-def grouping_order(column: str) -> tuple:
-    """A canonical order of group columns: the study's outer to inner (province, prefecture,
-    county), then any other by name. Where the data nest them otherwise, the design orders
-    an equation's groupings by their nesting in the table (fundgap.design.nest_groupings)."""
-    study = list(GROUPS.values())
-    return (0, -study.index(column), "") if column in study else (1, 0, column)
-
-
-def group_column(group: str, known: set[str]) -> str:
-    """The column `(1|group)` stands for: the study's code column (county -> county_code)
-    where the table has it, else the column of that name (a table of one's own may call its
-    counties `county`)."""
-    return GROUPS[group] if group in GROUPS and (GROUPS[group] in known
-                                                 or group not in known) else group
-
-
-def _group_problem(group: str, known: set[str]) -> str | None:
-    """Why `(1|group)` cannot be a grouping, or None."""
-    if group in GROUPS:
-        return None
-    if group in RESERVED_GROUP_NAMES or group.startswith("term_"):
-        return f"{group!r} is a name the posterior already uses; rename the column"
-    if group not in known:
-        return (f"unknown group {group!r}: no such column in the data (the study's "
-                f"groupings are {', '.join(GROUPS)}; any other names a column of the table "
-                "fitted)")
-    return None
 
 
 def _formula_parts(formula: str, where: str, known: set[str],
@@ -311,7 +266,7 @@ def _parse_tables(raw: object, terms: dict[str, str], equations: dict[str, Equat
             errors.append(f"{where}.family: the frequentist side fits "
                           f"{', '.join(FREQUENTIST_FAMILIES)}, not {family!r}")
         cluster = str(body.get("cluster", "county"))
-        problem = _group_problem(cluster, known)
+        problem = group_problem(cluster, known)
         if problem:
             errors.append(f"{where}.cluster: {problem}")
         if missing:
@@ -339,7 +294,7 @@ def parse_spec(text: str, source: str = "<spec>",
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise SpecError(f"{source}: not valid TOML: {error}") from None
-    known = (columns if isinstance(columns, _AnyColumn) else set(columns)
+    known = (columns if columns is ANY_COLUMNS else set(columns)
              if columns is not None else {*PREPARED_COLUMNS, *EXTRA_COLUMNS})
     errors: list[str] = [f"{key}: unknown key" for key in raw if key not in KNOWN_KEYS]
     # A spec may declare only frequentist tables (its Bayesian equations still to come).
