@@ -191,12 +191,18 @@ def nest_in_table(spec: ModelSpec, table: pd.DataFrame) -> ModelSpec:
     if all(len(e.groups) < 2 or set(e.groups) <= study for e in spec.equations.values()) \
             or not set(columns) <= set(table.columns):   # a missing column: named later
         return spec
-    rows = table[columns].dropna().astype(str)
+    index, levels = _level_index(table[columns].dropna(), columns)
+    return nest_groupings(spec, index, levels)
+
+
+def _level_index(rows: pd.DataFrame, columns: list[str]) -> tuple[dict[str, np.ndarray],
+                                                                    dict[str, np.ndarray]]:
+    """Each row's level of each group column, and the columns' levels (sorted codes)."""
     index, levels = {}, {}
     for column in columns:
-        index[column], uniques = pd.factorize(rows[column], sort=True)
+        index[column], uniques = pd.factorize(rows[column].astype(str), sort=True)
         levels[column] = np.asarray(uniques, dtype=str)
-    return nest_groupings(spec, index, levels)
+    return index, levels
 
 
 def _outside(inner: np.ndarray, outer: np.ndarray,
@@ -265,11 +271,7 @@ def build_design(spec: ModelSpec, table: pd.DataFrame) -> Design:
         raise SpecError(f"{spec.source}: declares no Bayesian equations (only frequentist "
                         "tables); use `fundgap frequentist`")
     rows, dropped = select_rows(table, spec.filter, list(spec.variables), spec.source)
-    levels, index = {}, {}
-    for column in group_columns(spec):
-        codes, uniques = pd.factorize(rows[column].astype(str), sort=True)
-        levels[column] = np.asarray(uniques, dtype=str)
-        index[column] = codes
+    index, levels = _level_index(rows, group_columns(spec))
     spec = nest_groupings(spec, index, levels)
 
     equations = {}

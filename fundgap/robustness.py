@@ -40,6 +40,7 @@ from fundgap.variants import DROPPED_CONTROLS, POOLING, SPEC_AS_WRITTEN, SUBSETS
 # variants fitted at once (threads: the sampler runs outside Python's lock)
 VARIANTS_AT_ONCE = 2
 
+
 def _without_term(formula: str, column: str) -> str:
     """`formula` with every fixed term that uses `column` left out (terms are joined by +;
     a term such as C(x) or x:C(y) uses the columns named in it)."""
