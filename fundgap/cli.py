@@ -220,7 +220,8 @@ def _robustness(args: argparse.Namespace) -> int:
     table = load_prepared(args.data).table
     settings = robustness_settings(spec, draws=args.draws, tune=args.tune, chains=args.chains,
                                    seed=args.seed, progress=not args.quiet)
-    side_by_side, loo = fit_robustness(spec, table, args.out, settings, fit=args.fit)
+    side_by_side, loo = fit_robustness(spec, table, args.out, settings, fit=args.fit,
+                                       statistics=args.statistics)
     print(side_by_side.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(loo.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     failed = failed_variants(side_by_side)
@@ -376,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     rob.add_argument("--tune", type=int)
     rob.add_argument("--chains", type=int)
     rob.add_argument("--seed", type=int)
+    rob.add_argument("--statistics", choices=("auto", "always", "never"), default="auto",
+                     help="fit the variants from sufficient statistics (auto: a table of over "
+                          "200,000 rows whose equations are all Gaussian)")
     rob.add_argument("--quiet", action="store_true", help="no progress bar")
     rob.set_defaults(run=_robustness)
 

@@ -106,6 +106,9 @@ class Design:
     # the correlated errors' joint statistics (fundgap.correlated.JointStatistics): set by
     # fundgap.reduce, or on first use from the rows
     joint_statistics: object | None = None
+    # set by fundgap.reduce on request: an equation's per-county sums for holding out whole
+    # counties and prefectures without the rows (fundgap.reduce.GroupMoments)
+    group_moments: dict | None = None
 
     @property
     def reduced(self) -> bool:

@@ -54,17 +54,22 @@ def _levels_up_to(held_out: str) -> list[str]:
     return columns[:columns.index(GROUPS[held_out]) + 1]
 
 
-def _nested_log_density(residual: np.ndarray, variance: np.ndarray, maps: list,
-                        tau2: list[np.ndarray | None], sizes: np.ndarray) -> np.ndarray:
-    """Per draw (rows) and held-out group: the normal log density of the group's residuals
-    with covariance variance * I plus tau2[k] * 11' over each group of level k (maps[k]
-    takes level k-1's groups, campaigns first, to level k's; None: no intercept there).
-    Each block carries log det A, 1'A^-1 1, 1'A^-1 r and r'A^-1 r; adding tau^2 11' to a
-    block updates them by Sherman-Morrison."""
-    log_det = np.log(variance) * np.ones_like(residual)
-    ones = np.broadcast_to(1.0 / variance, residual.shape)
+def _campaign_parts(residual: np.ndarray, variance: np.ndarray) -> tuple:
+    """Each campaign's block of sigma^2 I: (log det, 1'A^-1 1, 1'A^-1 r, r'A^-1 r)."""
     ones_r = residual / variance
-    r_r = residual * ones_r
+    return (np.log(variance) * np.ones_like(residual),
+            np.broadcast_to(1.0 / variance, residual.shape), ones_r, residual * ones_r)
+
+
+def _nested_log_density(parts: tuple, maps: list, tau2: list[np.ndarray | None],
+                        sizes: np.ndarray) -> np.ndarray:
+    """Per draw (rows) and held-out group: the normal log density of the group's residuals
+    with covariance sigma^2 I plus tau2[k] * 11' over each group of level k (maps[k]
+    takes level k-1's groups, the units of `parts` first, to level k's; None: no
+    intercept there). Each block carries log det A, 1'A^-1 1, 1'A^-1 r and r'A^-1 r
+    (`parts`, of the units' blocks: campaigns', or counties' of sigma^2 I from their sums);
+    adding tau^2 11' to a block updates them by Sherman-Morrison."""
+    log_det, ones, ones_r, r_r = parts
     for step, level_tau2 in zip(maps, tau2, strict=True):
         log_det, ones, ones_r, r_r = (np.asarray(part @ step)
                                       for part in (log_det, ones, ones_r, r_r))
@@ -86,8 +91,7 @@ def group_log_likelihood(posterior: xr.Dataset, design: Design, equation: str,
         raise FundgapError(f"leave-one-{held_out}-out needs a Gaussian equation; "
                            f"{equation} is {record.family}")
     if design.reduced:
-        raise FundgapError("leave-one-group-out needs the campaigns' rows; this fit was "
-                           "made from sufficient statistics")
+        return _from_moments(posterior, design, equation, held_out)
     inner = _levels_up_to(held_out)
     conditioned = tuple(g for g in record.groups if g not in inner)
     table = design.table
@@ -115,13 +119,82 @@ def group_log_likelihood(posterior: xr.Dataset, design: Design, equation: str,
     for start in range(0, flat_eta.shape[0], DRAW_CHUNK):
         draws = slice(start, start + DRAW_CHUNK)
         out[draws] = _nested_log_density(
-            y[None, :] - flat_eta[draws], flat_sigma[draws, None] ** 2, maps,
-            [None if sd is None else sd[draws, None] ** 2 for sd in sds], sizes) + jacobian
+            _campaign_parts(y[None, :] - flat_eta[draws], flat_sigma[draws, None] ** 2),
+            maps, [None if sd is None else sd[draws, None] ** 2 for sd in sds],
+            sizes) + jacobian
     out = out.reshape((*eta.shape[:2], -1))
     dim = group_dim(GROUPS[held_out])
     return xr.DataArray(out, dims=("chain", "draw", dim),
                         coords={"chain": eta["chain"].values, "draw": eta["draw"].values,
                                 dim: np.asarray(codes[-1][1], dtype=str)})
+
+
+def _from_moments(posterior: xr.Dataset, design: Design, equation: str,
+                  held_out: str) -> xr.DataArray:
+    """group_log_likelihood for a design reduced to sufficient statistics, from its
+    per-county sums (fundgap.reduce.GroupMoments): each county's residual sum and sum of
+    squares at a draw follow from the draw's coefficients, and from there the nesting is
+    the rows' (_nested_log_density from the counties up)."""
+    record = design.equations[equation]
+    moments = (design.group_moments or {}).get(equation)
+    if moments is None:
+        raise FundgapError(f"leave-one-{held_out}-out of a fit made from sufficient "
+                           f"statistics needs {equation}'s per-county sums (reduce_prepared "
+                           "with held_out, on data with county and prefecture codes)")
+    inner = _levels_up_to(held_out)
+    conditioned = [g for g in record.groups if g not in inner]
+    county, prefecture = moments.columns
+    if any(c not in moments.columns for c in conditioned):
+        raise FundgapError(f"leave-one-{held_out}-out from sufficient statistics conditions "
+                           "on county or prefecture intercepts only; "
+                           f"{equation} has {', '.join(conditioned)}")
+    to_parent = _indicator(moments.parent, len(moments.levels[prefecture]))
+    maps = [sp.identity(len(moments.n), format="csr")] + (
+        [to_parent] if held_out == "prefecture" else [])
+    variances = [names.group_sd(group_dim(c), equation) if c in record.groups else None
+                 for c in inner]
+    sizes = moments.n if held_out == "county" else np.asarray(
+        to_parent.T @ moments.n).ravel()
+    # each draw's coefficients on the standardised design Z = [1, X] A, less y's centre
+    raw = np.concatenate([posterior[names.intercept(equation)].values[..., None],
+                          posterior[names.coefficients(equation)].values], axis=-1)
+    flat = raw.reshape(-1, raw.shape[-1])
+    theta = np.linalg.solve(moments.affine, flat.T).T
+    theta[:, 0] -= moments.y_centre
+    shift = np.zeros((flat.shape[0], len(moments.n)))
+    for column in conditioned:   # the intercepts above the held-out level, per draw
+        dim = group_dim(column)
+        drawn = posterior[names.group_intercept(dim, equation)]
+        at = pd.Index(drawn[dim].values.astype(str)).get_indexer(moments.levels[column])
+        if (at < 0).any():
+            raise FundgapError(f"the posterior has no {dim} intercept for some of the "
+                               f"data's {column} levels")
+        values = drawn.values.reshape(-1, drawn.shape[-1])[:, at]
+        shift += values[:, moments.parent] if column == prefecture else values
+    flat_sigma = posterior[names.sigma(equation)].values.reshape(-1)
+    sds = [posterior[v].values.reshape(-1) if v else None for v in variances]
+    out = np.empty((flat.shape[0], len(sizes)))
+    for start in range(0, flat.shape[0], DRAW_CHUNK):
+        draws = slice(start, start + DRAW_CHUNK)
+        b = theta[draws]
+        residual_sum = moments.sum_y[None, :] - b @ moments.sum_z.T
+        squares = (moments.yy[None, :] - 2 * b @ moments.zy.T
+                   + np.einsum("dp,kpq,dq->dk", b, moments.zz, b, optimize=True))
+        a = shift[draws]
+        squares = squares - 2 * a * residual_sum + moments.n * a**2
+        residual_sum = residual_sum - moments.n * a
+        variance = flat_sigma[draws, None] ** 2
+        parts = (moments.n * np.log(variance), moments.n / variance,
+                 residual_sum / variance, squares / variance)
+        out[draws] = _nested_log_density(
+            parts, maps, [None if sd is None else sd[draws, None] ** 2 for sd in sds],
+            sizes)
+    out = out.reshape((*raw.shape[:2], -1))
+    dim = group_dim(GROUPS[held_out])
+    held = moments.levels[county if held_out == "county" else prefecture]
+    return xr.DataArray(out, dims=("chain", "draw", dim),
+                        coords={"chain": posterior["chain"].values,
+                                "draw": posterior["draw"].values, dim: held})
 
 
 def held_out_data(posterior: xr.Dataset, design: Design, equation: str, held_out: str,

@@ -131,7 +131,6 @@ def use_statistics(spec: ModelSpec, source: Source, choice: str = "auto") -> boo
     "always", "never", or "auto" (every equation Gaussian with at most two nested
     groupings, and a prepared .parquet table of over REDUCE_ROWS rows). "always" on
     anything but a .parquet table is an error."""
-    from fundgap.families import EXACT_FAMILIES
     from fundgap.reduce import REDUCE_ROWS, parquet_rows
 
     if choice not in STATISTICS_CHOICES:
@@ -147,9 +146,31 @@ def use_statistics(spec: ModelSpec, source: Source, choice: str = "auto") -> boo
             raise FundgapError(f"{what}: fitting from sufficient statistics reads a prepared "
                                ".parquet table (write one with `fundgap prepare`)")
         return False
-    reducible = all(e.family in EXACT_FAMILIES and len(e.groups) <= 2
-                    for e in spec.equations.values())
-    return choice == "always" or (reducible and parquet_rows(source) > REDUCE_ROWS)
+    return choice == "always" or (reducible(spec) and parquet_rows(source) > REDUCE_ROWS)
+
+
+def reducible(spec: ModelSpec) -> bool:
+    """Whether every equation of `spec` can be fitted from sufficient statistics (Gaussian,
+    with at most two nested groupings)."""
+    from fundgap.families import EXACT_FAMILIES
+
+    return all(e.family in EXACT_FAMILIES and len(e.groups) <= 2
+               for e in spec.equations.values())
+
+
+def table_statistics(spec: ModelSpec, table: pd.DataFrame, choice: str = "auto") -> bool:
+    """`use_statistics` for a table in memory: "auto" reduces one of over REDUCE_ROWS rows
+    whose spec is reducible; "always" where the spec is not reducible is an error."""
+    from fundgap.reduce import REDUCE_ROWS
+
+    if choice not in STATISTICS_CHOICES:
+        raise FundgapError(f"unknown statistics choice {choice!r}: use "
+                           f"{', '.join(STATISTICS_CHOICES)}")
+    if choice == "always" and not reducible(spec):
+        raise FundgapError(f"{spec.source}: fitting from sufficient statistics needs every "
+                           "equation Gaussian with at most two nested groupings")
+    return choice == "always" or (choice == "auto" and reducible(spec)
+                                  and len(table) > REDUCE_ROWS)
 
 
 def fit_bayesian(spec: ModelSpec, source: Source, settings: FitSettings,
@@ -206,11 +227,14 @@ def fit_frequentist(spec: ModelSpec, table: pd.DataFrame, out: str | Path,
 def fit_robustness(spec: ModelSpec, table: pd.DataFrame, out: str | Path,
                    settings: FitSettings, record: dict | None = None,
                    data_fingerprint: str | None = None,
-                   fit: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                   fit: str | Path | None = None,
+                   statistics: str = "auto") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Fit Table 4's variants of `spec` (fundgap.robustness) and write them to `out`
     (robustness.csv, loo.csv, robustness.json); returns (side by side, LOO comparison).
     `fit`: the spec's own fit folder, which serves as the spec as written where it is of
-    this spec and these data (else that variant is fitted too)."""
+    this spec and these data (else that variant is fitted too). `statistics`: whether the
+    variants are fitted from sufficient statistics (`table_statistics`: auto, always,
+    never)."""
     from dataclasses import asdict
 
     from fundgap.fitfolder import load_fit, write_robustness
@@ -220,17 +244,20 @@ def fit_robustness(spec: ModelSpec, table: pd.DataFrame, out: str | Path,
     started = time.perf_counter()
     missing_columns([spec], table.columns, "the data")
     fingerprint = data_fingerprint or frame_fingerprint(table)
+    reduced = table_statistics(spec, table, statistics)
     reference, why = None, "no fit folder given"
     if fit is not None:
         try:
-            reference = SavedReference.read(load_fit(fit, spec, fingerprint), table)
+            reference = SavedReference.read(load_fit(fit, spec, fingerprint), table,
+                                            statistics=reduced)
             why = "" if reference else "fitted from sufficient statistics"
         except FundgapError as error:
             why = str(error)
     variants = variant_names(spec)
-    side_by_side, loo = robustness(spec, table, settings, variants, reference)
+    side_by_side, loo = robustness(spec, table, settings, variants, reference, reduced)
     write_robustness(out, side_by_side, loo, {
         "spec_name": spec.name, "variants": variants, "data_fingerprint": fingerprint,
+        "data_form": "sufficient statistics" if reduced else "rows",
         # where the spec as written comes from: its own fit, or fitted here (and why)
         "spec_as_written": str(fit) if reference else f"fitted here ({why})",
         "settings": asdict(settings), "backend": settings.backend,

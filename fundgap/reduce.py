@@ -17,6 +17,8 @@ The standardised statistics then follow by an affine map, Z = [1, X] A.
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,12 +39,17 @@ from fundgap.design import (
 )
 from fundgap.errors import SpecError
 from fundgap.families import EXACT_FAMILIES
+from fundgap.groupings import GROUPS
 from fundgap.marginal import SufficientStatistics, size_table
 from fundgap.spec import ModelSpec
 
 CHUNK_ROWS = 250_000
 # `fundgap fit --statistics auto` reduces a prepared table larger than this
 REDUCE_ROWS = 200_000
+# The columns a whole group's campaigns can be held out by, inner to outer (fundgap.grouped_loo)
+HELD_OUT_COLUMNS = (GROUPS["county"], GROUPS["prefecture"])
+# rows whose outer products are formed at once for the per-group cross-products
+_OUTER_ROWS = 20_000
 
 
 def parquet_rows(path: str | Path) -> int:
@@ -50,13 +57,30 @@ def parquet_rows(path: str | Path) -> int:
     return pq.ParquetFile(path).metadata.num_rows
 
 
-def _chunks(path: Path, columns: list[str], chunk_rows: int):
-    source = pq.ParquetFile(path)
-    missing = [c for c in columns if c not in source.schema_arrow.names]
+def _columns(source: Path | pd.DataFrame) -> list[str]:
+    if isinstance(source, pd.DataFrame):
+        return list(source.columns)
+    return list(pq.ParquetFile(source).schema_arrow.names)
+
+
+def _chunks(source: Path | pd.DataFrame, columns: list[str], chunk_rows: int):
+    """`columns` of a Parquet file's rows, or of a table held in memory, a chunk at a time."""
+    missing = [c for c in columns if c not in _columns(source)]
     if missing:
-        raise SpecError(f"{path}: the data have no column(s) {', '.join(missing)}")
-    for batch in source.iter_batches(batch_size=chunk_rows, columns=columns):
+        where = "a DataFrame" if isinstance(source, pd.DataFrame) else source
+        raise SpecError(f"{where}: the data have no column(s) {', '.join(missing)}")
+    if isinstance(source, pd.DataFrame):
+        for start in range(0, len(source), chunk_rows):
+            yield source[columns].iloc[start:start + chunk_rows]
+        return
+    for batch in pq.ParquetFile(source).iter_batches(batch_size=chunk_rows, columns=columns):
         yield batch.to_pandas()
+
+
+def _filter_columns(spec: ModelSpec, available: list[str]) -> list[str]:
+    """The columns a spec's row filter names (a subset's `county_campaigns`, ...)."""
+    named = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", spec.filter or ""))
+    return [c for c in available if c in named]
 
 
 def _rows(chunk: pd.DataFrame, spec: ModelSpec, dropped: dict[str, int] | None
@@ -125,6 +149,67 @@ class _Accumulator:
         return stats, x_mean, x_sd, (float(y_mean), y_sd)
 
 
+@dataclass
+class GroupMoments:
+    """One equation's per-group sums for holding out whole groups (fundgap.grouped_loo)
+    without its rows: for each level of the finest held-out column (counties), the campaigns
+    `n` and, on the equation's standardised design Z = [1, X] `affine` and its response less
+    `y_centre`, the sums 1'Z, 1'y, Z'Z, Z'y and y'y. `columns` are the held-out columns inner
+    to outer, `levels` their codes, `parent[k]` the index of the finest level k's level of
+    the next column."""
+
+    columns: tuple[str, ...]
+    levels: dict[str, np.ndarray]
+    parent: np.ndarray
+    n: np.ndarray
+    sum_z: np.ndarray
+    sum_y: np.ndarray
+    zz: np.ndarray
+    zy: np.ndarray
+    yy: np.ndarray
+    affine: np.ndarray
+    y_centre: float
+
+
+class _GroupMomentSums:
+    """Per-level sums of [1, X], y and their cross-products, raw, accumulated by chunk."""
+
+    def __init__(self, columns: int, levels: int) -> None:
+        self.n = np.zeros(levels)
+        self.sum_x = np.zeros((levels, columns))
+        self.sum_y = np.zeros(levels)
+        self.xx = np.zeros((levels, columns * columns))
+        self.xy = np.zeros((levels, columns))
+        self.yy = np.zeros(levels)
+
+    def add(self, X: np.ndarray, y: np.ndarray, index: np.ndarray) -> None:
+        levels = self.sum_x.shape[0]
+        for start in range(0, len(y), _OUTER_ROWS):
+            part = slice(start, start + _OUTER_ROWS)
+            Xp, yp, ip = X[part], y[part], index[part]
+            membership = sparse.csr_matrix((np.ones(len(ip)), (ip, np.arange(len(ip)))),
+                                           shape=(levels, len(ip)))
+            self.n += np.bincount(ip, minlength=levels)
+            self.sum_x += membership @ Xp
+            self.sum_y += membership @ yp
+            self.xx += membership @ (Xp[:, :, None] * Xp[:, None, :]).reshape(len(ip), -1)
+            self.xy += membership @ (Xp * yp[:, None])
+            self.yy += membership @ yp**2
+
+    def moments(self, columns: tuple[str, ...], levels: dict[str, np.ndarray],
+                parent: np.ndarray, affine: np.ndarray, y_centre: float) -> GroupMoments:
+        """On Z = [1, X] A and y - y_centre (centred, so that residual sums of squares are
+        differences of numbers of their own size)."""
+        p = self.sum_x.shape[1]
+        xx = self.xx.reshape(-1, p, p)
+        sum_y = self.sum_y - self.n * y_centre
+        xy = self.xy - y_centre * self.sum_x
+        yy = self.yy - 2 * y_centre * self.sum_y + self.n * y_centre**2
+        return GroupMoments(columns, levels, parent, self.n, self.sum_x @ affine, sum_y,
+                            np.einsum("pi,kpq,qj->kij", affine, xx, affine), xy @ affine,
+                            yy, affine, y_centre)
+
+
 def _template(spec: ModelSpec, rows: pd.DataFrame) -> pd.DataFrame:
     """A few rows holding every level of every categorical predictor."""
     categorical = [c for c in spec.variables if c in rows
@@ -178,14 +263,18 @@ class _Expansion:
         return out
 
 
-def reduce_prepared(spec: ModelSpec, path: str | Path,
-                    chunk_rows: int = CHUNK_ROWS) -> Design:
-    """Read a prepared Parquet table chunk by chunk into a Design of sufficient statistics.
+def reduce_prepared(spec: ModelSpec, path: str | Path | pd.DataFrame,
+                    chunk_rows: int = CHUNK_ROWS, held_out: str | None = None) -> Design:
+    """Read a prepared Parquet table (or a table in memory) chunk by chunk into a Design of
+    sufficient statistics.
 
     Every equation must be Gaussian (the marginalised form); the result fits like any
-    design but keeps no per-campaign rows.
+    design but keeps no per-campaign rows. With `held_out` (an equation's name) the design
+    also keeps that equation's per-county sums (`group_moments`, GroupMoments), from which
+    fundgap.grouped_loo holds out whole counties and prefectures, where the data have the
+    county and prefecture codes.
     """
-    path = Path(path)
+    path = path if isinstance(path, pd.DataFrame) else Path(path)
     deep = [n for n, e in spec.equations.items() if len(e.groups) > 2]
     if deep:
         raise SpecError(f"{spec.source}: fitting from sufficient statistics integrates one "
@@ -195,8 +284,12 @@ def reduce_prepared(spec: ModelSpec, path: str | Path,
         raise SpecError(f"{spec.source}: fitting from sufficient statistics needs every "
                         f"equation to be gaussian; {', '.join(not_gaussian)} is not")
     grouped = group_columns(spec)
-    kept = grouped + ([spec.moderator] if spec.moderator else [])
-    columns = sorted(set(spec.variables) | set(kept))
+    available = _columns(path)
+    holding = (HELD_OUT_COLUMNS if held_out is not None
+               and all(c in available for c in HELD_OUT_COLUMNS) else ())
+    kept = list(dict.fromkeys([*grouped, *holding,
+                               *([spec.moderator] if spec.moderator else [])]))
+    columns = sorted(set(spec.variables) | set(kept) | set(_filter_columns(spec, available)))
 
     # pass 1: groups, levels, a template with every categorical level
     groups, template, dropped = [], [], {}
@@ -207,11 +300,13 @@ def reduce_prepared(spec: ModelSpec, path: str | Path,
         groups.append(rows[kept].astype(str).drop_duplicates())
         template.append(_template(spec, rows))
     if not groups:
-        raise SpecError(f"{spec.source}: no rows of {path} left after the filter and "
+        where = "the table" if isinstance(path, pd.DataFrame) else path
+        raise SpecError(f"{spec.source}: no rows of {where} left after the filter and "
                         "missing values")
     table = pd.concat(groups).drop_duplicates().reset_index(drop=True)
     template_rows = pd.concat(template).drop_duplicates().reset_index(drop=True)
     levels = {c: np.sort(table[c].unique()).astype(str) for c in grouped}
+    held_levels = {c: np.sort(table[c].unique()).astype(str) for c in holding}
     # nesting from the distinct combinations of levels seen (a row of `table` each)
     spec = nest_groupings(spec, {c: np.searchsorted(levels[c], table[c].to_numpy())
                                  for c in grouped}, levels)
@@ -227,6 +322,8 @@ def reduce_prepared(spec: ModelSpec, path: str | Path,
                           accumulators[block[0]].inner_X.shape[0], len(block))
              if block else None)
     counts = {c: np.zeros(len(levels[c])) for c in grouped}
+    moment_sums = (_GroupMomentSums(accumulators[held_out].XtX.shape[0],
+                                    len(held_levels[holding[0]])) if holding else None)
     used = 0
     # pass 2: the sums
     for chunk in _chunks(path, columns, chunk_rows):
@@ -252,6 +349,11 @@ def reduce_prepared(spec: ModelSpec, path: str | Path,
             joint.add(np.column_stack([expanded[name] for name in block]),
                       rows[list(block)].to_numpy(float),
                       membership.get(inner_column.get(block[0]), empty))
+        if moment_sums is not None:
+            moment_sums.add(expanded[held_out], rows[spec.equations[held_out].response]
+                            .to_numpy(float), np.searchsorted(
+                                held_levels[holding[0]], rows[holding[0]].astype(str)
+                                .to_numpy()))
 
     design = Design(spec, table, {}, levels, {c: np.zeros(0, int) for c in levels},
                     {"filter": 0, "missing": 0, **dropped},
@@ -268,6 +370,14 @@ def reduce_prepared(spec: ModelSpec, path: str | Path,
         design.equations[name] = EquationDesign(
             name, equation.family, np.zeros(0), np.zeros((0, len(terms))), terms, groups_of,
             dict(equation.priors), x_mean=x_mean, x_sd=x_sd, y_moments=moments)
+    if moment_sums is not None:
+        inner, outer = holding
+        parent_of = table.drop_duplicates(inner).set_index(inner)[outer]
+        parent = np.searchsorted(held_levels[outer],
+                                 parent_of.loc[held_levels[inner]].to_numpy())
+        design.group_moments = {held_out: moment_sums.moments(
+            holding, held_levels, parent, accumulators[held_out].affine,
+            design.equations[held_out].y_moments[0])}
     if joint is not None:
         first = design.statistics[block[0]]
         design.joint_statistics = joint.joint(

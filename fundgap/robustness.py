@@ -31,14 +31,19 @@ import arviz as az
 import pandas as pd
 
 from fundgap import grouped_loo, names
-from fundgap.bayesian import FitResult, FitSettings, fit_model, settings_for
+from fundgap.bayesian import FitResult, FitSettings, fit_design, fit_model, settings_for
 from fundgap.design import Design, build_design
 from fundgap.fitfolder import SavedFit, with_intercepts
+from fundgap.groupings import GROUPS
+from fundgap.reduce import reduce_prepared
 from fundgap.spec import ModelSpec
 from fundgap.variants import DROPPED_CONTROLS, POOLING, SPEC_AS_WRITTEN, SUBSETS, VARIANTS
 
 # variants fitted at once (threads: the sampler runs outside Python's lock)
 VARIANTS_AT_ONCE = 2
+# draws a variant fitted from sufficient statistics holds out whole groups with (each is a
+# pass over the counties' cross-products)
+STATISTICS_LOO_DRAWS = 1000
 
 
 def _without_term(formula: str, column: str) -> str:
@@ -110,8 +115,11 @@ def _interval(frame: pd.DataFrame, **keys: str) -> dict:
 
 def _row(name: str, fit: FitResult | SavedReference) -> dict:
     spec, summary = fit.spec, fit.summary
-    row = {"variant": name, "campaigns": len(fit.design.table),
-           "counties": len(fit.design.table["county_code"].unique()),
+    county = GROUPS["county"]
+    # a design reduced to statistics holds one row per group combination, not campaigns
+    row = {"variant": name, "campaigns": fit.design.rows,
+           "counties": (fit.design.table[county].nunique() if county in fit.design.table
+                        else None),
            "passed": fit.diagnostics["passed"],
            "max_r_hat": fit.diagnostics["max_r_hat"],
            "min_ess_bulk": fit.diagnostics["min_ess_bulk"],
@@ -140,14 +148,17 @@ def _parameter(summary: pd.DataFrame, parameter: str, prefix: str) -> dict:
 
 def loo_inputs(fit: FitResult | SavedReference, outcome: str) -> dict[str, az.ELPDData]:
     """A pooling variant's PSIS-LOO of the outcome per unit held out: a campaign
-    (conditional on the drawn intercepts) and, for a Gaussian outcome fitted from rows, a
-    whole county and a whole prefecture (their intercepts integrated out, grouped_loo).
+    (conditional on the drawn intercepts; fitted from rows only) and, for a Gaussian
+    outcome, a whole county and a whole prefecture (their intercepts integrated out,
+    grouped_loo; from the counties' sums where the fit was made from sufficient statistics).
     Computed as each variant finishes, so that every variant's draws are not kept until the
     comparison (benchmarks/README.md: memory at 300,000 campaigns)."""
-    inputs = {"campaign": grouped_loo.elpd(fit.idata, outcome)}
-    if fit.design.equations[outcome].family in grouped_loo.CLOSED_FORM \
-            and not fit.design.reduced:
-        keep = (fit.idata.log_likelihood.sizes["chain"]
+    reduced = fit.design.reduced
+    inputs = {} if reduced else {"campaign": grouped_loo.elpd(fit.idata, outcome)}
+    grouped = (fit.design.group_moments or {}).get(outcome) is not None or not reduced
+    if fit.design.equations[outcome].family in grouped_loo.CLOSED_FORM and grouped:
+        keep = (STATISTICS_LOO_DRAWS if reduced else
+                fit.idata.log_likelihood.sizes["chain"]
                 * fit.idata.log_likelihood.sizes["draw"])
         for held_out in grouped_loo.HELD_OUT:
             inputs[held_out] = grouped_loo.elpd(grouped_loo.held_out_data(
@@ -199,10 +210,18 @@ class SavedReference:
     idata: az.InferenceData       # posterior with the intercepts kept, and log likelihood
 
     @classmethod
-    def read(cls, saved: SavedFit, table: pd.DataFrame) -> SavedReference | None:
+    def read(cls, saved: SavedFit, table: pd.DataFrame,
+             statistics: bool = False) -> SavedReference | None:
         """From a fit folder read with load_fit, or None where it cannot serve (fitted from
-        sufficient statistics: no per-campaign log likelihood)."""
+        sufficient statistics while the variants are fitted from rows: no per-campaign log
+        likelihood). With `statistics` its design is the table's statistics, as the
+        variants' are."""
         idata = saved.idata
+        if statistics:
+            return cls(saved.spec, reduce_prepared(saved.spec, table,
+                                                   held_out=saved.spec.outcome),
+                       saved.diagnostics, saved.effects, saved.summary,
+                       az.InferenceData(posterior=with_intercepts(idata)))
         if "log_likelihood" not in idata.groups():
             return None
         return cls(saved.spec, build_design(saved.spec, table), saved.diagnostics,
@@ -219,10 +238,14 @@ def _expected_cost(spec: ModelSpec, name: str, table: pd.DataFrame) -> int:
 
 def robustness(spec: ModelSpec, table: pd.DataFrame, settings: FitSettings | None = None,
                variants: list[str] | None = None,
-               reference: SavedReference | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+               reference: SavedReference | None = None,
+               statistics: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Fit each variant (default `variant_names(spec)`), `county_in_prefecture` taken from
     `reference` where given; return (effects and sds side by side, the LOO comparison of the
-    pooling variants among them; empty where fewer than two)."""
+    pooling variants among them; empty where fewer than two). With `statistics` each variant
+    is fitted from the table's sufficient statistics (fundgap.reduce; every equation
+    Gaussian), as `fundgap fit` fits a large table, and compared by whole counties and
+    prefectures held out."""
     # each variant compiles once, frozen: keeping an unfrozen model for reuse costs more to
     # compile than the two subsets that could reuse it would save. Two at a time: one's
     # post-processing (intercept draws, effects, summaries: one core) runs while the other
@@ -247,8 +270,14 @@ def robustness(spec: ModelSpec, table: pd.DataFrame, settings: FitSettings | Non
     with tqdm(total=len(chosen), desc="variants", unit="fit",
               disable=not settings.progress) as bar:
         def fit(name: str) -> tuple[dict, dict | None]:
-            result = fit_model(variant(spec, name), table, quiet if name in POOLING
+            chosen_settings = (quiet if name in POOLING and not statistics
                                else dataclasses.replace(quiet, per_campaign="skip"))
+            if statistics:
+                design = reduce_prepared(variant(spec, name), table, held_out=(
+                    spec.outcome if name in POOLING else None))
+                result = fit_design(design, chosen_settings)
+            else:
+                result = fit_model(variant(spec, name), table, chosen_settings)
             bar.update()
             return summarised(name, result)
 
