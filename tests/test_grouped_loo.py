@@ -10,8 +10,10 @@ from scipy.stats import multivariate_normal
 from test_marginal import dense_covariance, tiny_design
 
 from fundgap import names
+from fundgap.design import build_design
 from fundgap.errors import FundgapError
 from fundgap.grouped_loo import group_log_likelihood
+from fundgap.reduce import reduce_prepared
 
 EQUATION = "log_amount_raised"
 
@@ -30,7 +32,9 @@ def _posterior(design, draws: int, seed: int) -> xr.Dataset:
         data[names.group_sd(dim, EQUATION)] = (("chain", "draw"), rng.uniform(0.1, 1.2, shape))
         data[names.group_intercept(dim, EQUATION)] = (
             ("chain", "draw", dim), rng.normal(0, 0.7, (*shape, len(design.levels[column]))))
-    posterior = xr.Dataset(data)
+    coords = {"county" if c == "county_code" else "prefecture": design.levels[c]
+              for c in equation.groups}
+    posterior = xr.Dataset(data, coords=coords)
     return posterior.rename({"term": f"term_{EQUATION}"})
 
 
@@ -91,3 +95,33 @@ def test_a_lognormal_equation_is_the_gaussian_of_log_y_with_its_jacobian() -> No
     units = design.table["prefecture_code"].astype(str).to_numpy()
     jacobian = np.array([-log_y[units == unit].sum() for unit in gaussian["prefecture"].values])
     np.testing.assert_allclose(lognormal.values, gaussian.values + jacobian, rtol=1e-12)
+
+
+@pytest.mark.parametrize("levels", ["(1|prefecture) + (1|county)", "(1|county)",
+                                    "(1|prefecture)", ""])
+@pytest.mark.parametrize("held_out", ["county", "prefecture"])
+def test_held_out_groups_from_sufficient_statistics_equal_the_rows(levels: str,
+                                                                  held_out: str) -> None:
+    """A fit made from sufficient statistics holds out whole groups from each county's
+    cross-products: the same log densities as from the rows, in chunks that split counties,
+    with a response far from zero and a predictor on a large scale (the sums are centred)."""
+    design, _ = tiny_design(levels, n=90, seed=3)
+    table = design.table.assign(log_amount_raised=design.table["log_amount_raised"] + 40,
+                                development=design.table["development"] * 1e4 + 3e4)
+    rows = build_design(design.spec, table)
+    reduced = reduce_prepared(design.spec, table, chunk_rows=17, held_out=EQUATION)
+    assert reduced.reduced and reduced.rows == len(table)
+    posterior = _posterior(rows, draws=4, seed=len(levels) + 1)
+    posterior[names.coefficients(EQUATION)] = posterior[names.coefficients(EQUATION)] * [1e-4, 1]
+    expected = group_log_likelihood(posterior, rows, EQUATION, held_out)
+    got = group_log_likelihood(posterior, reduced, EQUATION, held_out)
+    assert got.dims == expected.dims
+    got = got.sel({held_out: expected[held_out].values.astype(str)})
+    np.testing.assert_allclose(got.values, expected.values, rtol=1e-9, atol=1e-8)
+
+
+def test_statistics_without_the_groups_sums_are_refused_plainly() -> None:
+    design, _ = tiny_design("(1|county)")
+    reduced = reduce_prepared(design.spec, design.table)
+    with pytest.raises(FundgapError, match="per-county sums"):
+        group_log_likelihood(_posterior(design, 2, 0), reduced, EQUATION, "county")

@@ -96,3 +96,50 @@ def test_the_variant_without_recommended_drops_it_from_every_equation() -> None:
     # a spec whose exposure it is keeps it: the variant does not apply
     assert not applies(dataclasses.replace(spec, exposure="recommended"),
                        "without_recommended")
+
+
+def test_variants_fitted_from_sufficient_statistics(tmp_path) -> None:
+    """`statistics="always"`: every variant is fitted from the table's sums (no rows kept),
+    its counts are the rows', and the pooling variants are compared by whole counties and
+    prefectures held out (no campaign block: no per-campaign draws)."""
+    import json
+
+    import numpy as np
+
+    from fundgap.pipeline import fit_robustness
+    from fundgap.spec import parse_spec
+
+    rng = np.random.default_rng(7)
+    county = rng.integers(0, 40, 400)
+    table = pd.DataFrame({
+        "campaign_id": [f"c{i}" for i in range(400)],
+        "county_code": [f"{110000 + c}" for c in county],
+        "prefecture_code": [f"{120000 + c // 5}" for c in county],
+        "development": rng.standard_normal(400),
+    })
+    table["county_campaigns"] = table.groupby("county_code")["county_code"].transform("size")
+    table["log_amount_raised"] = (0.3 * table["development"]
+                                  + rng.normal(0, 0.6, 8)[county // 5]
+                                  + rng.standard_normal(400))
+    spec = parse_spec(
+        'name = "t"\nexposure = "development"\noutcome = "log_amount_raised"\n'
+        "[equations.log_amount_raised]\n"
+        'formula = "log_amount_raised ~ development + (1|prefecture) + (1|county)"\n'
+        '[robustness]\nvariants = ["counties_seen_2plus", "prefecture_only", '
+        '"complete_pooling"]\n', columns=set(table.columns))
+    settings = dataclasses.replace(QUICK, chains=2, draws=300, tune=300)
+    side_by_side, loo = fit_robustness(spec, table, tmp_path, settings, statistics="always")
+    rows = side_by_side.set_index("variant")
+    assert rows.loc["complete_pooling", "campaigns"] == 400
+    assert rows.loc["counties_seen_2plus", "campaigns"] == (table["county_campaigns"] >= 2).sum()
+    assert rows.loc["prefecture_only", "counties"] == table["county_code"].nunique()
+    assert (rows["divergences"] == 0).all()
+    assert set(loo["held_out"]) == {"county", "prefecture"}
+    assert set(loo["variant"]) == {"prefecture_only", "complete_pooling"}
+    # with prefecture effects in the data, pooling by prefecture predicts a new county
+    # better than no pooling
+    county_block = loo[loo["held_out"] == "county"].set_index("variant")
+    assert county_block.loc["prefecture_only", "elpd_loo"] > \
+        county_block.loc["complete_pooling", "elpd_loo"]
+    record = json.loads((tmp_path / "robustness.json").read_text())
+    assert record["data_form"] == "sufficient statistics"
