@@ -80,9 +80,8 @@ def _inverse_spd(matrix, inverse, factor, lower):
 
 @numba.njit(cache=True)
 def joint_marginal(levels, n, ZtZ, ZtY, YtY, inner_n, inner_Z, inner_Y, parent, n_outer,
-                   size_values, size_counts, size_index, outer_sizes, distinct_starts,
-                   distinct_of, size_order, size_starts, starts, theta, sigma, tau_inner,
-                   tau_outer):
+                   size_values, size_counts, size_index, distinct_starts, distinct_of,
+                   starts, theta, sigma, tau_inner, tau_outer):
     """The joint marginal log likelihood of K Gaussian equations with correlated errors
     (covariance `sigma`) and `levels` (0, 1 or 2) levels of independent intercepts, and its
     gradient in theta (the equations' stacked [alpha, beta_std]), sigma (symmetric) and the
@@ -163,9 +162,14 @@ def joint_marginal(levels, n, ZtZ, ZtY, YtY, inner_n, inner_Z, inner_Y, parent, 
             # per prefecture, as K x K entries over all prefectures at once (entry ab of
             # prefecture p at [a * K + b, p]): each step a loop over p that vectorises
             KK = K * K
-            weights = outer_sizes * size_values.reshape((1, -1))         # (n_outer, S)
-            flat = np.ascontiguousarray(precision.reshape((sizes, KK)))
-            outer_m = np.ascontiguousarray((weights @ flat).T)            # M_p, (KK, n_outer)
+            # M_p = sum over its counties of n_c H_c: a loop over the counties, not a dense
+            # (prefectures x sizes) product, which grew with the distinct county sizes
+            outer_m = np.zeros((KK, n_outer))
+            for c in range(counties):
+                p, s = parent[c], size_index[c]
+                for a in range(K):
+                    for b in range(K):
+                        outer_m[a * K + b, p] += inner_n[c] * precision[s, a, b]
             outer_b = np.zeros((K, n_outer))                                    # b_p
             for c in range(counties):
                 for a in range(K):
@@ -235,26 +239,43 @@ def joint_marginal(levels, n, ZtZ, ZtY, YtY, inner_n, inner_Z, inner_Y, parent, 
                         d_block = inverse_p[b * K + a, p] + gamma[b, p] * gamma[a, p]
                         d_outer[a] += 2.0 * outer_m[a * K + b, p] * tau_outer[b] * d_block
                         d_m[p, a * K + b] = tau_outer[a] * d_block * tau_outer[b]
-            d_precision += (weights.T @ d_m).reshape((sizes, K, K))
             for c in range(counties):
                 p, s = parent[c], size_index[c]
+                for a in range(K):
+                    for b in range(K):
+                        d_precision[s, a, b] += inner_n[c] * d_m[p, a * K + b]
                 for a in range(K):
                     total = 0.0
                     for b in range(K):
                         total += precision[s, a, b] * d_outer_b[b, p]
                     d_sums[c, a] += total
                     u[c, a] += d_outer_b[a, p]
-        # summed per size over the counties of that size (contiguous in size_order)
-        for s in range(sizes):
-            rows = size_order[size_starts[s]:size_starts[s + 1]]
-            crossed = u[rows].T @ sums[rows]
-            d_precision[s] += 0.5 * (crossed + crossed.T)
+        # summed per size over the counties of that size; K x K products as loops: a small
+        # matrix product per size (a BLAS call and a copy each) cost more than the
+        # arithmetic where the data have hundreds of distinct county sizes
+        for c in range(counties):
+            s = size_index[c]
+            for a in range(K):
+                for b in range(K):
+                    d_precision[s, a, b] += 0.5 * (u[c, a] * sums[c, b] + u[c, b] * sums[c, a])
+        left = np.empty((K, K))
         for s in range(sizes):
             # dF/dA_s = count_s H_s - H_s dF/dH_s H_s
-            d_a = size_counts[s] * precision[s] - precision[s] @ d_precision[s] @ precision[s]
-            d_sigma += d_a
             for a in range(K):
-                d_inner[a] += size_values[s] * d_a[a, a]
+                for b in range(K):
+                    total = 0.0
+                    for k in range(K):
+                        total += precision[s, a, k] * d_precision[s, k, b]
+                    left[a, b] = total
+            for a in range(K):
+                for b in range(K):
+                    total = 0.0
+                    for k in range(K):
+                        total += left[a, k] * precision[s, k, b]
+                    d_a = size_counts[s] * precision[s, a, b] - total
+                    d_sigma[a, b] += d_a
+                    if a == b:
+                        d_inner[a] += size_values[s] * d_a
     # theta: 2 (Z'Z Theta - Z'Y) Sigma^-1 from R, -Z_c' dF/ds from the county sums
     d_theta = np.zeros(P)
     for k in range(K):
@@ -284,9 +305,8 @@ class JointGaussianMarginal(Op):
     __props__ = ("levels", "starts")
     STATISTICS = ("n", "ZtZ", "ZtY", "YtY", "inner_n", "distinct_Z", "inner_Y",
                   "inner_parent", "n_outer", "size_values", "size_counts", "size_index",
-                  "outer_sizes", "distinct_starts", "distinct_of", "size_order", "size_starts")
-    INTEGERS = ("inner_parent", "n_outer", "size_index", "distinct_starts", "distinct_of",
-                "size_order", "size_starts")
+                  "distinct_starts", "distinct_of")
+    INTEGERS = ("inner_parent", "n_outer", "size_index", "distinct_starts", "distinct_of")
 
     def __init__(self, levels: int, starts: tuple[int, ...]):
         self.levels = int(levels)
@@ -308,8 +328,8 @@ class JointGaussianMarginal(Op):
             self.levels, float(named["n"]), named["ZtZ"], named["ZtY"], named["YtY"],
             named["inner_n"], named["distinct_Z"], named["inner_Y"], named["inner_parent"],
             int(named["n_outer"]), named["size_values"], named["size_counts"],
-            named["size_index"], named["outer_sizes"], named["distinct_starts"],
-            named["distinct_of"], named["size_order"], named["size_starts"],
+            named["size_index"], named["distinct_starts"],
+            named["distinct_of"],
             np.asarray(self.starts), theta, sigma, tau_inner, tau_outer)
         for storage, result, variable in zip(outputs, results, node.outputs, strict=True):
             storage[0] = np.asarray(result, dtype=variable.dtype)
@@ -333,7 +353,7 @@ class JointGaussianMarginal(Op):
 
 # bump when the kernel's arithmetic changes, so PyTensor's numba cache drops old code (the
 # C entry's symbol carries the version too, so no cached caller can reach an older kernel)
-KERNEL_VERSION = 2
+KERNEL_VERSION = 3
 SYMBOL = f"fundgap_joint_marginal_v{KERNEL_VERSION}"
 
 _f8p, _i8p, _i8, _f8 = (types.CPointer(types.float64), types.CPointer(types.int64),
@@ -342,17 +362,16 @@ _f8p, _i8p, _i8, _f8 = (types.CPointer(types.float64), types.CPointer(types.int6
 # the statistics; starts, theta, sigma, tau_inner, tau_outer; then the outputs: value,
 # d_theta, d_sigma, d_inner, d_outer
 _C_SIGNATURE = types.void(_i8, _i8, _i8, _i8, _i8, _i8, _i8, _i8, _f8,
-                          _f8p, _f8p, _f8p, _f8p, _f8p, _f8p, _i8p, _f8p, _f8p, _i8p, _f8p,
-                          _i8p, _i8p, _i8p, _i8p,
-                          _i8p, _f8p, _f8p, _f8p, _f8p,
+                          _f8p, _f8p, _f8p, _f8p, _f8p, _f8p, _i8p, _f8p, _f8p, _i8p,
+                          _i8p, _i8p, _i8p, _f8p, _f8p, _f8p, _f8p,
                           _f8p, _f8p, _f8p, _f8p, _f8p)
 
 
 @numba.cfunc(_C_SIGNATURE, cache=True)
 def _joint_c(P, K, C, columns, sizes, n_outer, blocks, levels, n,
              ZtZ, ZtY, YtY, inner_n, inner_Z, inner_Y, parent, size_values, size_counts,
-             size_index, outer_sizes, distinct_starts, distinct_of, size_order, size_starts,
-             starts, theta, sigma, tau_inner, tau_outer,
+             size_index, distinct_starts, distinct_of, starts, theta, sigma, tau_inner,
+             tau_outer,
              value, d_theta, d_sigma, d_inner, d_outer):
     """`joint_marginal` behind a C interface (pointers and sizes; the outputs written in
     place), so the compiled operation calls it by symbol instead of compiling it again."""
@@ -362,9 +381,8 @@ def _joint_c(P, K, C, columns, sizes, n_outer, blocks, levels, n,
         numba.carray(inner_Z, (C, columns)), numba.carray(inner_Y, (C, K)),
         numba.carray(parent, C if levels == 2 else 0), n_outer,
         numba.carray(size_values, sizes), numba.carray(size_counts, sizes),
-        numba.carray(size_index, C), numba.carray(outer_sizes, (n_outer, sizes)),
-        numba.carray(distinct_starts, blocks + 1), numba.carray(distinct_of, K),
-        numba.carray(size_order, C), numba.carray(size_starts, sizes + 1),
+        numba.carray(size_index, C), numba.carray(distinct_starts, blocks + 1),
+        numba.carray(distinct_of, K),
         numba.carray(starts, K + 1), numba.carray(theta, P), numba.carray(sigma, (K, K)),
         numba.carray(tau_inner, K), numba.carray(tau_outer, K))
     value[0] = results[0]
@@ -392,7 +410,7 @@ def _numba_joint_marginal(op: JointGaussianMarginal, node=None, **kwargs):
     @numba_njit(fastmath=False)
     def joint_op(theta, sigma, tau_inner, tau_outer, n, ZtZ, ZtY, YtY, inner_n, distinct_Z,
                  inner_Y, parent, n_outer, size_values, size_counts, size_index,
-                 outer_sizes, distinct_starts, distinct_of, size_order, size_starts):
+                 distinct_starts, distinct_of):
         ZtZ, ZtY, YtY = (np.ascontiguousarray(ZtZ), np.ascontiguousarray(ZtY),
                          np.ascontiguousarray(YtY))
         inner_n, distinct_Z = np.ascontiguousarray(inner_n), np.ascontiguousarray(distinct_Z)
@@ -400,11 +418,8 @@ def _numba_joint_marginal(op: JointGaussianMarginal, node=None, **kwargs):
         size_values = np.ascontiguousarray(size_values)
         size_counts = np.ascontiguousarray(size_counts)
         size_index = np.ascontiguousarray(size_index)
-        outer_sizes = np.ascontiguousarray(outer_sizes)
         distinct_starts = np.ascontiguousarray(distinct_starts)
         distinct_of = np.ascontiguousarray(distinct_of)
-        size_order = np.ascontiguousarray(size_order)
-        size_starts = np.ascontiguousarray(size_starts)
         theta, sigma = np.ascontiguousarray(theta), np.ascontiguousarray(sigma)
         tau_inner = np.ascontiguousarray(tau_inner)
         tau_outer = np.ascontiguousarray(tau_outer)
@@ -416,10 +431,10 @@ def _numba_joint_marginal(op: JointGaussianMarginal, node=None, **kwargs):
                         ZtZ.ctypes, ZtY.ctypes, YtY.ctypes, inner_n.ctypes,
                         distinct_Z.ctypes, inner_Y.ctypes, parent.ctypes,
                         size_values.ctypes, size_counts.ctypes, size_index.ctypes,
-                        outer_sizes.ctypes, distinct_starts.ctypes, distinct_of.ctypes,
-                        size_order.ctypes, size_starts.ctypes, starts.ctypes, theta.ctypes,
-                        sigma.ctypes, tau_inner.ctypes, tau_outer.ctypes, value.ctypes,
-                        d_theta.ctypes, d_sigma.ctypes, d_inner.ctypes, d_outer.ctypes)
+                        distinct_starts.ctypes, distinct_of.ctypes, starts.ctypes,
+                        theta.ctypes, sigma.ctypes, tau_inner.ctypes, tau_outer.ctypes,
+                        value.ctypes, d_theta.ctypes, d_sigma.ctypes, d_inner.ctypes,
+                        d_outer.ctypes)
         return np.asarray(value[0]), d_theta, d_sigma, d_inner, d_outer
 
     return joint_op, KERNEL_VERSION

@@ -100,7 +100,8 @@ class Design:
     index: dict[str, np.ndarray]         # group column -> level index of each row
     dropped: dict[str, int]
     # set by fundgap.reduce: each equation's sufficient statistics, computed in chunks; the
-    # design then keeps no rows (`table` holds one row per group and moderator level)
+    # design then keeps no rows (`table` holds one row per combination of group, held-out
+    # group and moderator levels)
     statistics: dict | None = None
     n_rows: int | None = None
     # the correlated errors' joint statistics (fundgap.correlated.JointStatistics): set by

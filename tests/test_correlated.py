@@ -247,7 +247,9 @@ formula = "y ~ development + m1 + m2 + (1|prefecture) + (1|county)"
 def test_a_fit_recovers_the_error_correlation_and_keeps_every_variable() -> None:
     table = simulated_table()
     spec = parse_spec(TWO_MEDIATORS, columns=set(table.columns))
-    result = fit_model(spec, table, FitSettings(draws=400, tune=400, progress=False))
+    # 4 x 1000: at 4 x 400 the largest R-hat lay at 1.006-1.011 over seeds, on the gate's
+    # bar, so any change of the arithmetic's rounding could fail it by chance
+    result = fit_model(spec, table, FitSettings(draws=1000, tune=400, progress=False))
     assert result.diagnostics["passed"], result.diagnostics["reasons"]
     assert result.record["correlated_errors"] == ["m1", "m2"]
     summary = result.summary
