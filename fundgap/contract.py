@@ -284,13 +284,12 @@ def _check_child(table: str, chunks: Iterable[pd.DataFrame], campaigns: pd.DataF
                                  np.clip(np.nan_to_num(seq), 0, 2**31 - 1)).astype(np.int32))
     if not codes:
         return
-    code, seq = np.concatenate(codes), (np.concatenate(seqs) if seqs else None)
-    codes.clear()
-    seqs.clear()
+    # the chunks' codes and seqs are kept apart, never joined (a copy of every row's)
     if ids is not None:
         # every campaign needs rows here, or what this file supplies cannot be computed
         covered = np.zeros(coder.known, bool)
-        covered[code[(code >= 0) & (code < coder.known)]] = True
+        for code in codes:
+            covered[code[(code >= 0) & (code < coder.known)]] = True
         lacking = campaigns["campaign_id"].notna() & ~campaigns["campaign_id"].isin(
             coder.ids[:coder.known][covered])
         _report(problems, files["campaigns"], "campaign_id", lacking,
@@ -299,12 +298,16 @@ def _check_child(table: str, chunks: Iterable[pd.DataFrame], campaigns: pd.DataF
                           f"{SUPPLIED_BY[table]} cannot be computed",
                 f"a campaign has no rows in {table}, so its {SUPPLIED_BY[table]} "
                 "cannot be computed")
-    if seq is not None:
+    if seqs:
         # the campaigns out of order, found in O(rows); their rows then say where
-        off = off_sequence(code, seq, len(coder.ids))
-        rows = np.flatnonzero((code >= 0) & (seq >= 0) & off[np.maximum(code, 0)])
-        _check_sequences(pd.DataFrame({"campaign_id": coder.ids[code[rows]],
-                                       "seq": seq[rows]}, index=rows), file, problems)
+        off = off_sequence(codes, seqs, len(coder.ids))
+        offending, start = [], 0
+        for code, seq in zip(codes, seqs, strict=True):
+            rows = np.flatnonzero((code >= 0) & (seq >= 0) & off[np.maximum(code, 0)])
+            offending.append(pd.DataFrame({"campaign_id": coder.ids[code[rows]],
+                                           "seq": seq[rows]}, index=rows + start))
+            start += len(code)
+        _check_sequences(pd.concat(offending), file, problems)
 
 
 def _check_sequences(donations: pd.DataFrame, file: str, problems: list[Problem]) -> None:

@@ -70,8 +70,9 @@ def _chunks(source: Path | pd.DataFrame, columns: list[str], chunk_rows: int):
         where = "a DataFrame" if isinstance(source, pd.DataFrame) else source
         raise SpecError(f"{where}: the data have no column(s) {', '.join(missing)}")
     if isinstance(source, pd.DataFrame):
-        for start in range(0, len(source), chunk_rows):
-            yield source[columns].iloc[start:start + chunk_rows]
+        selected = source[columns]
+        for start in range(0, len(selected), chunk_rows):
+            yield selected.iloc[start:start + chunk_rows]
         return
     for batch in pq.ParquetFile(source).iter_batches(batch_size=chunk_rows, columns=columns):
         yield batch.to_pandas()

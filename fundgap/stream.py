@@ -22,8 +22,10 @@ import pyarrow.parquet as pq
 
 # Files above this size are read in chunks (below it, whole, as every other file)
 STREAM_BYTES = 256 * 2**20
-# Bytes of CSV per chunk (a few million donation rows)
-CHUNK_BYTES = 64 * 2**20
+# Bytes of CSV per chunk (about 800,000 donation rows): each chunk's checks hold several
+# copies of it at once, so smaller chunks keep the peak lower, and cost no time
+# (benchmarks/README.md)
+CHUNK_BYTES = 16 * 2**20
 # Rows per chunk of a Parquet file
 CHUNK_ROWS = 2_000_000
 
@@ -54,13 +56,17 @@ def _csv_batches(path: Path) -> Iterator[pd.DataFrame]:
     options = pa_csv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()),
                                     strings_can_be_null=False,
                                     quoted_strings_can_be_null=False)
-    reader = pa_csv.open_csv(path, read_options=pa_csv.ReadOptions(block_size=CHUNK_BYTES,
-                                                                   column_names=names,
-                                                                   skip_rows=1),
-                             convert_options=options)
-    for batch in reader:
-        yield batch.to_pandas(types_mapper={pa.string(): pd.StringDtype("pyarrow",
-                                                                          np.nan)}.get)
+    # through a Python file object: given the path, Arrow's reader reads ahead on its I/O
+    # threads as fast as the disk allows, and while the checks take each chunk in turn most
+    # of the file piles up in memory (benchmarks/README.md); a Python file is read as the
+    # chunks are taken
+    with path.open("rb") as raw:
+        reader = pa_csv.open_csv(raw, read_options=pa_csv.ReadOptions(
+            block_size=CHUNK_BYTES, column_names=names, skip_rows=1),
+            convert_options=options)
+        for batch in reader:
+            yield batch.to_pandas(types_mapper={pa.string(): pd.StringDtype("pyarrow",
+                                                                              np.nan)}.get)
 
 
 def _parquet_batches(path: Path) -> Iterator[pd.DataFrame]:
@@ -89,24 +95,29 @@ class Coder:
         return codes.astype(np.int32)
 
 
-def off_sequence(codes: np.ndarray, seq: np.ndarray, groups: int) -> np.ndarray:
+def off_sequence(codes: np.ndarray | list[np.ndarray], seq: np.ndarray | list[np.ndarray],
+                 groups: int) -> np.ndarray:
     """For each of `groups` campaigns, whether its seqs are not exactly 1, 2, ..., n (in any
-    order), n its rows; rows with code -1 or seq -1 (missing) take no part. Each row in
-    range marks its slot (the campaign's offset + seq - 1) in one boolean per row: a
-    campaign is in order iff every seq is in 1..n and its n slots are all marked (no
-    repeat). Per-row work runs a block at a time, so the temporaries stay small beside the
-    codes themselves."""
-    blocks = [slice(start, start + CHUNK_ROWS) for start in range(0, len(codes), CHUNK_ROWS)]
+    order), n its rows; rows with code -1 or seq -1 (missing) take no part. `codes` and
+    `seq` are arrays or lists of arrays (a stream's chunks, never joined: joining would copy
+    every row's code and seq). Each row in range marks its slot (the campaign's offset +
+    seq - 1) in one boolean per row: a campaign is in order iff every seq is in 1..n and its
+    n slots are all marked (no repeat). Per-row work runs a block at a time, so the
+    temporaries stay small beside the codes themselves."""
+    codes = [codes] if isinstance(codes, np.ndarray) else codes
+    seq = [seq] if isinstance(seq, np.ndarray) else seq
+    blocks = [(part_code[start:start + CHUNK_ROWS], part_seq[start:start + CHUNK_ROWS])
+              for part_code, part_seq in zip(codes, seq, strict=True)
+              for start in range(0, len(part_code), CHUNK_ROWS)]
     rows = np.zeros(groups, np.int64)
-    for block in blocks:
-        code = codes[block]
-        rows += np.bincount(code[(code >= 0) & (seq[block] >= 0)], minlength=groups)
+    for code, value in blocks:
+        rows += np.bincount(code[(code >= 0) & (value >= 0)], minlength=groups)
     offsets = np.cumsum(rows) - rows
     marked = np.zeros(int(rows.sum()), bool)
     off = np.zeros(groups, bool)
-    for block in blocks:
-        used = (codes[block] >= 0) & (seq[block] >= 0)
-        code, value = codes[block][used], seq[block][used].astype(np.int64)
+    for block_code, block_seq in blocks:
+        used = (block_code >= 0) & (block_seq >= 0)
+        code, value = block_code[used], block_seq[used].astype(np.int64)
         inside = (value >= 1) & (value <= rows[code])
         off[code[~inside]] = True
         marked[offsets[code[inside]] + value[inside] - 1] = True
