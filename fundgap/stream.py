@@ -1,4 +1,4 @@
-"""A donation stream too large to hold, read a few million rows at a time.
+"""A donation stream too large to hold, read about a million rows at a time.
 
 A platform's donation stream runs to hundreds of rows per campaign, and read whole as text
 it needs many times its size in memory (benchmarks/README.md: a data folder of 300,000
