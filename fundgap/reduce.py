@@ -199,8 +199,9 @@ class _GroupMomentSums:
 
     def moments(self, columns: tuple[str, ...], levels: dict[str, np.ndarray],
                 parent: np.ndarray, affine: np.ndarray, y_centre: float) -> GroupMoments:
-        """On Z = [1, X] A and y - y_centre (centred, so that residual sums of squares are
-        differences of numbers of their own size)."""
+        """On Z = [1, X] A and y - y_centre. The sums were added up raw, as the global
+        statistics are; moved to the standardised scale here, the residual sums of squares
+        grouped_loo forms from them are differences of numbers near their own size."""
         p = self.sum_x.shape[1]
         xx = self.xx.reshape(-1, p, p)
         sum_y = self.sum_y - self.n * y_centre
