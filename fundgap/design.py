@@ -7,6 +7,7 @@ any variable the spec uses are dropped, and the counts are recorded.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from itertools import pairwise
 
@@ -220,6 +221,11 @@ def _outside(inner: np.ndarray, outer: np.ndarray,
         return None
     row = differs[0]
     return int(inner[row]), int(seen[inner[row]]), int(outer[row])
+
+
+def named_columns(expression: str) -> set[str]:
+    """The names an expression (a row filter, a formula term) uses."""
+    return set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", expression))
 
 
 def select_rows(table: pd.DataFrame, row_filter: str | None, variables: list[str],

@@ -102,8 +102,6 @@ def group_log_likelihood(posterior: xr.Dataset, design: Design, equation: str,
     for (child, _), (parent, parent_uniques) in itertools.pairwise(codes):
         first = pd.Series(parent).groupby(child).first().to_numpy()
         maps.append(_indicator(first, len(parent_uniques)))
-    variances = [names.group_sd(group_dim(c), equation) if c in record.groups else None
-                 for c in inner]
     to_held_out = maps[0]
     for step in maps[1:]:
         to_held_out = to_held_out @ step
@@ -113,20 +111,35 @@ def group_log_likelihood(posterior: xr.Dataset, design: Design, equation: str,
 
     eta = linear_predictor(posterior, design, equation, groups=conditioned)
     flat_eta = eta.values.reshape(-1, eta.shape[-1])
+
+    def parts(draws: slice, variance: np.ndarray) -> tuple:
+        return _campaign_parts(y[None, :] - flat_eta[draws], variance)
+
+    return _over_draws(posterior, equation, held_out, parts, maps, record.groups, sizes,
+                       np.asarray(codes[-1][1], dtype=str), jacobian)
+
+
+def _over_draws(posterior: xr.Dataset, equation: str, held_out: str, parts, maps: list,
+                groups: tuple[str, ...], sizes: np.ndarray, held: np.ndarray,
+                jacobian: np.ndarray | float = 0.0) -> xr.DataArray:
+    """_nested_log_density a chunk of draws at a time, `parts(draws, sigma^2)` giving the
+    first level's blocks and the equation's `groups` their sds at each level up to the
+    held-out one, as an array with dims (chain, draw, <held-out dim>) over `held`."""
+    variances = [names.group_sd(group_dim(c), equation) if c in groups else None
+                 for c in _levels_up_to(held_out)]
     flat_sigma = posterior[names.sigma(equation)].values.reshape(-1)
     sds = [posterior[v].values.reshape(-1) if v else None for v in variances]
-    out = np.empty((flat_eta.shape[0], len(codes[-1][1])))
-    for start in range(0, flat_eta.shape[0], DRAW_CHUNK):
+    out = np.empty((len(flat_sigma), len(held)))
+    for start in range(0, len(flat_sigma), DRAW_CHUNK):
         draws = slice(start, start + DRAW_CHUNK)
         out[draws] = _nested_log_density(
-            _campaign_parts(y[None, :] - flat_eta[draws], flat_sigma[draws, None] ** 2),
-            maps, [None if sd is None else sd[draws, None] ** 2 for sd in sds],
-            sizes) + jacobian
-    out = out.reshape((*eta.shape[:2], -1))
+            parts(draws, flat_sigma[draws, None] ** 2), maps,
+            [None if sd is None else sd[draws, None] ** 2 for sd in sds], sizes) + jacobian
     dim = group_dim(GROUPS[held_out])
-    return xr.DataArray(out, dims=("chain", "draw", dim),
-                        coords={"chain": eta["chain"].values, "draw": eta["draw"].values,
-                                dim: np.asarray(codes[-1][1], dtype=str)})
+    return xr.DataArray(out.reshape((posterior.sizes["chain"], posterior.sizes["draw"], -1)),
+                        dims=("chain", "draw", dim),
+                        coords={"chain": posterior["chain"].values,
+                                "draw": posterior["draw"].values, dim: held})
 
 
 def _from_moments(posterior: xr.Dataset, design: Design, equation: str,
@@ -140,7 +153,7 @@ def _from_moments(posterior: xr.Dataset, design: Design, equation: str,
     if moments is None:
         raise FundgapError(f"leave-one-{held_out}-out of a fit made from sufficient "
                            f"statistics needs {equation}'s per-county sums (reduce_prepared "
-                           "with held_out, on data with county and prefecture codes)")
+                           "with group_sums_of, on data with county and prefecture codes)")
     inner = _levels_up_to(held_out)
     conditioned = [g for g in record.groups if g not in inner]
     county, prefecture = moments.columns
@@ -151,8 +164,6 @@ def _from_moments(posterior: xr.Dataset, design: Design, equation: str,
     to_parent = _indicator(moments.parent, len(moments.levels[prefecture]))
     maps = [sp.identity(len(moments.n), format="csr")] + (
         [to_parent] if held_out == "prefecture" else [])
-    variances = [names.group_sd(group_dim(c), equation) if c in record.groups else None
-                 for c in inner]
     sizes = moments.n if held_out == "county" else np.asarray(
         to_parent.T @ moments.n).ravel()
     # each draw's coefficients on the standardised design Z = [1, X] A, less y's centre
@@ -171,30 +182,19 @@ def _from_moments(posterior: xr.Dataset, design: Design, equation: str,
                                f"data's {column} levels")
         values = drawn.values.reshape(-1, drawn.shape[-1])[:, at]
         shift += values[:, moments.parent] if column == prefecture else values
-    flat_sigma = posterior[names.sigma(equation)].values.reshape(-1)
-    sds = [posterior[v].values.reshape(-1) if v else None for v in variances]
-    out = np.empty((flat.shape[0], len(sizes)))
-    for start in range(0, flat.shape[0], DRAW_CHUNK):
-        draws = slice(start, start + DRAW_CHUNK)
-        b = theta[draws]
+
+    def parts(draws: slice, variance: np.ndarray) -> tuple:
+        b, a = theta[draws], shift[draws]
         residual_sum = moments.sum_y[None, :] - b @ moments.sum_z.T
         squares = (moments.yy[None, :] - 2 * b @ moments.zy.T
                    + np.einsum("dp,kpq,dq->dk", b, moments.zz, b, optimize=True))
-        a = shift[draws]
         squares = squares - 2 * a * residual_sum + moments.n * a**2
         residual_sum = residual_sum - moments.n * a
-        variance = flat_sigma[draws, None] ** 2
-        parts = (moments.n * np.log(variance), moments.n / variance,
-                 residual_sum / variance, squares / variance)
-        out[draws] = _nested_log_density(
-            parts, maps, [None if sd is None else sd[draws, None] ** 2 for sd in sds],
-            sizes)
-    out = out.reshape((*raw.shape[:2], -1))
-    dim = group_dim(GROUPS[held_out])
-    held = moments.levels[county if held_out == "county" else prefecture]
-    return xr.DataArray(out, dims=("chain", "draw", dim),
-                        coords={"chain": posterior["chain"].values,
-                                "draw": posterior["draw"].values, dim: held})
+        return (moments.n * np.log(variance), moments.n / variance,
+                residual_sum / variance, squares / variance)
+
+    return _over_draws(posterior, equation, held_out, parts, maps, record.groups, sizes,
+                       moments.levels[county if held_out == "county" else prefecture])
 
 
 def held_out_data(posterior: xr.Dataset, design: Design, equation: str, held_out: str,

@@ -133,9 +133,7 @@ def use_statistics(spec: ModelSpec, source: Source, choice: str = "auto") -> boo
     anything but a .parquet table is an error."""
     from fundgap.reduce import REDUCE_ROWS, parquet_rows
 
-    if choice not in STATISTICS_CHOICES:
-        raise FundgapError(f"unknown statistics choice {choice!r}: use "
-                           f"{', '.join(STATISTICS_CHOICES)}")
+    _check_choice(choice)
     if choice == "never":
         return False
     parquet = (not isinstance(source, pd.DataFrame) and Path(source).is_file()
@@ -147,6 +145,12 @@ def use_statistics(spec: ModelSpec, source: Source, choice: str = "auto") -> boo
                                ".parquet table (write one with `fundgap prepare`)")
         return False
     return choice == "always" or (reducible(spec) and parquet_rows(source) > REDUCE_ROWS)
+
+
+def _check_choice(choice: str) -> None:
+    if choice not in STATISTICS_CHOICES:
+        raise FundgapError(f"unknown statistics choice {choice!r}: use "
+                           f"{', '.join(STATISTICS_CHOICES)}")
 
 
 def reducible(spec: ModelSpec) -> bool:
@@ -163,9 +167,7 @@ def table_statistics(spec: ModelSpec, table: pd.DataFrame, choice: str = "auto")
     whose spec is reducible; "always" where the spec is not reducible is an error."""
     from fundgap.reduce import REDUCE_ROWS
 
-    if choice not in STATISTICS_CHOICES:
-        raise FundgapError(f"unknown statistics choice {choice!r}: use "
-                           f"{', '.join(STATISTICS_CHOICES)}")
+    _check_choice(choice)
     if choice == "always" and not reducible(spec):
         raise FundgapError(f"{spec.source}: fitting from sufficient statistics needs every "
                            "equation Gaussian with at most two nested groupings")

@@ -17,7 +17,6 @@ The standardised statistics then follow by an affine map, Z = [1, X] A.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,11 +33,13 @@ from fundgap.design import (
     Design,
     EquationDesign,
     group_columns,
+    named_columns,
     nest_groupings,
     select_rows,
 )
 from fundgap.errors import SpecError
 from fundgap.families import EXACT_FAMILIES
+from fundgap.grouped_loo import HELD_OUT
 from fundgap.groupings import GROUPS
 from fundgap.marginal import SufficientStatistics, size_table
 from fundgap.spec import ModelSpec
@@ -46,8 +47,8 @@ from fundgap.spec import ModelSpec
 CHUNK_ROWS = 250_000
 # `fundgap fit --statistics auto` reduces a prepared table larger than this
 REDUCE_ROWS = 200_000
-# The columns a whole group's campaigns can be held out by, inner to outer (fundgap.grouped_loo)
-HELD_OUT_COLUMNS = (GROUPS["county"], GROUPS["prefecture"])
+# The columns a whole group's campaigns can be held out by, inner to outer
+HELD_OUT_COLUMNS = tuple(GROUPS[level] for level in HELD_OUT)
 # rows whose outer products are formed at once for the per-group cross-products
 _OUTER_ROWS = 20_000
 
@@ -80,7 +81,7 @@ def _chunks(source: Path | pd.DataFrame, columns: list[str], chunk_rows: int):
 
 def _filter_columns(spec: ModelSpec, available: list[str]) -> list[str]:
     """The columns a spec's row filter names (a subset's `county_campaigns`, ...)."""
-    named = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", spec.filter or ""))
+    named = named_columns(spec.filter or "")
     return [c for c in available if c in named]
 
 
@@ -266,12 +267,12 @@ class _Expansion:
 
 
 def reduce_prepared(spec: ModelSpec, path: str | Path | pd.DataFrame,
-                    chunk_rows: int = CHUNK_ROWS, held_out: str | None = None) -> Design:
+                    chunk_rows: int = CHUNK_ROWS, group_sums_of: str | None = None) -> Design:
     """Read a prepared Parquet table (or a table in memory) chunk by chunk into a Design of
     sufficient statistics.
 
     Every equation must be Gaussian (the marginalised form); the result fits like any
-    design but keeps no per-campaign rows. With `held_out` (an equation's name) the design
+    design but keeps no per-campaign rows. With `group_sums_of` (an equation) the design
     also keeps that equation's per-county sums (`group_moments`, GroupMoments), from which
     fundgap.grouped_loo holds out whole counties and prefectures, where the data have the
     county and prefecture codes.
@@ -287,7 +288,7 @@ def reduce_prepared(spec: ModelSpec, path: str | Path | pd.DataFrame,
                         f"equation to be gaussian; {', '.join(not_gaussian)} is not")
     grouped = group_columns(spec)
     available = _columns(path)
-    holding = (HELD_OUT_COLUMNS if held_out is not None
+    holding = (HELD_OUT_COLUMNS if group_sums_of is not None
                and all(c in available for c in HELD_OUT_COLUMNS) else ())
     kept = list(dict.fromkeys([*grouped, *holding,
                                *([spec.moderator] if spec.moderator else [])]))
@@ -324,7 +325,7 @@ def reduce_prepared(spec: ModelSpec, path: str | Path | pd.DataFrame,
                           accumulators[block[0]].inner_X.shape[0], len(block))
              if block else None)
     counts = {c: np.zeros(len(levels[c])) for c in grouped}
-    moment_sums = (_GroupMomentSums(accumulators[held_out].XtX.shape[0],
+    moment_sums = (_GroupMomentSums(accumulators[group_sums_of].XtX.shape[0],
                                     len(held_levels[holding[0]])) if holding else None)
     used = 0
     # pass 2: the sums
@@ -352,7 +353,7 @@ def reduce_prepared(spec: ModelSpec, path: str | Path | pd.DataFrame,
                       rows[list(block)].to_numpy(float),
                       membership.get(inner_column.get(block[0]), empty))
         if moment_sums is not None:
-            moment_sums.add(expanded[held_out], rows[spec.equations[held_out].response]
+            moment_sums.add(expanded[group_sums_of], rows[spec.equations[group_sums_of].response]
                             .to_numpy(float), np.searchsorted(
                                 held_levels[holding[0]], rows[holding[0]].astype(str)
                                 .to_numpy()))
@@ -377,9 +378,9 @@ def reduce_prepared(spec: ModelSpec, path: str | Path | pd.DataFrame,
         parent_of = table.drop_duplicates(inner).set_index(inner)[outer]
         parent = np.searchsorted(held_levels[outer],
                                  parent_of.loc[held_levels[inner]].to_numpy())
-        design.group_moments = {held_out: moment_sums.moments(
-            holding, held_levels, parent, accumulators[held_out].affine,
-            design.equations[held_out].y_moments[0])}
+        design.group_moments = {group_sums_of: moment_sums.moments(
+            holding, held_levels, parent, accumulators[group_sums_of].affine,
+            design.equations[group_sums_of].y_moments[0])}
     if joint is not None:
         first = design.statistics[block[0]]
         design.joint_statistics = joint.joint(

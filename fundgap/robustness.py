@@ -32,7 +32,7 @@ import pandas as pd
 
 from fundgap import grouped_loo, names
 from fundgap.bayesian import FitResult, FitSettings, fit_design, fit_model, settings_for
-from fundgap.design import Design, build_design
+from fundgap.design import Design, build_design, named_columns
 from fundgap.fitfolder import SavedFit, with_intercepts
 from fundgap.groupings import GROUPS
 from fundgap.reduce import reduce_prepared
@@ -51,7 +51,7 @@ def _without_term(formula: str, column: str) -> str:
     a term such as C(x) or x:C(y) uses the columns named in it)."""
     response, _, right = formula.partition("~")
     kept = [t.strip() for t in right.split("+")
-            if column not in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", t)]
+            if column not in named_columns(t)]
     return f"{response.strip()} ~ {' + '.join(kept) or '1'}"
 
 
@@ -219,7 +219,7 @@ class SavedReference:
         idata = saved.idata
         if statistics:
             return cls(saved.spec, reduce_prepared(saved.spec, table,
-                                                   held_out=saved.spec.outcome),
+                                                   group_sums_of=saved.spec.outcome),
                        saved.diagnostics, saved.effects, saved.summary,
                        az.InferenceData(posterior=with_intercepts(idata)))
         if "log_likelihood" not in idata.groups():
@@ -273,7 +273,7 @@ def robustness(spec: ModelSpec, table: pd.DataFrame, settings: FitSettings | Non
             chosen_settings = (quiet if name in POOLING and not statistics
                                else dataclasses.replace(quiet, per_campaign="skip"))
             if statistics:
-                design = reduce_prepared(variant(spec, name), table, held_out=(
+                design = reduce_prepared(variant(spec, name), table, group_sums_of=(
                     spec.outcome if name in POOLING else None))
                 result = fit_design(design, chosen_settings)
             else:

@@ -109,7 +109,7 @@ def test_held_out_groups_from_sufficient_statistics_equal_the_rows(levels: str,
     table = design.table.assign(log_amount_raised=design.table["log_amount_raised"] + 40,
                                 development=design.table["development"] * 1e4 + 3e4)
     rows = build_design(design.spec, table)
-    reduced = reduce_prepared(design.spec, table, chunk_rows=17, held_out=EQUATION)
+    reduced = reduce_prepared(design.spec, table, chunk_rows=17, group_sums_of=EQUATION)
     assert reduced.reduced and reduced.rows == len(table)
     posterior = _posterior(rows, draws=4, seed=len(levels) + 1)
     posterior[names.coefficients(EQUATION)] = posterior[names.coefficients(EQUATION)] * [1e-4, 1]
