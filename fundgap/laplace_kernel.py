@@ -264,6 +264,50 @@ def _sums(code, y, eta, aux, inner, n_inner, clip, jets, first, weight):
             weight[c] = max(weight[c], 0.0)
 
 
+# The search's pass for a log- or logit-link family (Poisson, negative binomial, Bernoulli)
+# takes exp(eta_i) as exp(f_i) exp(tau1 u_c + tau2 v_p): exp(f) once a call, one exp per
+# county a step, instead of one per campaign a step. Used where neither factor can overflow.
+FACTORED_CODES = (1, 2, 3)
+FACTORED_LIMIT = 300.0
+
+
+@numba.njit(cache=True)
+def _shifts(tau1, tau2, u, v, parent, shift):
+    """exp(tau1 u_c + tau2 v_p) per county into `shift`; False where one is beyond
+    FACTORED_LIMIT."""
+    for c in range(len(parent)):
+        offset = tau1 * u[c] + tau2 * v[parent[c]]
+        if abs(offset) > FACTORED_LIMIT:
+            return False
+        shift[c] = math.exp(offset)
+    return True
+
+
+@numba.njit(cache=True)
+def _factored_sums(code, y, exp_f, tau1, tau2, u, v, inner, parent, aux, shift, first,
+                   weight):
+    """As `_sums` in the search (first derivative and curvature per county) for a family in
+    FACTORED_CODES, from exp(f) (per campaign) and the county shifts' exponentials (`shift`,
+    written here). False, with nothing summed, where a shift is beyond FACTORED_LIMIT."""
+    if not _shifts(tau1, tau2, u, v, parent, shift):
+        return False
+    first[:] = 0.0
+    weight[:] = 0.0
+    alpha = aux[0] if code == 2 else 1.0
+    for i in range(len(y)):
+        c = inner[i]
+        mean = exp_f[i] * shift[c]
+        if code == 1:                               # poisson: d = y - mu, -d2 = mu
+            first[c] += y[i] - mean
+            weight[c] += mean
+        else:                                       # share = mu / (alpha + mu)
+            total = alpha + mean
+            scale = y[i] + alpha if code == 2 else 1.0
+            first[c] += y[i] - scale * mean / total
+            weight[c] += scale * mean * alpha / (total * total)
+    return True
+
+
 @numba.njit(cache=True)
 def _predictor(f, tau1, tau2, u, v, inner, parent, eta):
     for i in range(len(f)):
@@ -424,10 +468,16 @@ def laplace_marginal(code, correct, y, f, tau1, tau2, aux, inner, parent, n_oute
     step_inner, step_outer = np.empty(n_inner), np.empty(n_outer)
     no_jets = np.empty((0, JETS))
     iterations = 0
-    # the search: damped Newton from zero, each county's curvature kept non-negative
+    factored = code in FACTORED_CODES and np.max(np.abs(f)) <= FACTORED_LIMIT
+    exp_f = np.exp(f) if factored else np.empty(0)
+    shift = np.empty(n_inner)
+    # the search: damped Newton from zero, each county's curvature kept non-negative (these
+    # families' curvatures are positive: no clip needed in the factored pass)
     for _ in range(max_iterations):
-        _predictor(f, tau1, tau2, u, v, inner, parent, eta)
-        _sums(code, y, eta, aux, inner, n_inner, True, no_jets, first, weight)
+        if not (factored and _factored_sums(code, y, exp_f, tau1, tau2, u, v, inner, parent,
+                                            aux, shift, first, weight)):
+            _predictor(f, tau1, tau2, u, v, inner, parent, eta)
+            _sums(code, y, eta, aux, inner, n_inner, True, no_jets, first, weight)
         change = _newton_step(tau1, tau2, u, v, first, weight, parent, n_outer, A, B, schur,
                               step_inner, step_outer)
         damping = min(1.0, max_step / max(change, 1e-300))
@@ -556,7 +606,7 @@ class LaplaceMarginal(Op):
 
 # bump when the kernel's arithmetic changes, so PyTensor's numba cache drops old code (the
 # C entry's symbol carries the version too, so no cached caller can reach an older kernel)
-KERNEL_VERSION = 9
+KERNEL_VERSION = 10
 SYMBOL = f"fundgap_laplace_marginal_v{KERNEL_VERSION}"
 
 _f8p, _i8p, _i8, _f8 = (types.CPointer(types.float64), types.CPointer(types.int64),

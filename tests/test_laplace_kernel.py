@@ -12,7 +12,7 @@ import pytest
 
 from fundgap.families import family
 from fundgap.laplace import Levels, laplace_terms
-from fundgap.laplace_kernel import FAMILY_CODES, LaplaceMarginal
+from fundgap.laplace_kernel import FACTORED_LIMIT, FAMILY_CODES, LaplaceMarginal
 
 from conftest import grouped_table
 
@@ -76,12 +76,25 @@ def test_kernel_value_and_gradient_are_the_graphs(name: str, nested: bool) -> No
                                        err_msg=f"gradient {k}")
 
 
+def test_the_search_per_campaign_where_exp_f_would_overflow() -> None:
+    # the search takes exp(eta) as exp(f) exp(county shift) for log- and logit-link
+    # families; a linear predictor beyond FACTORED_LIMIT sends it back to one exp per
+    # campaign, with the same answer as the graph
+    y, f, inner, parent = _problem("bernoulli", True)
+    f = f.copy()
+    f[0] = FACTORED_LIMIT + 50
+    expected = _reference("bernoulli", y, inner, parent, True)(f, 0.5, 0.4)
+    got = _kernel("bernoulli", y, inner, parent)(f, 0.5, 0.4)
+    for k in range(len(expected)):
+        np.testing.assert_allclose(got[k], expected[k], rtol=1e-6, atol=1e-8)
+
+
 _PROBE = """
 import hashlib, sys
 import numpy as np
 import pytensor
 import pytensor.tensor as pt
-from fundgap.laplace_kernel import FAMILY_CODES, LaplaceMarginal
+from fundgap.laplace_kernel import FACTORED_LIMIT, FAMILY_CODES, LaplaceMarginal
 rng = np.random.default_rng(0)
 n, counties, prefectures = 400, 60, 9
 inner, parent = rng.integers(0, counties, n), rng.integers(0, prefectures, counties)
