@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -49,11 +50,17 @@ COUNT_EQUATION = "verifier_count"
 
 
 def count_spec(path: Path) -> Path:
-    """models/regional_mediation.toml with the verifier count as a negative binomial."""
+    """models/regional_mediation.toml with the verifier count as a negative binomial (and
+    out of the correlated errors)."""
     text = (ROOT / "models" / "regional_mediation.toml").read_text()
     header = f"[equations.{COUNT_EQUATION}]\n"
     assert header in text
-    path.write_text(text.replace(header, header + 'family = "negative_binomial"\n'))
+    # correlated errors join Gaussian equations only
+    text = re.sub(r'^(correlated_errors = .*)"verifier_count",\s*', r"\1",
+                  text.replace(header, header + 'family = "negative_binomial"\n'),
+                  count=1, flags=re.M)
+    assert re.search(r'^correlated_errors = .*"verifier_count"', text, re.M) is None
+    path.write_text(text)
     return path
 
 
