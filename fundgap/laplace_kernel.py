@@ -244,24 +244,53 @@ def _jets(code, y, eta, aux, constants, tables, out, full):
 
 
 @numba.njit(cache=True)
-def _sums(code, y, eta, aux, inner, n_inner, clip, jets, first, weight):
-    """Per county: the summed first derivative and curvature (-second) at eta; with `clip`,
-    each county's curvature kept non-negative, so the search's H stays positive definite."""
+def _sums(code, y, eta, aux, inner, n_inner, first, weight):
+    """The search's per-county first derivative and curvature (-second) at eta, each county's
+    curvature kept non-negative so that the search's H stays positive definite."""
     first[:] = 0.0
     weight[:] = 0.0
     out = np.empty(JETS)
     constants = _constants(code, aux)
-    full = jets.shape[0] > 0
-    tables = _count_tables(code, aux, y) if full else np.zeros((3, 0))
+    no_tables = np.zeros((3, 0))
     for i in range(len(y)):
-        _jets(code, y[i], eta[i], aux, constants, tables, out, full)
+        _jets(code, y[i], eta[i], aux, constants, no_tables, out, False)
         first[inner[i]] += out[1]
         weight[inner[i]] -= out[2]
-        if jets.shape[0]:
-            jets[i, :] = out
-    if clip:
-        for c in range(n_inner):
-            weight[c] = max(weight[c], 0.0)
+    for c in range(n_inner):
+        weight[c] = max(weight[c], 0.0)
+
+
+@numba.njit(cache=True)
+def _mode_sums(code, y, eta, aux, inner, n_inner):
+    """At the mode: per county, the sums of its campaigns' jets (n_inner x JETS). Everything
+    the value and the gradient in the sds and the family's parameter need is a county sum;
+    only the gradient in f is per campaign (`_campaign_gradient`), so no campaign's jets are
+    kept (at 200,000 campaigns they were 18 MB written and read four times a call)."""
+    sums = np.zeros((n_inner, JETS))
+    out = np.empty(JETS)
+    constants = _constants(code, aux)
+    tables = _count_tables(code, aux, y)
+    for i in range(len(y)):
+        _jets(code, y[i], eta[i], aux, constants, tables, out, True)
+        c = inner[i]
+        for k in range(JETS):
+            sums[c, k] += out[k]
+    return sums
+
+
+@numba.njit(cache=True)
+def _campaign_gradient(code, y, eta, aux, inner, bar_weight, bar_third, bar_fourth, zeta,
+                       grad_f):
+    """dV/df_i: the campaign's d log p, its share of dPhi (through its county's curvature,
+    third and fourth sums) and of the implicit-function term (zeta, per county)."""
+    out = np.empty(JETS)
+    constants = _constants(code, aux)
+    no_tables = np.zeros((3, 0))
+    for i in range(len(y)):
+        _jets(code, y[i], eta[i], aux, constants, no_tables, out, False)
+        c = inner[i]
+        grad_f[i] = (out[1] - bar_weight[c] * out[3] + bar_third[c] * out[4]
+                     + bar_fourth[c] * out[5] + out[2] * zeta[c])
 
 
 # The search's pass for a log- or logit-link family (Poisson, negative binomial, Bernoulli)
@@ -466,7 +495,6 @@ def laplace_marginal(code, correct, y, f, tau1, tau2, aux, inner, parent, n_oute
     eta, first, weight = np.empty(n), np.empty(n_inner), np.empty(n_inner)
     A, B, schur = np.empty(n_inner), np.empty(n_inner), np.empty(n_outer)
     step_inner, step_outer = np.empty(n_inner), np.empty(n_outer)
-    no_jets = np.empty((0, JETS))
     iterations = 0
     factored = code in FACTORED_CODES and np.max(np.abs(f)) <= FACTORED_LIMIT
     exp_f = np.exp(f) if factored else np.empty(0)
@@ -477,7 +505,7 @@ def laplace_marginal(code, correct, y, f, tau1, tau2, aux, inner, parent, n_oute
         if not (factored and _factored_sums(code, y, exp_f, tau1, tau2, u, v, inner, parent,
                                             aux, shift, first, weight)):
             _predictor(f, tau1, tau2, u, v, inner, parent, eta)
-            _sums(code, y, eta, aux, inner, n_inner, True, no_jets, first, weight)
+            _sums(code, y, eta, aux, inner, n_inner, first, weight)
         change = _newton_step(tau1, tau2, u, v, first, weight, parent, n_outer, A, B, schur,
                               step_inner, step_outer)
         damping = min(1.0, max_step / max(change, 1e-300))
@@ -490,57 +518,50 @@ def laplace_marginal(code, correct, y, f, tau1, tau2, aux, inner, parent, n_oute
     # rounding; that step's size is the residual the fit's gate checks
     residual = damping * change
 
-    # at the mode: every campaign's jets, the county sums, H's blocks
-    jets = np.empty((n, JETS))
+    # at the mode: per county, the sums of its campaigns' jets; H's blocks
     _predictor(f, tau1, tau2, u, v, inner, parent, eta)
-    _sums(code, y, eta, aux, inner, n_inner, False, jets, first, weight)
+    sums = _mode_sums(code, y, eta, aux, inner, n_inner)
+    first[:] = sums[:, 1]
+    weight[:] = -sums[:, 2]
     outer_weight = np.empty(n_outer)
     _blocks(tau1, tau2, weight, parent, n_outer, A, B, schur, outer_weight)
-    third, fourth = np.zeros(n_inner), np.zeros(n_inner)
-    for i in range(n):
-        third[inner[i]] += jets[i, 3]
-        fourth[inner[i]] += jets[i, 4]
+    third, fourth = sums[:, 3].copy(), sums[:, 4].copy()
     phi, bar_weight, bar_third, bar_fourth, bar_tau1, bar_tau2 = _phi(
         tau1, tau2, weight, outer_weight, third, fourth, A, B, schur, parent, n_outer, correct)
-    value = np.sum(jets[:, 0]) - 0.5 * (np.sum(u * u) + np.sum(v * v)) + phi
+    value = np.sum(sums[:, 0]) - 0.5 * (np.sum(u * u) + np.sum(v * v)) + phi
 
-    # dPhi / d eta_i through the county sums, then dV/dz = J' that (the log joint's own
-    # z-gradient is zero at the mode) and lambda = H^-1 dV/dz
-    phi_eta = np.empty(n)
-    for i in range(n):
-        c = inner[i]
-        phi_eta[i] = (-bar_weight[c] * jets[i, 3] + bar_third[c] * jets[i, 4]
-                      + bar_fourth[c] * jets[i, 5])
-    right_inner, right_outer = np.zeros(n_inner), np.zeros(n_outer)
-    for i in range(n):
-        right_inner[inner[i]] += tau1 * phi_eta[i]
-        right_outer[parent[inner[i]]] += tau2 * phi_eta[i]
+    # dPhi / d eta_i is -bar_weight d2 + bar_third d3 + bar_fourth d4 (the county's factors
+    # times the campaign's jets), so its county sums come from the jets' county sums; then
+    # dV/dz = J' that (the log joint's own z-gradient is zero at the mode), lambda = H^-1 dV/dz
+    phi_county = -bar_weight * sums[:, 3] + bar_third * sums[:, 4] + bar_fourth * sums[:, 5]
+    right_inner, right_outer = tau1 * phi_county, np.zeros(n_outer)
+    for c in range(n_inner):
+        right_outer[parent[c]] += tau2 * phi_county[c]
     adjoint_inner, adjoint_outer = np.empty(n_inner), np.empty(n_outer)
     _solve(A, B, schur, parent, right_inner, right_outer, adjoint_inner, adjoint_outer)
 
-    # dV/dtheta = partial at the mode + adjoint' dg/dtheta (g the log joint's z-gradient)
-    grad_f = np.empty(n)
-    grad_aux = np.zeros(len(aux))
+    # dV/dtheta = partial at the mode + adjoint' dg/dtheta (g the log joint's z-gradient);
+    # in the sds and the family's parameter through county sums, in f per campaign
+    zeta = tau1 * adjoint_inner + tau2 * adjoint_outer[parent]
+    county_grad = sums[:, 1] + phi_county + sums[:, 2] * zeta     # sum of dV/df_i by county
     grad_tau = np.zeros(2)
     outer_first = np.zeros(n_outer)
     for c in range(n_inner):
         outer_first[parent[c]] += first[c]
-        grad_tau[0] += adjoint_inner[c] * first[c]
+        grad_tau[0] += adjoint_inner[c] * first[c] + county_grad[c] * u[c]
+        grad_tau[1] += county_grad[c] * v[parent[c]]
     for p in range(n_outer):
         grad_tau[1] += adjoint_outer[p] * outer_first[p]
     grad_tau[0] += bar_tau1
     grad_tau[1] += bar_tau2
-    for i in range(n):
-        c = inner[i]
-        p = parent[c]
-        zeta = tau1 * adjoint_inner[c] + tau2 * adjoint_outer[p]
-        grad_f[i] = jets[i, 1] + phi_eta[i] + jets[i, 2] * zeta
-        grad_tau[0] += grad_f[i] * u[c]
-        grad_tau[1] += grad_f[i] * v[p]
-        if len(aux):
-            # the county curvature is minus the summed second derivative
-            grad_aux[0] += (jets[i, 6] + jets[i, 7] * zeta - bar_weight[c] * jets[i, 8]
-                            + bar_third[c] * jets[i, 9] + bar_fourth[c] * jets[i, 10])
+    grad_aux = np.zeros(len(aux))
+    if len(aux):
+        # the county curvature is minus the summed second derivative
+        grad_aux[0] = np.sum(sums[:, 6] + sums[:, 7] * zeta - bar_weight * sums[:, 8]
+                             + bar_third * sums[:, 9] + bar_fourth * sums[:, 10])
+    grad_f = np.empty(n)
+    _campaign_gradient(code, y, eta, aux, inner, bar_weight, bar_third, bar_fourth, zeta,
+                       grad_f)
     return (value, grad_f, grad_tau, grad_aux, u, v, A, B, schur, iterations, residual)
 
 
@@ -606,7 +627,7 @@ class LaplaceMarginal(Op):
 
 # bump when the kernel's arithmetic changes, so PyTensor's numba cache drops old code (the
 # C entry's symbol carries the version too, so no cached caller can reach an older kernel)
-KERNEL_VERSION = 10
+KERNEL_VERSION = 11
 SYMBOL = f"fundgap_laplace_marginal_v{KERNEL_VERSION}"
 
 _f8p, _i8p, _i8, _f8 = (types.CPointer(types.float64), types.CPointer(types.int64),
