@@ -265,16 +265,69 @@ def _mode_sums(code, y, eta, aux, inner, n_inner):
     """At the mode: per county, the sums of its campaigns' jets (n_inner x JETS). Everything
     the value and the gradient in the sds and the family's parameter need is a county sum;
     only the gradient in f is per campaign (`_campaign_gradient`), so no campaign's jets are
-    kept (at 200,000 campaigns they were 18 MB written and read four times a call)."""
+    kept."""
     sums = np.zeros((n_inner, JETS))
     out = np.empty(JETS)
     constants = _constants(code, aux)
     tables = _count_tables(code, aux, y)
     for i in range(len(y)):
-        _jets(code, y[i], eta[i], aux, constants, tables, out, True)
         c = inner[i]
+        _jets(code, y[i], eta[i], aux, constants, tables, out, True)
         for k in range(JETS):
             sums[c, k] += out[k]
+    return sums
+
+
+@numba.njit(cache=True)
+def _factored_mode_sums(code, y, f, exp_f, shift, inner, aux, constants, tables, offset):
+    """`_mode_sums` for a family in FACTORED_CODES from exp(f), the county shifts and their
+    logs (`offset`): `_jets`'s formulas written out for these families, so that the loop
+    holds one log a campaign and no call."""
+    sums = np.zeros((len(shift), JETS))
+    alpha = aux[0] if code == 2 else 1.0
+    log_alpha = constants[2]
+    for i in range(len(y)):
+        c = inner[i]
+        mean = exp_f[i] * shift[c]
+        eta = f[i] + offset[c]
+        row = sums[c]
+        if code == 1:
+            row[0] += y[i] * eta - mean - _count_terms(y[i], 1.0, constants, tables)[0]
+            row[1] += y[i] - mean
+            for k in range(2, 6):
+                row[k] -= mean
+            continue
+        total = alpha + mean
+        share = mean / total
+        slope = mean * alpha / (total * total)          # share (1 - share)
+        tilt = 1 - 2 * share
+        t3 = slope * tilt
+        t4 = slope * (1 - 6 * slope)
+        t5 = t3 * (1 - 12 * slope)
+        if code == 3:
+            row[0] += y[i] * eta - math.log1p(mean)
+            row[1] += y[i] - share
+            row[2] -= slope
+            row[3] -= t3
+            row[4] -= t4
+            row[5] -= t5
+            continue
+        scale = y[i] + alpha                            # negative binomial (NB2)
+        log_total = math.log(total)
+        log_factorial, log_rising, digamma_rising = _count_terms(y[i], alpha, constants,
+                                                                 tables)
+        row[0] += (log_rising - log_factorial + alpha * (log_alpha - log_total)
+                   + y[i] * (eta - log_total))
+        row[1] += y[i] - scale * share
+        row[2] -= scale * slope
+        row[3] -= scale * t3
+        row[4] -= scale * t4
+        row[5] -= scale * t5
+        row[6] += digamma_rising + log_alpha - log_total + share - y[i] * (1 - share) / alpha
+        row[7] += -share + scale * slope / alpha
+        row[8] += -slope + scale * t3 / alpha
+        row[9] += -t3 + scale * t4 / alpha
+        row[10] += -t4 + scale * t5 / alpha
     return sums
 
 
@@ -287,8 +340,8 @@ def _campaign_gradient(code, y, eta, aux, inner, bar_weight, bar_third, bar_four
     constants = _constants(code, aux)
     no_tables = np.zeros((3, 0))
     for i in range(len(y)):
-        _jets(code, y[i], eta[i], aux, constants, no_tables, out, False)
         c = inner[i]
+        _jets(code, y[i], eta[i], aux, constants, no_tables, out, False)
         grad_f[i] = (out[1] - bar_weight[c] * out[3] + bar_third[c] * out[4]
                      + bar_fourth[c] * out[5] + out[2] * zeta[c])
 
@@ -335,6 +388,34 @@ def _factored_sums(code, y, exp_f, tau1, tau2, u, v, inner, parent, aux, shift, 
             first[c] += y[i] - scale * mean / total
             weight[c] += scale * mean * alpha / (total * total)
     return True
+
+
+@numba.njit(cache=True)
+def _factored_gradient(code, y, exp_f, shift, inner, aux, bar_weight, bar_third, bar_fourth,
+                       zeta, grad_f):
+    """`_campaign_gradient` for a family in FACTORED_CODES from exp(f) and the county shifts:
+    the eta-derivatives 1-5 written out (d2-d5 as `_logistic` gives them; Poisson's are all
+    -mu), so that the loop is a few multiplications a campaign."""
+    alpha = aux[0] if code == 2 else 1.0
+    for i in range(len(y)):
+        c = inner[i]
+        mean = exp_f[i] * shift[c]
+        if code == 1:
+            d1, d2 = y[i] - mean, -mean
+            d3 = d4 = d5 = d2
+        else:
+            total = alpha + mean
+            share = mean / total
+            scale = y[i] + alpha if code == 2 else 1.0
+            slope = mean * alpha / (total * total)      # share (1 - share)
+            tilt = 1 - 2 * share
+            d1 = y[i] - scale * share
+            d2 = -scale * slope
+            d3 = d2 * tilt
+            d4 = d2 * (1 - 6 * slope)
+            d5 = d3 * (1 - 12 * slope)
+        grad_f[i] = (d1 - bar_weight[c] * d3 + bar_third[c] * d4 + bar_fourth[c] * d5
+                     + d2 * zeta[c])
 
 
 @numba.njit(cache=True)
@@ -520,7 +601,13 @@ def laplace_marginal(code, correct, y, f, tau1, tau2, aux, inner, parent, n_oute
 
     # at the mode: per county, the sums of its campaigns' jets; H's blocks
     _predictor(f, tau1, tau2, u, v, inner, parent, eta)
-    sums = _mode_sums(code, y, eta, aux, inner, n_inner)
+    if factored and _shifts(tau1, tau2, u, v, parent, shift):
+        sums = _factored_mode_sums(code, y, f, exp_f, shift, inner, aux,
+                                   _constants(code, aux), _count_tables(code, aux, y),
+                                   tau1 * u + tau2 * v[parent])
+    else:
+        exp_f = np.empty(0)
+        sums = _mode_sums(code, y, eta, aux, inner, n_inner)
     first[:] = sums[:, 1]
     weight[:] = -sums[:, 2]
     outer_weight = np.empty(n_outer)
@@ -560,8 +647,12 @@ def laplace_marginal(code, correct, y, f, tau1, tau2, aux, inner, parent, n_oute
         grad_aux[0] = np.sum(sums[:, 6] + sums[:, 7] * zeta - bar_weight * sums[:, 8]
                              + bar_third * sums[:, 9] + bar_fourth * sums[:, 10])
     grad_f = np.empty(n)
-    _campaign_gradient(code, y, eta, aux, inner, bar_weight, bar_third, bar_fourth, zeta,
-                       grad_f)
+    if len(exp_f):
+        _factored_gradient(code, y, exp_f, shift, inner, aux, bar_weight, bar_third,
+                           bar_fourth, zeta, grad_f)
+    else:
+        _campaign_gradient(code, y, eta, aux, inner, bar_weight, bar_third, bar_fourth, zeta,
+                           grad_f)
     return (value, grad_f, grad_tau, grad_aux, u, v, A, B, schur, iterations, residual)
 
 
