@@ -2,8 +2,9 @@
 and size: value, gradient and the mode search that precedes them.
 
 A non-Gaussian equation's share of a gradient is this call; sampling is (calls per draw) x
-(this). The data are simulated with counties nested in prefectures (about seven campaigns a
-county, as the count-mediator table has at 20,000), at a point near the truth:
+(this). The data are simulated with counties nested in 341 prefectures (two campaigns for
+three counties, as in the study's data, up to 2,800 counties, about as many as the
+count-mediator table holds at 20,000 and more), at a point near the truth:
 
     python benchmarks/laplace_call.py --sizes 2057 20000 200000
 
