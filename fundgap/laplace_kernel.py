@@ -617,9 +617,10 @@ def laplace_marginal(code, correct, y, f, tau1, tau2, aux, inner, parent, n_oute
         tau1, tau2, weight, outer_weight, third, fourth, A, B, schur, parent, n_outer, correct)
     value = np.sum(sums[:, 0]) - 0.5 * (np.sum(u * u) + np.sum(v * v)) + phi
 
-    # dPhi / d eta_i is -bar_weight d2 + bar_third d3 + bar_fourth d4 (the county's factors
-    # times the campaign's jets), so its county sums come from the jets' county sums; then
-    # dV/dz = J' that (the log joint's own z-gradient is zero at the mode), lambda = H^-1 dV/dz
+    # dPhi / d eta_i is -bar_weight d3 + bar_third d4 + bar_fourth d5 (the county's factors
+    # times the campaign's eta-derivatives d_k), so its county sums come from the jets';
+    # then dV/dz = J' that (the log joint's own z-gradient is zero at the mode) and
+    # lambda = H^-1 dV/dz
     phi_county = -bar_weight * sums[:, 3] + bar_third * sums[:, 4] + bar_fourth * sums[:, 5]
     right_inner, right_outer = tau1 * phi_county, np.zeros(n_outer)
     for c in range(n_inner):
