@@ -19,13 +19,8 @@ import time
 import numpy as np
 import pandas as pd
 
-from fundgap.laplace_kernel import (
-    FAMILY_CODES,
-    MAX_ITERATIONS,
-    MAX_STEP,
-    TOLERANCE,
-    laplace_marginal,
-)
+from fundgap.laplace_jets import FAMILY_CODES
+from fundgap.laplace_kernel import MAX_ITERATIONS, MAX_STEP, TOLERANCE, laplace_marginal
 
 
 def problem(size: int, name: str, seed: int = 1) -> tuple:

@@ -26,7 +26,7 @@ fundgap.marginal.
 
 That graph (`laplace_terms`) is the reference, and what a JAX backend traces (with a fixed
 number of Newton steps). On the numba and PyMC backends, families with compiled derivatives
-(fundgap.laplace_kernel.FAMILY_CODES) use the same approximation as one compiled operation
+(fundgap.laplace_jets.FAMILY_CODES) use the same approximation as one compiled operation
 instead (`LaplaceMarginal`: the mode search, the value and its exact gradient in one call,
 cached by numba with the package), which numba compiles once rather than node by node for
 every new data set; tests/test_laplace_kernel.py holds the two to the same values and
@@ -53,8 +53,8 @@ from pytensor.scan.utils import until
 from fundgap import names
 from fundgap.design import Design, group_dim
 from fundgap.families import family
+from fundgap.laplace_jets import FAMILY_CODES
 from fundgap.laplace_kernel import (
-    FAMILY_CODES,
     MAX_ITERATIONS,
     MAX_STEP,
     TOLERANCE,
