@@ -28,6 +28,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fundgap.prepare import prefecture_measures
+from fundgap.rules import COUNTY_CONTROLS
+
 ROOT = Path(__file__).resolve().parents[1]
 # FUNDGAP_COUNTIES points elsewhere, e.g. on a machine without ../shared
 COUNTIES = Path(os.environ.get("FUNDGAP_COUNTIES",
@@ -81,15 +84,9 @@ def write_table(n: int, path: Path, seed: int = 2026, chunk: int = 500_000,
     intercepts = {e: 0.3 * TRUTH["sd"][e] * rng.standard_normal(len(counties))
                   + 0.2 * TRUTH["sd"][e] * rng.standard_normal(len(prefectures))[prefecture_of]
                   for e in equations}
-    # population-weighted over each prefecture's counties (population summed), as
-    # fundgap.prepare.prefecture_measures takes them up
-    population = counties["population_millions"].clip(lower=0.01)
-    prefecture_measures = counties.assign(weight=population).groupby("prefecture_code").apply(
-        lambda group: pd.Series({
-            name: (group["population_millions"].sum() if name == "population_millions"
-                   else np.average(group[name], weights=group["weight"]))
-            for name in ("development", "population_millions", "aged60_share",
-                         "minority_share", "sex_ratio_at_birth")})).loc[prefectures]
+    # taken up to prefectures as `fundgap prepare` takes them (population-weighted)
+    up = prefecture_measures(counties[["county_code", "development", *COUNTY_CONTROLS]],
+                             counties, ("development", *COUNTY_CONTROLS)).loc[prefectures]
     weights = counties["population_millions"].clip(lower=0.01).to_numpy()
     weights = weights / weights.sum()
     temporary = path.with_suffix(".partial")
@@ -115,10 +112,8 @@ def write_table(n: int, path: Path, seed: int = 2026, chunk: int = 500_000,
                      "sex_ratio_at_birth"):
             frame[name] = counties[name].to_numpy()[county]
         # the prefecture-level measures the spec's frequentist Table 4 rows use
-        for name in ("development", "population_millions", "aged60_share",
-                     "minority_share", "sex_ratio_at_birth"):
-            frame[f"prefecture_{name}"] = prefecture_measures[name].to_numpy()[
-                prefecture_of[county]]
+        for name in ("development", *COUNTY_CONTROLS):
+            frame[f"prefecture_{name}"] = up[name].to_numpy()[prefecture_of[county]]
         controls = (0.004 * (frame["target_amount_10k"] - 23) + 0.05 * frame["male"]
                     + 0.01 * frame["ses_index"] + 0.1 * frame["recommended"]
                     + 0.1 * frame["emotional_rating"]).to_numpy()

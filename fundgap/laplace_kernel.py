@@ -242,12 +242,13 @@ def laplace_marginal(code, correct, y, f, tau1, tau2, aux, inner, parent, n_oute
 
     # at the mode: per county, the sums of its campaigns' jets; H's blocks
     _predictor(f, tau1, tau2, u, v, inner, parent, eta)
-    if factored and _shifts(tau1, tau2, u, v, parent, shift):
+    # the written-out passes where the mode's county shifts are in range too
+    factored = factored and _shifts(tau1, tau2, u, v, parent, shift)
+    if factored:
         sums = _factored_mode_sums(code, y, f, exp_f, shift, inner, aux,
                                    _constants(code, aux), _count_tables(code, aux, y),
                                    tau1 * u + tau2 * v[parent])
     else:
-        exp_f = np.empty(0)
         sums = _mode_sums(code, y, eta, aux, inner, n_inner)
     first[:] = sums[:, 1]
     weight[:] = -sums[:, 2]
@@ -289,7 +290,7 @@ def laplace_marginal(code, correct, y, f, tau1, tau2, aux, inner, parent, n_oute
         grad_aux[0] = np.sum(sums[:, 6] + sums[:, 7] * zeta - bar_weight * sums[:, 8]
                              + bar_third * sums[:, 9] + bar_fourth * sums[:, 10])
     grad_f = np.empty(n)
-    if len(exp_f):
+    if factored:
         _factored_gradient(code, y, exp_f, shift, inner, aux, bar_weight, bar_third,
                            bar_fourth, zeta, grad_f)
     else:

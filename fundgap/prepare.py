@@ -82,8 +82,11 @@ def average_census(counties: pd.DataFrame,
     return averaged, single_year
 
 
-def prefecture_measures(averaged: pd.DataFrame, hierarchy: pd.DataFrame) -> pd.DataFrame:
-    """County indicators and controls taken up to prefectures, one row per prefecture_code.
+def prefecture_measures(averaged: pd.DataFrame, hierarchy: pd.DataFrame,
+                        names: Iterable[str] = (*DEVELOPMENT_INDICATORS, *COUNTY_CONTROLS)
+                        ) -> pd.DataFrame:
+    """County indicators and controls (`names`, those `averaged` has) taken up to
+    prefectures, one row per prefecture_code.
 
     Every county of the prefecture in the county table counts, not only those with
     campaigns: population is summed; shares, ratios and indicators are population-weighted
@@ -93,7 +96,7 @@ def prefecture_measures(averaged: pd.DataFrame, hierarchy: pd.DataFrame) -> pd.D
     weight = merged.get("population_millions", pd.Series(1.0, index=merged.index))
     weight = weight.fillna(1.0)
     out = {}
-    for name in (*DEVELOPMENT_INDICATORS, *COUNTY_CONTROLS):
+    for name in names:
         if name not in merged:
             continue
         if name == "population_millions":

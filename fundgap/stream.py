@@ -23,7 +23,8 @@ import pyarrow.parquet as pq
 # Files above this size are read in chunks (below it, whole, as every other file)
 STREAM_BYTES = 256 * 2**20
 # Bytes of CSV per chunk (about 800,000 donation rows): each chunk's checks hold several
-# copies of it at once, so smaller chunks keep the peak lower, and cost no time
+# copies of it at once, so smaller chunks keep the peak lower; the capacity pass pays for
+# them in time, as each chunk's new campaign ids rebuild the coder's index
 # (benchmarks/README.md)
 CHUNK_BYTES = 16 * 2**20
 # Rows per chunk of a Parquet file
