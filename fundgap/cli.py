@@ -93,7 +93,8 @@ def _prepare(args: argparse.Namespace) -> int:
     diagnostics_path = Path(args.diagnostics) if args.diagnostics else \
         out.with_name(f"{out.stem}.diagnostics.json")
     options = PrepareOptions(factor_method=args.factor_method, short_streams=args.short_streams)
-    prepared = prepare(load_dataset(args.data), options)
+    prepared = prepare(load_dataset(args.data, (options.core_window, options.derived_after)),
+                       options)
     write_table(prepared.table, out)
     write_json(prepared.diagnostics, diagnostics_path)
     print(f"{out}: {len(prepared.table)} campaigns prepared; diagnostics in {diagnostics_path}")

@@ -32,7 +32,15 @@ from fundgap.rules import (
     TABLES,
     ColumnRule,
 )
-from fundgap.stream import Coder, is_streamed, off_sequence, text_chunks
+from fundgap.stream import (
+    CORE_WINDOW,
+    DERIVED_AFTER,
+    Coder,
+    WindowSums,
+    is_streamed,
+    off_sequence,
+    text_chunks,
+)
 
 
 @dataclass
@@ -48,6 +56,8 @@ class Dataset:
     # a donations file too large to hold (fundgap.stream): `donations` is then None, and
     # donation_chunks() reads it again
     donations_file: Path | None = None
+    # the donations' window sums, added up as they were checked (prepare's capacities)
+    donation_sums: WindowSums | None = None
 
     @property
     def has_donations(self) -> bool:
@@ -259,10 +269,12 @@ def _check_campaign_links(campaigns: pd.DataFrame, counties: pd.DataFrame, file:
 
 
 def _check_child(table: str, chunks: Iterable[pd.DataFrame], campaigns: pd.DataFrame | None,
-                 files: dict[str, str], problems: list[Problem]) -> None:
+                 files: dict[str, str], problems: list[Problem],
+                 sums: WindowSums | None = None) -> None:
     """A donations or ratings file, whole or a chunk at a time: each row's campaign must be
     in campaigns, each campaign must have rows here, and (donations) each campaign's seq
-    must run 1, 2, 3, ... with no gap or repeat (in any row order)."""
+    must run 1, 2, 3, ... with no gap or repeat (in any row order). `sums`, where given,
+    adds up the donations' window sums from the same chunks."""
     file = files[table]
     ids = (campaigns["campaign_id"].dropna() if campaigns is not None
            and "campaign_id" in campaigns else None)
@@ -280,6 +292,8 @@ def _check_child(table: str, chunks: Iterable[pd.DataFrame], campaigns: pd.DataF
         codes.append(code)
         if table == "donations" and "seq" in chunk:
             seq = chunk["seq"].to_numpy(dtype=float)   # -1: missing (no part in the rule)
+            if sums is not None and "amount" in chunk:
+                sums.add(code, seq, chunk["amount"].to_numpy(dtype=float), coder.ids)
             seqs.append(np.where(np.isnan(seq), -1,
                                  np.clip(np.nan_to_num(seq), 0, 2**31 - 1)).astype(np.int32))
     if not codes:
@@ -355,7 +369,8 @@ def _check_optional_sources(campaigns: pd.DataFrame, has: dict[str, bool], file:
 # ---------------------------------------------------------------- entry points
 
 
-def _collect(folder: Path) -> tuple[Dataset | None, list[Problem]]:
+def _collect(folder: Path, windows: tuple[int, int] = (CORE_WINDOW, DERIVED_AFTER)
+             ) -> tuple[Dataset | None, list[Problem]]:
     problems: list[Problem] = []
     if not folder.is_dir():
         return None, [Problem(str(folder), None, None, "is not a folder")]
@@ -393,20 +408,22 @@ def _collect(folder: Path) -> tuple[Dataset | None, list[Problem]]:
         _check_campaign_links(campaigns, counties, files["campaigns"], problems)
         used = set(campaigns["county_code"].dropna())
         _check_counties(counties, used, files["counties"], problems)
+    sums = WindowSums(*windows) if has["donations"] else None
     for table in ("donations", "ratings"):
+        summed = sums if table == "donations" else None
         if table in streamed:
             # a file that stops parsing is as one that cannot be read: no rule across rows
             with suppress(_Unreadable):
                 _check_child(table, _streamed_chunks(streamed[table], table, problems),
-                             campaigns, files, problems)
+                             campaigns, files, problems, summed)
         elif parsed.get(table) is not None:
-            _check_child(table, [parsed[table]], campaigns, files, problems)
+            _check_child(table, [parsed[table]], campaigns, files, problems, summed)
 
     problems = sorted(set(problems), key=_problem_order)
     if problems or campaigns is None or counties is None:
         return None, problems
     dataset = Dataset(folder, campaigns, counties, parsed.get("donations"),
-                      parsed.get("ratings"), files, streamed.get("donations"))
+                      parsed.get("ratings"), files, streamed.get("donations"), sums)
     return dataset, problems
 
 
@@ -437,10 +454,13 @@ def validate(folder: str | Path) -> list[Problem]:
     return _collect(Path(folder))[1]
 
 
-def load_dataset(folder: str | Path) -> Dataset:
-    """Load and validate a data folder; raises DataContractError listing every problem."""
+def load_dataset(folder: str | Path,
+                 windows: tuple[int, int] = (CORE_WINDOW, DERIVED_AFTER)) -> Dataset:
+    """Load and validate a data folder; raises DataContractError listing every problem.
+    `windows` (core_window, derived_after) are the seq windows of the donations' sums kept
+    for the capacities (prepare reads the stream again for others)."""
     folder = Path(folder)
-    dataset, problems = _collect(folder)
+    dataset, problems = _collect(folder, windows)
     if problems or dataset is None:
         raise DataContractError(problems, str(folder))
     return dataset

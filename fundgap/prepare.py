@@ -26,7 +26,7 @@ from fundgap.rules import (
     PREPARED_COLUMNS,
     SES_ITEM_PREFIX,
 )
-from fundgap.stream import Coder
+from fundgap.stream import CORE_WINDOW, DERIVED_AFTER, Coder, WindowSums
 
 # Cut points of the age groups (the study controls for 年龄段 without printing its cuts).
 AGE_GROUPS: tuple[tuple[str, int], ...] = (("0-17", 0), ("18-39", 18), ("40-59", 40), ("60+", 60))
@@ -45,8 +45,8 @@ class PrepareOptions:
 
     factor_method: FactorMethod = "pcf"
     short_streams: ShortStreams = "fallback"
-    core_window: int = 100
-    derived_after: int = 300
+    core_window: int = CORE_WINDOW
+    derived_after: int = DERIVED_AFTER
 
 
 @dataclass
@@ -131,7 +131,7 @@ def _prefecture_factor(indicators: pd.DataFrame, prefecture: pd.Series,
 
 
 def donation_capacities(donations: pd.DataFrame | Iterable[pd.DataFrame],
-                        core_window: int = 100, derived_after: int = 300,
+                        core_window: int = CORE_WINDOW, derived_after: int = DERIVED_AFTER,
                         short_streams: ShortStreams = "fallback") -> pd.DataFrame:
     """Core and derived network capacity per campaign, in 100 yuan, indexed by campaign_id
     (sorted), with its stream_length and derived_capacity_rule.
@@ -143,33 +143,30 @@ def donation_capacities(donations: pd.DataFrame | Iterable[pd.DataFrame],
     """
     chunks = [donations] if isinstance(donations, pd.DataFrame) else donations
     coder = Coder()
-    windows = ("core", "after_derived", "after_core", "all")
-    sums = {w: np.zeros(0) for w in windows}
-    counts = {w: np.zeros(0) for w in windows}
-    length = np.zeros(0, np.int64)
+    sums = WindowSums(core_window, derived_after)
     for chunk in chunks:
         code = coder(chunk["campaign_id"])
-        seq = chunk["seq"].to_numpy(dtype=np.int64)
-        amount = chunk["amount"].to_numpy(dtype=float) / 100.0
-        groups = len(coder.ids)
-        masks = {"core": seq <= core_window, "after_derived": seq > derived_after,
-                 "after_core": seq > core_window, "all": np.ones(len(seq), bool)}
-        for window, mask in masks.items():
-            sums[window] = _grown(sums[window], groups) + np.bincount(
-                code[mask], amount[mask], minlength=groups)
-            counts[window] = _grown(counts[window], groups) + np.bincount(
-                code[mask], minlength=groups)
-        length = _grown(length, groups)
-        np.maximum.at(length, code, seq)
-    order = np.argsort(coder.ids.to_numpy(dtype=str), kind="stable")
-    index = pd.Index(coder.ids[order], name="campaign_id")
+        sums.add(code, chunk["seq"].to_numpy(dtype=float),
+                 chunk["amount"].to_numpy(dtype=float), coder.ids)
+    return capacities_from_sums(sums, short_streams)
+
+
+def capacities_from_sums(sums: WindowSums, short_streams: ShortStreams = "fallback"
+                         ) -> pd.DataFrame:
+    """The capacities (as donation_capacities returns them) from a stream's window sums, of
+    the campaigns that have donations."""
+    present = np.flatnonzero(sums.counts["all"] > 0)
+    ids = sums.ids[present]
+    order = present[np.argsort(ids.to_numpy(dtype=str), kind="stable")]
+    index = pd.Index(sums.ids[order].astype(str), name="campaign_id")
 
     def window_mean(window: str) -> pd.Series:
         with np.errstate(invalid="ignore", divide="ignore"):
-            mean = sums[window][order] / counts[window][order]
-        return pd.Series(np.where(counts[window][order] > 0, mean, np.nan), index=index)
+            mean = sums.sums[window][order] / sums.counts[window][order]
+        return pd.Series(np.where(sums.counts[window][order] > 0, mean, np.nan), index=index)
 
-    out = pd.DataFrame({"stream_length": length[order]}, index=index)
+    core_window, derived_after = sums.core_window, sums.derived_after
+    out = pd.DataFrame({"stream_length": sums.length[order]}, index=index)
     out["core_capacity"] = window_mean("core")
     after_derived = window_mean("after_derived")
     after_core = window_mean("after_core")
@@ -189,11 +186,6 @@ def donation_capacities(donations: pd.DataFrame | Iterable[pd.DataFrame],
     else:
         raise ValueError(f"unknown short_streams {short_streams!r}: use 'fallback' or 'missing'")
     return out
-
-
-def _grown(values: np.ndarray, size: int) -> np.ndarray:
-    """`values` padded with zeros to `size` (campaigns first met in a later chunk)."""
-    return np.concatenate([values, np.zeros(size - len(values), values.dtype)])
 
 
 # ---------------------------------------------------------------- ratings
@@ -312,8 +304,14 @@ def prepare(dataset: Dataset, options: PrepareOptions | None = None) -> Prepared
 
     capacity_rules: dict[str, int] = {}
     if dataset.has_donations:
-        capacities = donation_capacities(dataset.donation_chunks(), options.core_window,
-                                         options.derived_after, options.short_streams)
+        sums = dataset.donation_sums
+        if sums is not None and (sums.core_window, sums.derived_after) == (
+                options.core_window, options.derived_after):
+            # summed as the contract checked the stream: not read again
+            capacities = capacities_from_sums(sums, options.short_streams)
+        else:
+            capacities = donation_capacities(dataset.donation_chunks(), options.core_window,
+                                             options.derived_after, options.short_streams)
         aligned = capacities.reindex(campaigns["campaign_id"])
         for column in ("core_capacity", "derived_capacity", "derived_capacity_rule"):
             table[column] = aligned[column].to_numpy()

@@ -3,9 +3,10 @@
 A platform's donation stream runs to hundreds of rows per campaign, and read whole as text
 it needs many times its size in memory (benchmarks/README.md: a data folder of 300,000
 campaigns). A donations file over STREAM_BYTES is therefore never held: fundgap.contract
-checks it chunk by chunk and fundgap.prepare sums its capacities chunk by chunk, each from
-the same parsed chunks. What crosses chunks is small: each row's campaign as an int32 code
-and its seq as an int32 (for the seq rule), and the capacities' per-campaign sums.
+checks it chunk by chunk and, in the same pass, adds up the capacities' per-campaign window
+sums (WindowSums), which fundgap.prepare turns into capacities without reading the file
+again. What crosses chunks is small: each row's campaign as an int32 code and its seq as an
+int32 (for the seq rule), and the per-campaign sums.
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ import pyarrow.parquet as pq
 # Files above this size are read in chunks (below it, whole, as every other file)
 STREAM_BYTES = 256 * 2**20
 # Bytes of CSV per chunk (about 800,000 donation rows): each chunk's checks hold several
-# copies of it at once, so smaller chunks keep the peak lower; the capacity pass pays for
-# them in time, as each chunk's new campaign ids rebuild the coder's index
-# (benchmarks/README.md)
+# copies of it at once, so smaller chunks keep the peak lower (benchmarks/README.md)
 CHUNK_BYTES = 16 * 2**20
 # Rows per chunk of a Parquet file
 CHUNK_ROWS = 2_000_000
+# The capacities' seq windows (prepare.PrepareOptions' defaults): core is the mean of the
+# donations with seq <= CORE_WINDOW, derived of those with seq > DERIVED_AFTER
+CORE_WINDOW = 100
+DERIVED_AFTER = 300
 
 
 def is_streamed(path: Path) -> bool:
@@ -94,6 +97,52 @@ class Coder:
             self.ids = self.ids.append(pd.Index(pd.unique(values[new]), dtype=object))
             codes[new] = self.ids.get_indexer(values[new])
         return codes.astype(np.int32)
+
+
+class WindowSums:
+    """Each campaign's sum and count of donation amounts (in 100 yuan) in the seq windows the
+    capacities are means of (seq <= core_window, seq > derived_after, seq > core_window,
+    all) and its longest seq, added up chunk by chunk. The contract's check of a donation
+    stream adds them as it reads each chunk, so that preparing the data need not read the
+    stream a second time."""
+
+    WINDOWS = ("core", "after_derived", "after_core", "all")
+
+    def __init__(self, core_window: int = CORE_WINDOW, derived_after: int = DERIVED_AFTER
+                 ) -> None:
+        self.core_window, self.derived_after = core_window, derived_after
+        self.sums = {window: np.zeros(0) for window in self.WINDOWS}
+        self.counts = {window: np.zeros(0, np.int64) for window in self.WINDOWS}
+        self.length = np.zeros(0, np.int64)
+        self.ids = pd.Index([], dtype=object)
+
+    def add(self, code: np.ndarray, seq: np.ndarray, amount: np.ndarray,
+            ids: pd.Index) -> None:
+        """A chunk's rows: their campaigns' codes under `ids` (a Coder's ids so far; -1 for a
+        missing id), seqs and amounts in yuan. Rows with a missing cell take no part (such a
+        stream fails its check; the sums are then never used)."""
+        used = (code >= 0) & ~np.isnan(seq) & ~np.isnan(amount)
+        if not used.all():
+            code, seq, amount = code[used], seq[used], amount[used]
+        groups, self.ids = len(ids), ids
+        amount = amount / 100.0
+        masks = {"core": seq <= self.core_window, "after_derived": seq > self.derived_after,
+                 "after_core": seq > self.core_window, "all": None}
+        for window, mask in masks.items():
+            rows, weights = (code, amount) if mask is None else (code[mask], amount[mask])
+            self.sums[window] = _grown(self.sums[window], groups) + np.bincount(
+                rows, weights, minlength=groups)
+            self.counts[window] = _grown(self.counts[window], groups) + np.bincount(
+                rows, minlength=groups)
+        self.length = _grown(self.length, groups)
+        np.maximum.at(self.length, code, seq.astype(np.int64))
+
+
+def _grown(values: np.ndarray, size: int) -> np.ndarray:
+    """`values` padded with zeros to `size` (campaigns first met in a later chunk)."""
+    if len(values) == size:
+        return values
+    return np.concatenate([values, np.zeros(size - len(values), values.dtype)])
 
 
 def off_sequence(codes: np.ndarray | list[np.ndarray], seq: np.ndarray | list[np.ndarray],

@@ -12,7 +12,12 @@ import pytest
 
 import fundgap.stream as stream
 from fundgap.contract import _read_raw, load_dataset, validate
-from fundgap.prepare import prepare
+from fundgap.prepare import (
+    PrepareOptions,
+    capacities_from_sums,
+    donation_capacities,
+    prepare,
+)
 
 from conftest import edit_cell, write_tiny
 
@@ -67,6 +72,44 @@ def test_the_prepared_table_equals_the_one_from_the_file_read_whole(
     assert streamed.donations is None and streamed.donations_file is not None
     assert sum(1 for _ in streamed.donation_chunks()) > 5
     pd.testing.assert_frame_equal(prepare(streamed).table, expected, rtol=1e-12)
+
+
+def test_the_capacities_are_summed_as_the_stream_is_checked(
+        small_simulation: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The contract's pass over the stream adds up the capacities' window sums, so prepare
+    does not read the stream again: the same capacities as summing the whole file."""
+    frame = pd.read_csv(small_simulation / "donations.csv", dtype={"campaign_id": str})
+    expected = donation_capacities(frame)
+    monkeypatch.setattr(stream, "STREAM_BYTES", 0)
+    monkeypatch.setattr(stream, "CHUNK_BYTES", 64 * 1024)
+    streamed = load_dataset(small_simulation)
+    assert streamed.donation_sums is not None
+    pd.testing.assert_frame_equal(capacities_from_sums(streamed.donation_sums), expected)
+
+    def unread() -> None:
+        raise AssertionError("the stream was read again")
+
+    monkeypatch.setattr(streamed, "donation_chunks", unread)
+    table = prepare(streamed).table.set_index("campaign_id")
+    pd.testing.assert_series_equal(table["core_capacity"],
+                                   expected["core_capacity"].reindex(table.index))
+
+
+def test_other_windows_read_the_stream_again(small_simulation: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    frame = pd.read_csv(small_simulation / "donations.csv", dtype={"campaign_id": str})
+    expected = donation_capacities(frame, core_window=50, derived_after=120)
+    monkeypatch.setattr(stream, "STREAM_BYTES", 0)
+    monkeypatch.setattr(stream, "CHUNK_BYTES", 64 * 1024)
+    dataset = load_dataset(small_simulation)     # summed for the default windows
+    options = PrepareOptions(core_window=50, derived_after=120)
+    table = prepare(dataset, options).table.set_index("campaign_id")
+    for column in ("core_capacity", "derived_capacity", "derived_capacity_rule"):
+        pd.testing.assert_series_equal(table[column],
+                                       expected[column].reindex(table.index))
+    # given the windows, the contract's pass sums those instead
+    again = load_dataset(small_simulation, (50, 120))
+    pd.testing.assert_frame_equal(capacities_from_sums(again.donation_sums), expected)
 
 
 def test_a_parquet_stream_is_read_in_chunks_too(tmp_path: Path, chunked: None) -> None:
