@@ -37,6 +37,9 @@ from fundgap.families import FREQUENTIST_FAMILIES, family
 from fundgap.khb import BOOTSTRAP_REPLICATES, BOOTSTRAP_SEED, khb_decomposition
 from fundgap.spec import ModelSpec, TableModel
 
+# Above twice this many rows, MixedLM starts from a fit on about this many (_pilot_start)
+PILOT_ROWS = 30_000
+PILOT_SEED = 20250
 OLS_COLUMNS = ("table", "model", "term", "published_term", "estimate", "std_error",
                "cluster_std_error", "p_value", "cluster_p_value", "stars", "n", "n_clusters",
                "cluster", "adj_r2", "pseudo_r2", "method")
@@ -143,23 +146,46 @@ def ols_table(spec: ModelSpec, table: pd.DataFrame) -> tuple[pd.DataFrame, list[
 # ---------------------------------------------------------------- multilevel
 
 
-def _variance_components(design: Design, groups: tuple[str, ...]
-                         ) -> tuple[np.ndarray, VCSpec | None, list[str]]:
-    """Outer groups for MixedLM, and counties as a variance component within them."""
-    outer = groups[0]
-    codes = design.index[outer]
-    if len(groups) == 1:
-        return codes, None, [outer]
-    inner = design.index[groups[1]]
+def _variance_components(outer_codes: np.ndarray, inner_codes: np.ndarray | None,
+                         inner_name: str) -> VCSpec | None:
+    """Counties (`inner_codes`) as a variance component within MixedLM's outer groups
+    (`outer_codes`, 0..G-1); None with one grouping."""
+    if inner_codes is None:
+        return None
     names, matrices = [], []
-    for code in range(codes.max() + 1):
-        members = codes == code
-        index, levels = pd.factorize(inner[members])
+    for code in range(outer_codes.max() + 1):
+        members = outer_codes == code
+        index, levels = pd.factorize(inner_codes[members])
         matrix = np.zeros((members.sum(), len(levels)))
         matrix[np.arange(members.sum()), index] = 1.0
         names.append([str(level) for level in levels])
         matrices.append(matrix)
-    return codes, VCSpec([groups[1]], [names], [matrices]), [outer, groups[1]]
+    return VCSpec([inner_name], [names], [matrices])
+
+
+def _mixed_lm(endog: np.ndarray, exog: np.ndarray, outer_codes: np.ndarray,
+              inner_codes: np.ndarray | None, inner_name: str) -> sm.MixedLM:
+    return sm.MixedLM(endog, exog, groups=outer_codes, exog_re=np.ones((len(endog), 1)),
+                      exog_vc=_variance_components(outer_codes, inner_codes, inner_name))
+
+
+def _pilot_start(endog: np.ndarray, exog: np.ndarray, outer_codes: np.ndarray,
+                 inner_codes: np.ndarray | None, inner_name: str):
+    """Start values for a large data set's REML fit: the fit on about PILOT_ROWS rows of
+    whole outer groups (drawn with a fixed seed). From statsmodels' default start, L-BFGS
+    can stop well short of the optimum on hundreds of thousands of rows, and takes many
+    costly steps getting there (benchmarks/README.md)."""
+    groups = outer_codes.max() + 1
+    share = min(1.0, PILOT_ROWS / len(endog))
+    chosen = np.random.default_rng(PILOT_SEED).random(groups) < share
+    rows = chosen[outer_codes]
+    if chosen.sum() < 10:
+        return None
+    codes = np.unique(outer_codes[rows], return_inverse=True)[1]
+    pilot = _mixed_lm(endog[rows], exog[rows], codes,
+                      None if inner_codes is None else inner_codes[rows], inner_name)
+    fit = pilot.fit(reml=True, method=["lbfgs"])
+    return fit.params_object if fit.converged else None
 
 
 def _variances(result) -> list[float]:
@@ -188,16 +214,19 @@ def mixed_model(design: Design, equation: str) -> pd.DataFrame:
     y_mean, y_sd = eq.y.mean(), eq.y.std() or 1.0
     exog = np.column_stack([np.ones(len(eq.y)), (eq.X - x_mean) / x_sd])
     endog = (eq.y - y_mean) / y_sd
-    groups, components, levels = _variance_components(design, eq.groups)
-    model = sm.MixedLM(endog, exog, groups=groups, exog_re=np.ones((len(eq.y), 1)),
-                       exog_vc=components)
+    levels = list(eq.groups)
+    outer = design.index[levels[0]]
+    inner = design.index[levels[1]] if len(levels) == 2 else None
+    model = _mixed_lm(endog, exog, outer, inner, levels[-1])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        fits = [model.fit(reml=True, method=["lbfgs"])]
+        start = (_pilot_start(endog, exog, outer, inner, levels[-1])
+                 if len(endog) > 2 * PILOT_ROWS else None)
+        fits = [model.fit(reml=True, method=["lbfgs"], start_params=start)]
         # the REML surface can have a second mode with one sd at zero, where L-BFGS may
         # stop; then a derivative-free search from the same start decides, keep the best
         if not fits[0].converged or _at_boundary(fits[0]):
-            fits.append(model.fit(reml=True, method=["powell"]))
+            fits.append(model.fit(reml=True, method=["powell"], start_params=start))
     result = max(fits, key=lambda fit: (fit.converged, fit.llf))
     k = exog.shape[1]
     # back to the data's scale: beta = y_sd * A b + [y_mean, 0, ...]

@@ -22,6 +22,10 @@ from fundgap.design import INTERCEPT, Design, level_codes
 
 BOOTSTRAP_REPLICATES = 999
 BOOTSTRAP_SEED = 20250
+# campaign resamples weighted into the cross-products at once, and rows per block of that
+# product (memory: RESAMPLE_BLOCK x n counts, RESAMPLE_BLOCK x ROW_BLOCK in floats)
+RESAMPLE_BLOCK = 200
+ROW_BLOCK = 32_768
 
 
 @dataclass
@@ -205,23 +209,47 @@ def bootstrap_khb(inputs: KHBInputs, replicates: int, seed: int, by: str = "coun
     parts = parts or cross_products(inputs)
     columns = parts.columns
     n = len(inputs.y)
-    if by == "county":
-        n_clusters = int(inputs.clusters.max()) + 1
-        membership = sparse.csr_matrix((np.ones(n), (inputs.clusters, np.arange(n))),
-                                       shape=(n_clusters, n))
-        per_county = np.stack([membership @ (columns * columns[:, [j]])
-                               for j in range(columns.shape[1])], axis=1)
     draws = []
+    if by == "campaign":
+        # a block of resamples at a time: their counts times the rows' pairwise products,
+        # one matrix product (a resample's cross-products alone are a pass over every row)
+        for start in range(0, replicates, RESAMPLE_BLOCK):
+            # (a campaign drawn over 65,535 times in n draws of 1/n: probability < 1e-100000)
+            counts = np.empty((min(RESAMPLE_BLOCK, replicates - start), n), np.uint16)
+            for resample in counts:
+                resample[:] = np.bincount(rng.integers(0, n, size=n), minlength=n)
+            draws.extend(khb_from_cross_products(inputs, parts, gram)[:-1]
+                         for gram in weighted_cross_products(columns, counts))
+        return np.asarray(draws)
+    n_clusters = int(inputs.clusters.max()) + 1
+    membership = sparse.csr_matrix((np.ones(n), (inputs.clusters, np.arange(n))),
+                                   shape=(n_clusters, n))
+    per_county = np.stack([membership @ (columns * columns[:, [j]])
+                           for j in range(columns.shape[1])], axis=1)
     for _ in range(replicates):
-        if by == "campaign":
-            counts = np.bincount(rng.integers(0, n, size=n), minlength=n).astype(float)
-            gram = columns.T @ (columns * counts[:, None])
-        else:
-            chosen = np.bincount(rng.integers(0, n_clusters, size=n_clusters),
-                                 minlength=n_clusters).astype(float)
-            gram = np.tensordot(chosen, per_county, axes=1)
+        chosen = np.bincount(rng.integers(0, n_clusters, size=n_clusters),
+                             minlength=n_clusters).astype(float)
+        gram = np.tensordot(chosen, per_county, axes=1)
         draws.append(khb_from_cross_products(inputs, parts, gram)[:-1])
     return np.asarray(draws)
+
+
+def weighted_cross_products(columns: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Each resample's cross-products Σ_i counts[r, i] x_i x_i' of the rows x_i of
+    `columns` (n, k), from `counts` (R, n): (R, k, k). The upper triangle of every row's
+    x_i x_i' is formed a block of rows at a time, and the counts multiply it in one matrix
+    product per block."""
+    size = columns.shape[1]
+    upper, lower = np.triu_indices(size)
+    packed = np.zeros((len(counts), len(upper)))
+    for start in range(0, len(columns), ROW_BLOCK):
+        block = columns[start:start + ROW_BLOCK]
+        packed += counts[:, start:start + ROW_BLOCK].astype(float) @ (
+            block[:, upper] * block[:, lower])
+    grams = np.empty((len(counts), size, size))
+    grams[:, upper, lower] = packed
+    grams[:, lower, upper] = packed
+    return grams
 
 
 def khb_decomposition(design: Design, replicates: int = BOOTSTRAP_REPLICATES,

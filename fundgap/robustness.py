@@ -123,7 +123,9 @@ def _row(name: str, fit: FitResult | SavedReference) -> dict:
            "passed": fit.diagnostics["passed"],
            "max_r_hat": fit.diagnostics["max_r_hat"],
            "min_ess_bulk": fit.diagnostics["min_ess_bulk"],
-           "divergences": fit.diagnostics["divergences"]}
+           "divergences": fit.diagnostics["divergences"],
+           "sample_seconds": fit.diagnostics.get("sample_seconds"),
+           "wall_seconds": fit.diagnostics.get("wall_seconds")}
     for effect in ("direct", "total"):
         values = _interval(fit.effects, effect=effect, mediator="")
         row.update({f"{effect}_{key}": value for key, value in values.items()})

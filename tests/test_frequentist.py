@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import statsmodels.formula.api as smf
 
+from fundgap import frequentist_tables, khb
 from fundgap.cli import main
 from fundgap.compare import comparison_frame, read_posterior, write_frequentist
 from fundgap.design import build_design
@@ -161,9 +162,48 @@ def test_bootstrap_is_reproducible_from_its_seed(regional, small_table) -> None:
     assert not np.array_equal(first, bootstrap_khb(inputs, 30, seed=5, by="campaign"))
 
 
-def test_mixedlm_matches_statsmodels_formula(regional, default_table) -> None:
+def test_bootstraps_equal_resampling_the_rows_themselves(regional, small_table,
+                                                        monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    """Each resample's estimates from weighted cross-products (campaign resamples a block at
+    a time, blocks of rows smaller than the table; counties from per-county sums) equal
+    KHB on the resampled rows, drawn with the same generator."""
+    monkeypatch.setattr(khb, "RESAMPLE_BLOCK", 7)
+    monkeypatch.setattr(khb, "ROW_BLOCK", 100)
+    inputs = khb_inputs(build_design(regional, small_table))
+    parts = khb.cross_products(inputs)
+    n, replicates = len(inputs.y), 16
+    clusters = inputs.clusters
+    n_clusters = int(clusters.max()) + 1
+    members = [np.flatnonzero(clusters == c) for c in range(n_clusters)]
+    for by in ("campaign", "county"):
+        rng = np.random.default_rng(11)
+        expected = []
+        for _ in range(replicates):
+            if by == "campaign":
+                rows = rng.integers(0, n, size=n)
+            else:
+                rows = np.concatenate([members[c] for c in
+                                       rng.integers(0, n_clusters, size=n_clusters)])
+            drawn = parts.columns[rows]
+            expected.append(khb.khb_from_cross_products(inputs, parts, drawn.T @ drawn)[:-1])
+        np.testing.assert_allclose(bootstrap_khb(inputs, replicates, 11, by), expected,
+                                   rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("pilot_rows", [None, 600])
+def test_mixedlm_matches_statsmodels_formula(regional, default_table, pilot_rows,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Also from a pilot fit's start (as on a large table: _pilot_start), the same optimum."""
+    if pilot_rows is not None:
+        monkeypatch.setattr(frequentist_tables, "PILOT_ROWS", pilot_rows)
+        started = []
+        pilot = frequentist_tables._pilot_start
+        monkeypatch.setattr(frequentist_tables, "_pilot_start",
+                            lambda *args: started.append(1) or pilot(*args))
     design = build_design(regional, default_table)
     ours = mixed_model(design, "log_amount_raised").set_index("term")
+    assert pilot_rows is None or started
     table = design.table.assign(prefecture=design.table["prefecture_code"].astype(str),
                                 county=design.table["county_code"].astype(str))
     formula = regional.equations["log_amount_raised"].fixed_formula.replace("\n", " ")
