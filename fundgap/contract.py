@@ -4,8 +4,9 @@ A data folder holds campaigns and counties (required), donations and ratings (op
 as CSV or Parquet with the same columns (../shared/spec/data_contract.md). Every problem is
 collected, each naming file, row and column; `load_dataset` raises them all at once.
 
-Values are first parsed from text here (so "abc" in a number column is reported as such), then
-checked against the rules with a pandera schema built from the same rules.
+Each file's cells are parsed and checked by its column rules in fundgap.cells; here are the
+rules across rows and files (county codes, campaign links, donation sequences) and the
+entry points.
 """
 
 from __future__ import annotations
@@ -17,20 +18,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pandera.pandas as pa
-import pyarrow
-import pyarrow.compute as pc
 
+from fundgap.cells import parse_table, read_raw, report
 from fundgap.errors import DataContractError, Problem
 from fundgap.rules import (
     CENSUS_YEARS,
     COUNTY_CONTROLS,
     DEVELOPMENT_INDICATORS,
-    MISSING_TOKENS,
     SES_ITEM_PREFIX,
     SUPPLIED_BY,
     TABLES,
-    ColumnRule,
 )
 from fundgap.stream import (
     CORE_WINDOW,
@@ -71,7 +68,7 @@ class Dataset:
             return
         rules = TABLES["donations"][0]
         for chunk in text_chunks(self.donations_file):
-            yield _parse_table(chunk[[r.name for r in rules]], rules,
+            yield parse_table(chunk[[r.name for r in rules]], rules,
                                self.donations_file.name, [])
 
 
@@ -86,150 +83,6 @@ def _find_file(folder: Path, table: str, problems: list[Problem]) -> Path | None
                                 f"both {table}.csv and {table}.parquet exist; keep one"))
         return None
     return found[0] if found else None
-
-
-def _read_raw(path: Path, problems: list[Problem]) -> pd.DataFrame | None:
-    """Read a file as text columns; report unreadable or empty files."""
-    if path.stat().st_size == 0:
-        problems.append(Problem(path.name, None, None, "the file is empty"))
-        return None
-    try:
-        if path.suffix == ".parquet":
-            frame = text_frame(pd.read_parquet(path))
-        else:
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        problems.append(Problem(path.name, None, None, f"cannot be read: {reason}"))
-        return None
-    if frame.empty:
-        problems.append(Problem(path.name, None, None, "the file has a header but no rows"))
-        return None
-    frame.columns = [str(c).strip() for c in frame.columns]
-    return frame.reset_index(drop=True)
-
-
-def text_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """A frame read from Parquet as the text a CSV of it would hold (missing: empty)."""
-    return frame.astype(object).where(frame.notna(), "").map(_as_text)
-
-
-def _as_text(value: object) -> str:
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
-# ---------------------------------------------------------------- parsing
-
-
-def _parse_column(raw: pd.Series, rule: ColumnRule, file: str,
-                  problems: list[Problem]) -> pd.Series:
-    """Turn a text column into typed values; unparseable cells become missing and a problem."""
-    text = raw.astype(str).str.strip()
-    missing = text.isin(MISSING_TOKENS)
-    if rule.kind in ("text", "category", "code"):
-        parsed = text.where(~missing, None)
-        if rule.kind == "code":
-            bad = ~missing & ~text.str.fullmatch(r"\d{6}")
-            _report(problems, file, rule.name, bad, text,
-                    lambda v: f"'{v}' is not a 6-digit code", "is not a 6-digit code")
-            parsed = parsed.where(~bad, None)
-        return parsed.astype(object)
-    numbers = _arrow_numbers(text, missing)
-    if numbers is None:   # some cell does not parse: pandas, cell by cell, says which
-        numbers = pd.to_numeric(text.where(~missing, None), errors="coerce").astype(float)
-    bad = ~missing & (numbers.isna() | ~np.isfinite(numbers.fillna(0)))
-    _report(problems, file, rule.name, bad, text, lambda v: f"'{v}' is not a number",
-            "is not a number")
-    numbers = numbers.where(~bad)
-    if rule.kind == "integer":
-        fractional = numbers.notna() & (numbers % 1 != 0)
-        _report(problems, file, rule.name, fractional, text,
-                lambda v: f"'{v}' is not a whole number", "is not a whole number")
-        numbers = numbers.where(~fractional)
-    return numbers
-
-
-def _arrow_numbers(text: pd.Series, missing: pd.Series) -> pd.Series | None:
-    """The cells as numbers by Arrow's cast (much faster than pd.to_numeric on a donation
-    stream) where every one that is not missing parses; None where one does not."""
-    try:
-        values = pc.cast(pyarrow.array(text.where(~missing, None), type=pyarrow.string()),
-                         pyarrow.float64())
-    except (pyarrow.ArrowInvalid, pyarrow.ArrowTypeError, pyarrow.ArrowNotImplementedError):
-        return None
-    return pd.Series(values.to_numpy(zero_copy_only=False), index=text.index, dtype=float)
-
-
-def _report(problems: list[Problem], file: str, column: str, mask: pd.Series,
-            values: pd.Series, message, rule: str | None = None) -> None:
-    """A problem for each row in `mask`: message(value); `rule`, where the message holds
-    the value, is the same without it (what the rows have in common)."""
-    hits = mask.to_numpy(dtype=bool)
-    if not hits.any():
-        return
-    # the rows' labels are their places in the file (a chunk's start at its first row)
-    for label, value in zip(mask.index[hits], values[hits].to_numpy(), strict=True):
-        problems.append(Problem(file, int(label) + 1, column, message(value), rule,
-                                f"'{value}'" if rule else None))
-
-
-def _schema(rules: Iterable[ColumnRule]) -> pa.DataFrameSchema:
-    """A pandera schema for the value rules (types were parsed already)."""
-    columns = {}
-    for rule in rules:
-        checks = []
-        if rule.low is not None:
-            bound = rule.describe_bounds()
-            check = pa.Check.gt if rule.strict_low else pa.Check.ge
-            checks.append(check(rule.low, error=f"must be {bound}"))
-        if rule.high is not None:
-            checks.append(pa.Check.le(rule.high, error=f"must be {rule.describe_bounds()}"))
-        if rule.categories:
-            allowed = " or ".join(rule.categories)
-            checks.append(pa.Check.isin(list(rule.categories), error=f"must be {allowed}"))
-        columns[rule.name] = pa.Column(
-            None, checks=checks, nullable=True, required=False,
-            unique=rule.unique, report_duplicates="exclude_first",
-        )
-    return pa.DataFrameSchema(columns)
-
-
-def _check_values(frame: pd.DataFrame, rules: tuple[ColumnRule, ...], file: str,
-                  problems: list[Problem]) -> None:
-    try:
-        _schema(rules).validate(frame, lazy=True)
-    except pa.errors.SchemaErrors as errors:
-        for case in errors.failure_cases.itertuples():
-            row = None if pd.isna(case.index) else int(case.index) + 1
-            rule = str(case.check)
-            if rule == "field_uniqueness":
-                rule = "appears more than once"
-                message = f"'{case.failure_case}' appears more than once"
-            else:
-                message = f"{rule} (got {case.failure_case})"
-            problems.append(Problem(file, row, str(case.column), message, rule,
-                                    f"'{case.failure_case}'"))
-
-
-def _parse_table(raw: pd.DataFrame, rules: tuple[ColumnRule, ...], file: str,
-                 problems: list[Problem], needed: Iterable[str] = ()) -> pd.DataFrame:
-    """Parse the columns the rules know (others pass through as text) and check them."""
-    needed = set(needed)
-    frame = raw.copy()
-    for rule in rules:
-        if rule.name not in raw.columns:
-            if rule.required or rule.name in needed:
-                problems.append(Problem(file, None, rule.name, "missing column"))
-            continue
-        frame[rule.name] = _parse_column(raw[rule.name], rule, file, problems)
-        empty = raw[rule.name].astype(str).str.strip().isin(MISSING_TOKENS)
-        if not rule.nullable and (rule.required or rule.name in needed):
-            _report(problems, file, rule.name, empty, raw[rule.name],
-                    lambda _v: "missing value")
-    _check_values(frame, rules, file, problems)
-    return frame
 
 
 # ---------------------------------------------------------------- cross-file rules
@@ -264,7 +117,7 @@ def _check_campaign_links(campaigns: pd.DataFrame, counties: pd.DataFrame, file:
                           problems: list[Problem]) -> None:
     known = set(counties["county_code"].dropna())
     unknown = campaigns["county_code"].notna() & ~campaigns["county_code"].isin(known)
-    _report(problems, file, "county_code", unknown, campaigns["county_code"],
+    report(problems, file, "county_code", unknown, campaigns["county_code"],
             lambda v: f"county code {v} is not in counties", "county code not in counties")
 
 
@@ -285,7 +138,7 @@ def _check_child(table: str, chunks: Iterable[pd.DataFrame], campaigns: pd.DataF
             continue
         code = coder(chunk["campaign_id"])
         if ids is not None:
-            _report(problems, file, "campaign_id", pd.Series(code >= coder.known,
+            report(problems, file, "campaign_id", pd.Series(code >= coder.known,
                                                              index=chunk.index),
                     chunk["campaign_id"], lambda v: f"campaign {v} is not in campaigns",
                     "campaign not in campaigns")
@@ -306,7 +159,7 @@ def _check_child(table: str, chunks: Iterable[pd.DataFrame], campaigns: pd.DataF
             covered[code[(code >= 0) & (code < coder.known)]] = True
         lacking = campaigns["campaign_id"].notna() & ~campaigns["campaign_id"].isin(
             coder.ids[:coder.known][covered])
-        _report(problems, files["campaigns"], "campaign_id", lacking,
+        report(problems, files["campaigns"], "campaign_id", lacking,
                 campaigns["campaign_id"],
                 lambda v: f"campaign {v} has no rows in {table}, so its "
                           f"{SUPPLIED_BY[table]} cannot be computed",
@@ -362,7 +215,7 @@ def _check_optional_sources(campaigns: pd.DataFrame, has: dict[str, bool], file:
                                                         "to compute it from)"))
             continue
         empty = campaigns[column].isna()
-        _report(problems, file, column, empty, campaigns[column],
+        report(problems, file, column, empty, campaigns[column],
                 lambda _v, s=source: f"missing value (and no {s} to compute it from)")
 
 
@@ -392,13 +245,13 @@ def _collect(folder: Path, windows: tuple[int, int] = (CORE_WINDOW, DERIVED_AFTE
         if table == "donations" and is_streamed(path):
             streamed[table], raw[table] = path, None   # checked chunk by chunk below
             continue
-        raw[table] = _read_raw(path, problems)
+        raw[table] = read_raw(path, problems)
 
     parsed: dict[str, pd.DataFrame] = {}
     has = {t: t in present for t in ("donations", "ratings")}
     for table, (rules, _required) in TABLES.items():
         if raw[table] is not None:
-            parsed[table] = _parse_table(raw[table], rules, files[table], problems)
+            parsed[table] = parse_table(raw[table], rules, files[table], problems)
 
     campaigns, counties = parsed.get("campaigns"), parsed.get("counties")
     if campaigns is not None:
@@ -438,7 +291,7 @@ def _streamed_chunks(path: Path, table: str, problems: list[Problem]) -> Iterato
     rules = TABLES[table][0]
     try:
         for chunk in text_chunks(path):
-            yield _parse_table(chunk[[r.name for r in rules if r.name in chunk]], rules,
+            yield parse_table(chunk[[r.name for r in rules if r.name in chunk]], rules,
                                path.name, problems)
     except ValueError as error:
         problems.append(Problem(path.name, None, None, f"cannot be read: {error}"))
@@ -473,10 +326,10 @@ def read_table(path: str | Path, table: str) -> pd.DataFrame:
     problems: list[Problem] = []
     if not path.is_file():
         raise DataContractError([Problem(str(path), None, None, "file not found")], str(path))
-    raw = _read_raw(path, problems)
+    raw = read_raw(path, problems)
     frame = None
     if raw is not None:
-        frame = _parse_table(raw, TABLES[table][0], path.name, problems)
+        frame = parse_table(raw, TABLES[table][0], path.name, problems)
     if problems or frame is None:
         raise DataContractError(problems, str(path))
     return frame

@@ -40,7 +40,7 @@ def is_streamed(path: Path) -> bool:
 
 
 def text_chunks(path: Path) -> Iterator[pd.DataFrame]:
-    """The file's cells as text (the strings a CSV holds; Parquet values as contract._as_text
+    """The file's cells as text (the strings a CSV holds; Parquet values as cells._as_text
     writes them), a chunk at a time, each indexed by its rows' place in the file (0-based).
     Raises ValueError (with Arrow's reason) where the file cannot be parsed."""
     batches = _parquet_batches(path) if path.suffix == ".parquet" else _csv_batches(path)
@@ -74,7 +74,7 @@ def _csv_batches(path: Path) -> Iterator[pd.DataFrame]:
 
 
 def _parquet_batches(path: Path) -> Iterator[pd.DataFrame]:
-    from fundgap.contract import text_frame
+    from fundgap.cells import text_frame
 
     for batch in pq.ParquetFile(path).iter_batches(batch_size=CHUNK_ROWS):
         yield text_frame(batch.to_pandas())

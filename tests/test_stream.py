@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 import fundgap.stream as stream
-from fundgap.contract import _read_raw, load_dataset, validate
+from fundgap.cells import read_raw
+from fundgap.contract import load_dataset, validate
 from fundgap.prepare import (
     PrepareOptions,
     capacities_from_sums,
@@ -133,7 +134,7 @@ def test_chunks_read_the_text_the_whole_file_gives(tmp_path: Path) -> None:
     text = ('campaign_id, seq ,amount,note\n"C1",1, 10.5 ,"a, b"\nC1,2,,\n'
             '"C2","1",NA,"said ""hi"""\n')
     path.write_bytes(codecs.BOM_UTF8 + text.encode())
-    whole = _read_raw(path, [])
+    whole = read_raw(path, [])
     chunks = list(stream.text_chunks(path))
     assert len(chunks) == 1
     pd.testing.assert_frame_equal(chunks[0], whole, check_dtype=False, check_index_type=False)
