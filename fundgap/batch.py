@@ -32,7 +32,8 @@ import pandas as pd
 
 from fundgap import fitfolder
 from fundgap.errors import FundgapError
-from fundgap.fitfolder import current_key, fit_status, write_index
+from fundgap.fit_index import write_index
+from fundgap.fitfolder import current_key, fit_status
 from fundgap.store import package_versions, to_json
 
 # the writer lock of an output folder (`run_batch`)

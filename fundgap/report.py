@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fundgap import fitfolder
+from fundgap import fit_index, fitfolder
 from fundgap.correlated import correlation_table
 from fundgap.describe import descriptives, occupancy
 from fundgap.errors import FundgapError
@@ -200,7 +200,7 @@ def build_report(fits: str | Path) -> Report:
     names = fitfolder.spec_names(fits)
     if not names:
         raise FundgapError(f"{fits}: no fits to report")
-    index = fitfolder.build_index(fits.parent)
+    index = fit_index.build_index(fits.parent)
     index = index[index["data"] == fits.name]
     prepared = read_prepared(fits / fitfolder.PREPARED)
     facts, table = data_summary(prepared)

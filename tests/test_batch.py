@@ -18,7 +18,7 @@ import pytest
 from fundgap import names
 from fundgap.batch import run_batch
 from fundgap.cli import main
-from fundgap.fitfolder import build_index
+from fundgap.fit_index import build_index
 from fundgap.robustness import POOLING
 from fundgap.simulation.development import simulate, write_simulation
 
