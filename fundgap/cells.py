@@ -63,7 +63,7 @@ def _parse_column(raw: pd.Series, rule: ColumnRule, file: str,
         if rule.kind == "code":
             bad = ~missing & ~text.str.fullmatch(r"\d{6}")
             report(problems, file, rule.name, bad, text,
-                    lambda v: f"'{v}' is not a 6-digit code", "is not a 6-digit code")
+                   lambda v: f"'{v}' is not a 6-digit code", "is not a 6-digit code")
             parsed = parsed.where(~bad, None)
         return parsed.astype(object)
     numbers = _arrow_numbers(text, missing)
@@ -71,12 +71,12 @@ def _parse_column(raw: pd.Series, rule: ColumnRule, file: str,
         numbers = pd.to_numeric(text.where(~missing, None), errors="coerce").astype(float)
     bad = ~missing & (numbers.isna() | ~np.isfinite(numbers.fillna(0)))
     report(problems, file, rule.name, bad, text, lambda v: f"'{v}' is not a number",
-            "is not a number")
+           "is not a number")
     numbers = numbers.where(~bad)
     if rule.kind == "integer":
         fractional = numbers.notna() & (numbers % 1 != 0)
         report(problems, file, rule.name, fractional, text,
-                lambda v: f"'{v}' is not a whole number", "is not a whole number")
+               lambda v: f"'{v}' is not a whole number", "is not a whole number")
         numbers = numbers.where(~fractional)
     return numbers
 
@@ -157,6 +157,6 @@ def parse_table(raw: pd.DataFrame, rules: tuple[ColumnRule, ...], file: str,
         empty = raw[rule.name].astype(str).str.strip().isin(MISSING_TOKENS)
         if not rule.nullable and (rule.required or rule.name in needed):
             report(problems, file, rule.name, empty, raw[rule.name],
-                    lambda _v: "missing value")
+                   lambda _v: "missing value")
     _check_values(frame, rules, file, problems)
     return frame

@@ -69,7 +69,7 @@ class Dataset:
         rules = TABLES["donations"][0]
         for chunk in text_chunks(self.donations_file):
             yield parse_table(chunk[[r.name for r in rules]], rules,
-                               self.donations_file.name, [])
+                              self.donations_file.name, [])
 
 
 # ---------------------------------------------------------------- reading
@@ -118,7 +118,7 @@ def _check_campaign_links(campaigns: pd.DataFrame, counties: pd.DataFrame, file:
     known = set(counties["county_code"].dropna())
     unknown = campaigns["county_code"].notna() & ~campaigns["county_code"].isin(known)
     report(problems, file, "county_code", unknown, campaigns["county_code"],
-            lambda v: f"county code {v} is not in counties", "county code not in counties")
+           lambda v: f"county code {v} is not in counties", "county code not in counties")
 
 
 def _check_child(table: str, chunks: Iterable[pd.DataFrame], campaigns: pd.DataFrame | None,
@@ -139,9 +139,9 @@ def _check_child(table: str, chunks: Iterable[pd.DataFrame], campaigns: pd.DataF
         code = coder(chunk["campaign_id"])
         if ids is not None:
             report(problems, file, "campaign_id", pd.Series(code >= coder.known,
-                                                             index=chunk.index),
-                    chunk["campaign_id"], lambda v: f"campaign {v} is not in campaigns",
-                    "campaign not in campaigns")
+                                                            index=chunk.index),
+                   chunk["campaign_id"], lambda v: f"campaign {v} is not in campaigns",
+                   "campaign not in campaigns")
         codes.append(code)
         if table == "donations" and "seq" in chunk:
             seq = chunk["seq"].to_numpy(dtype=float)   # -1: missing (no part in the rule)
@@ -160,11 +160,11 @@ def _check_child(table: str, chunks: Iterable[pd.DataFrame], campaigns: pd.DataF
         lacking = campaigns["campaign_id"].notna() & ~campaigns["campaign_id"].isin(
             coder.ids[:coder.known][covered])
         report(problems, files["campaigns"], "campaign_id", lacking,
-                campaigns["campaign_id"],
-                lambda v: f"campaign {v} has no rows in {table}, so its "
-                          f"{SUPPLIED_BY[table]} cannot be computed",
-                f"a campaign has no rows in {table}, so its {SUPPLIED_BY[table]} "
-                "cannot be computed")
+               campaigns["campaign_id"],
+               lambda v: f"campaign {v} has no rows in {table}, so its "
+                         f"{SUPPLIED_BY[table]} cannot be computed",
+               f"a campaign has no rows in {table}, so its {SUPPLIED_BY[table]} "
+               "cannot be computed")
     if seqs:
         # the campaigns out of order, found in O(rows); their rows then say where
         off = off_sequence(codes, seqs, len(coder.ids))
@@ -216,7 +216,7 @@ def _check_optional_sources(campaigns: pd.DataFrame, has: dict[str, bool], file:
             continue
         empty = campaigns[column].isna()
         report(problems, file, column, empty, campaigns[column],
-                lambda _v, s=source: f"missing value (and no {s} to compute it from)")
+               lambda _v, s=source: f"missing value (and no {s} to compute it from)")
 
 
 # ---------------------------------------------------------------- entry points
@@ -292,7 +292,7 @@ def _streamed_chunks(path: Path, table: str, problems: list[Problem]) -> Iterato
     try:
         for chunk in text_chunks(path):
             yield parse_table(chunk[[r.name for r in rules if r.name in chunk]], rules,
-                               path.name, problems)
+                              path.name, problems)
     except ValueError as error:
         problems.append(Problem(path.name, None, None, f"cannot be read: {error}"))
         raise _Unreadable from None
