@@ -219,12 +219,30 @@ def elpd(data: az.InferenceData, equation: str) -> az.ELPDData:
         return az.loo(data, var_name=equation, pointwise=True)
 
 
+def _stacking_weights(elpds: dict[str, az.ELPDData]) -> dict[str, float]:
+    """ArviZ's stacking weights of the variants, from their pointwise elpds each less the
+    unit's largest across the variants. Stacking is unchanged by a shift per unit, but
+    ArviZ takes exp of each unit's elpd as it is: a unit below about -745 (a prefecture's
+    campaigns held out on a large data set) is zero in every variant, and its optimiser
+    then stops at its uniform start."""
+    pointwise = np.stack([np.ravel(loo["loo_i"]) for loo in elpds.values()])
+    relative = pointwise - pointwise.max(axis=0)
+    shifted = {}
+    for (name, loo), values in zip(elpds.items(), relative, strict=True):
+        shifted[name] = loo.copy()
+        shifted[name]["loo_i"] = loo["loo_i"].copy(data=values.reshape(loo["loo_i"].shape))
+        shifted[name]["elpd_loo"] = float(values.sum())
+    return az.compare(shifted, ic="loo")["weight"].to_dict()
+
+
 def compare(elpds: dict[str, az.ELPDData]) -> pd.DataFrame:
     """ArviZ's LOO comparison of the variants' `elpd`s, with the count of held-out units
     whose Pareto k exceeds 0.7."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)   # its weights are replaced
         table = az.compare(elpds, ic="loo")
+        table["weight"] = table.index.map(_stacking_weights(elpds))
     high_k = {name: int((loo.pareto_k > PARETO_K_BAD).sum()) for name, loo in elpds.items()}
     table = table.rename_axis("variant").reset_index()
     table["pareto_k_above_0_7"] = table["variant"].map(high_k)

@@ -3,7 +3,9 @@ with the intercepts above the held-out level conditioned on."""
 
 from __future__ import annotations
 
+import arviz as az
 import numpy as np
+import pandas as pd
 import pytest
 import xarray as xr
 from scipy.stats import multivariate_normal
@@ -12,7 +14,7 @@ from test_marginal import dense_covariance, tiny_design
 from fundgap import names
 from fundgap.design import build_design
 from fundgap.errors import FundgapError
-from fundgap.grouped_loo import group_log_likelihood
+from fundgap.grouped_loo import compare, group_log_likelihood
 from fundgap.reduce import reduce_prepared
 
 EQUATION = "log_amount_raised"
@@ -125,3 +127,28 @@ def test_statistics_without_the_groups_sums_are_refused_plainly() -> None:
     reduced = reduce_prepared(design.spec, design.table)
     with pytest.raises(FundgapError, match="per-county sums"):
         group_log_likelihood(_posterior(design, 2, 0), reduced, EQUATION, "county")
+
+
+def test_stacking_weights_hold_where_every_unit_is_far_below_zero() -> None:
+    """Stacking is unchanged by a shift of each unit's elpd; ArviZ's exp of the elpds
+    underflows below about -745 (a prefecture held out on large data) and its weights stay
+    at their uniform start, where compare's must not."""
+    rng = np.random.default_rng(3)
+    units = 200
+    better_first = np.where(np.arange(units) < units // 2, 0.0, -1.0)
+
+    def elpds(offset: float) -> dict[str, az.ELPDData]:
+        out = {}
+        for name, mean in (("first", better_first), ("second", -1.0 - better_first),
+                           ("worse", np.full(units, -1.5))):
+            draws = offset + mean + 0.05 * rng.standard_normal((2, 200, units))
+            out[name] = az.loo(az.from_dict(log_likelihood={"y": draws},
+                                            posterior={"mu": np.zeros((2, 200))}))
+        return out
+
+    near = compare(elpds(0.0)).set_index("variant")["weight"]
+    far = compare(elpds(-1000.0)).set_index("variant")["weight"]
+    assert near["first"] == pytest.approx(0.5, abs=0.05)
+    assert near["worse"] < 0.01
+    pd.testing.assert_series_equal(far.sort_index(), near.sort_index(), atol=0.02)
+
