@@ -169,7 +169,7 @@ def file_fingerprint(path: str | Path) -> str:
 # reading folders back): editing them must not invalidate a batch's fits or the compiled
 # models. Every other module (a new one too) is in the digest.
 PRESENTATION_MODULES = frozenset({"__init__.py", "api.py", "batch.py", "cli.py", "describe.py",
-                                  "errors.py", "notebook.py", "report.py"})
+                                  "errors.py", "fit_index.py", "notebook.py", "report.py"})
 
 
 @functools.cache
