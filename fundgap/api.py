@@ -104,14 +104,11 @@ def prepare(data: Dataset | str | Path, options: PrepareOptions | None = None
             ) -> PreparedData:
     """A data folder (or a loaded Dataset) validated and turned into the analysis-ready
     table with its diagnostics; raises DataContractError listing every problem."""
-    from fundgap.contract import Dataset, load_dataset
-    from fundgap.prepare import PrepareOptions
+    from fundgap.contract import Dataset
     from fundgap.prepare import prepare as prepared
+    from fundgap.prepare import prepare_folder
 
-    options = options or PrepareOptions()
-    if not isinstance(data, Dataset):
-        data = load_dataset(data, (options.core_window, options.derived_after))
-    return prepared(data, options)
+    return prepared(data, options) if isinstance(data, Dataset) else prepare_folder(data, options)
 
 
 def frequentist(spec: str | Path | ModelSpec, data: Data, *, replicates: int = 999,

@@ -83,8 +83,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from fundgap.contract import load_dataset
-    from fundgap.prepare import PrepareOptions, prepare
+    from fundgap.prepare import PrepareOptions, prepare_folder
     from fundgap.store import TABLE_SUFFIXES, write_json, write_table
 
     out = Path(args.out)
@@ -93,8 +92,7 @@ def _prepare(args: argparse.Namespace) -> int:
     diagnostics_path = Path(args.diagnostics) if args.diagnostics else \
         out.with_name(f"{out.stem}.diagnostics.json")
     options = PrepareOptions(factor_method=args.factor_method, short_streams=args.short_streams)
-    prepared = prepare(load_dataset(args.data, (options.core_window, options.derived_after)),
-                       options)
+    prepared = prepare_folder(args.data, options)
     write_table(prepared.table, out)
     write_json(prepared.diagnostics, diagnostics_path)
     print(f"{out}: {len(prepared.table)} campaigns prepared; diagnostics in {diagnostics_path}")

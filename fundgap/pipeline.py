@@ -41,14 +41,13 @@ Source = str | Path | pd.DataFrame
 def load_prepared(source: Source) -> PreparedData:
     """A data folder (validated, then prepared), a prepared table (.parquet, .csv, .dta),
     or a prepared DataFrame, as PreparedData."""
-    from fundgap.contract import load_dataset
-    from fundgap.prepare import prepare, read_prepared
+    from fundgap.prepare import prepare_folder, read_prepared
 
     if isinstance(source, pd.DataFrame):
         return PreparedData(source, {})
     path = Path(source)
     if path.is_dir():
-        return prepare(load_dataset(path))
+        return prepare_folder(path)
     if path.is_file():
         return read_prepared(path)
     raise FundgapError(f"{path}: no such data folder or prepared table")
@@ -67,8 +66,7 @@ def prepare_data(folder: Path, fits: Path) -> tuple[Path, str, pd.DataFrame]:
     """Validate and prepare a data folder into `fits/prepared.parquet` (reused while the
     input files are unchanged); returns the prepared table's path, fingerprint and the
     table itself."""
-    from fundgap.contract import load_dataset
-    from fundgap.prepare import prepare, read_prepared
+    from fundgap.prepare import prepare_folder, read_prepared
 
     target = fits / fitfolder.PREPARED
     sidecar = fits / fitfolder.PREPARED_DIAGNOSTICS
@@ -76,7 +74,7 @@ def prepare_data(folder: Path, fits: Path) -> tuple[Path, str, pd.DataFrame]:
     recorded = (json.loads(sidecar.read_text("utf-8")).get("input_fingerprint")
                 if target.is_file() and sidecar.is_file() else None)
     if recorded != fingerprint:
-        prepared = prepare(load_dataset(folder))
+        prepared = prepare_folder(folder)
         write_table(prepared.table, target)
         write_json({**prepared.diagnostics, "input_fingerprint": fingerprint,
                     "source": str(folder)}, sidecar)

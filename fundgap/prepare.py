@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from fundgap.contract import Dataset
+from fundgap.contract import Dataset, load_dataset
 from fundgap.factor import FactorMethod, development_factor
 from fundgap.rules import (
     CENSUS_YEARS,
@@ -385,6 +385,15 @@ def prepare(dataset: Dataset, options: PrepareOptions | None = None) -> Prepared
 
 
 CODE_COLUMNS = ("campaign_id", "county_code", "prefecture_code", "province_code")
+
+
+def prepare_folder(folder: str | Path, options: PrepareOptions | None = None
+                   ) -> PreparedData:
+    """A data folder validated (load_dataset, summing the donations' windows of `options`
+    as it checks them) and prepared; raises DataContractError listing every problem."""
+    options = options or PrepareOptions()
+    return prepare(load_dataset(folder, (options.core_window, options.derived_after)),
+                   options)
 
 
 def read_prepared(path: str | Path) -> PreparedData:
